@@ -1,0 +1,55 @@
+"""ferrolm: language models from Python on a CPU, fast.
+
+A Rust core (tokenization, Transformer forward passes, quantized SIMD kernels) behind a thin
+Python API. This module re-exports the public names; see README.md for what is available.
+"""
+
+from __future__ import annotations
+
+from ferrolm import _core
+from ferrolm._data import data_path
+from ferrolm._errors import FerrolmError, FormatError, InternalError
+
+__version__: str = _core.__version__
+
+
+def cpu_features() -> dict[str, bool]:
+    """The SIMD extensions of this CPU that matter to ferrolm (``avx2``, ``fma``, ``f16c``,
+    ``avx512f``, ``avx512bw``, ``avx512_vnni``, ``avx512_bf16``, ``neon``, ...).
+
+    Every key is present on every platform; flags of another architecture are ``False``.
+    A flag is ``True`` only when both the CPU and the operating system support it.
+    """
+    return _core.cpu_features()
+
+
+def get_num_threads() -> int:
+    """The number of threads ferrolm's parallel work runs on.
+
+    Defaults to the number of cores this process may use, or to the environment variable
+    ``FERROLM_NUM_THREADS`` when it is set (a malformed value raises ``ValueError``).
+    """
+    return _core.get_num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the number of threads (1 to 1024) for all later parallel work in this process.
+
+    Calls already running finish on the threads they started with. Forked child processes keep
+    the setting and get their own threads.
+    """
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads expects an int, got {type(n).__name__}")
+    _core.set_num_threads(n)
+
+
+__all__ = [
+    "FerrolmError",
+    "FormatError",
+    "InternalError",
+    "__version__",
+    "cpu_features",
+    "data_path",
+    "get_num_threads",
+    "set_num_threads",
+]

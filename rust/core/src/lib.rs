@@ -1,0 +1,14 @@
+//! ferrolm's core: everything that does work, in plain Rust with no Python in sight.
+//!
+//! `cargo test -p ferrolm-core` and the criterion benches run against this crate alone; the PyO3
+//! extension in `rust/py` only converts arguments, releases the GIL and maps [`Error`] to Python
+//! exceptions.
+//!
+//! Modules:
+//! - [`error`]: the one error type every fallible function returns.
+//! - [`runtime`]: CPU feature detection and the global thread pool (fork-safe).
+
+pub mod error;
+pub mod runtime;
+
+pub use error::{Error, Result};

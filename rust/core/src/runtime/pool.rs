@@ -1,0 +1,206 @@
+//! The one global thread pool that all parallel work in ferrolm runs on.
+//!
+//! Size: [`set_num_threads`] if called, else the environment variable `FERROLM_NUM_THREADS`,
+//! else the number of cores this process may use (`std::thread::available_parallelism`, which
+//! honours CPU affinity and cgroup quotas).
+//!
+//! Performance and safety notes:
+//! - The pool is built lazily on first use and shared as an `Arc`; taking it costs one uncontended
+//!   lock and one atomic increment, never a thread spawn.
+//! - Resizing builds a new pool; the old one finishes the work it is running and its threads exit
+//!   when the last `Arc` to it is dropped, so a resize never blocks on, or breaks, running calls.
+//! - `fork()`: a child process inherits the pool's bookkeeping but none of its threads, so a pool
+//!   used before the fork would wait forever for workers that do not exist (the classic
+//!   `tokenizers` / OpenMP hang). A `pthread_atfork` handler holds the state lock across the fork
+//!   (so the child never inherits it locked) and, in the child, forgets the dead pool; the child's
+//!   first parallel call builds a fresh one of the same size.
+//! - Never use rayon's implicit global pool (`par_iter` outside [`install`]): it has no such
+//!   handler.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rayon::{ThreadPool, ThreadPoolBuilder};
+
+use crate::{Error, Result};
+
+/// The environment variable read for the default pool size.
+pub const ENV_VAR: &str = "FERROLM_NUM_THREADS";
+/// The largest pool ferrolm builds; more threads than this is a mistake, not a configuration.
+pub const MAX_THREADS: usize = 1024;
+
+struct State {
+    /// Size set by [`set_num_threads`]; `None` means "from the environment or the core count".
+    requested: Option<usize>,
+    pool: Option<Arc<ThreadPool>>,
+}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    requested: None,
+    pool: None,
+});
+
+fn check_count(n: usize, source: &str) -> Result<usize> {
+    if (1..=MAX_THREADS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(Error::invalid(format!(
+            "{source}: the number of threads must be between 1 and {MAX_THREADS}, got {n}"
+        )))
+    }
+}
+
+/// The size the pool has when nobody called [`set_num_threads`].
+pub fn default_num_threads() -> Result<usize> {
+    match std::env::var(ENV_VAR) {
+        Ok(s) => {
+            let n: usize = s.trim().parse().map_err(|_| {
+                Error::invalid(format!(
+                    "{ENV_VAR} must be an integer between 1 and {MAX_THREADS}, got {s:?}"
+                ))
+            })?;
+            check_count(n, ENV_VAR)
+        }
+        Err(std::env::VarError::NotPresent) => {
+            Ok(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        }
+        Err(std::env::VarError::NotUnicode(_)) => Err(Error::invalid(format!(
+            "{ENV_VAR} must be an integer between 1 and {MAX_THREADS}, got non-UTF-8 bytes"
+        ))),
+    }
+}
+
+/// The number of threads parallel work runs on.
+pub fn num_threads() -> Result<usize> {
+    let requested = STATE.lock().requested;
+    match requested {
+        Some(n) => Ok(n),
+        None => default_num_threads(),
+    }
+}
+
+/// Sets the pool size for all later parallel work in this process (and its forked children).
+pub fn set_num_threads(n: usize) -> Result<()> {
+    check_count(n, "set_num_threads")?;
+    let mut st = STATE.lock();
+    st.requested = Some(n);
+    if st
+        .pool
+        .as_ref()
+        .is_some_and(|p| p.current_num_threads() != n)
+    {
+        // Running calls keep their `Arc`; the old workers exit when those finish.
+        st.pool = None;
+    }
+    Ok(())
+}
+
+/// The current pool, built on first use.
+fn pool() -> Result<Arc<ThreadPool>> {
+    register_fork_handler();
+    let mut st = STATE.lock();
+    if let Some(p) = &st.pool {
+        return Ok(Arc::clone(p));
+    }
+    let n = match st.requested {
+        Some(n) => n,
+        None => default_num_threads()?,
+    };
+    let p = ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("ferrolm-{i}"))
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start {n} worker threads: {e}")))?;
+    let p = Arc::new(p);
+    st.pool = Some(Arc::clone(&p));
+    Ok(p)
+}
+
+/// Runs `op` inside the global pool: rayon's `join`, `scope` and parallel iterators called from
+/// `op` use the pool's threads. A panic in `op` or in any task it spawns resumes on the caller.
+pub fn install<R: Send>(op: impl FnOnce() -> R + Send) -> Result<R> {
+    Ok(pool()?.install(op))
+}
+
+/// Runs `op` once on every worker of the pool and collects the results in worker order.
+/// Used to touch per-thread state, and by the tests to see the workers that really exist.
+pub fn broadcast<R: Send>(op: impl Fn(usize) -> R + Sync) -> Result<Vec<R>> {
+    Ok(pool()?.broadcast(|ctx| op(ctx.index())))
+}
+
+#[cfg(unix)]
+fn register_fork_handler() {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+
+    extern "C" fn prepare() {
+        // Hold the lock across fork() so that no other thread owns it at the moment of the fork.
+        std::mem::forget(STATE.lock());
+    }
+    extern "C" fn parent() {
+        // SAFETY: `prepare` ran on this thread and left the lock held with its guard forgotten.
+        unsafe { STATE.force_unlock() }
+    }
+    extern "C" fn child() {
+        // SAFETY: as in `parent`; the child has exactly one thread, the one that forked.
+        unsafe { STATE.force_unlock() }
+        let mut st = STATE.lock();
+        if let Some(dead) = st.pool.take() {
+            // Its worker threads do not exist in this process: dropping it would try to signal
+            // them. Leak the bookkeeping instead (a few hundred bytes per fork).
+            std::mem::forget(dead);
+        }
+    }
+
+    REGISTER.call_once(|| {
+        // SAFETY: the handlers are `extern "C"` functions with no arguments, as required; they
+        // only touch `STATE`, whose lock `prepare` holds for the duration of the fork.
+        let rc = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+        // A failure (ENOMEM) leaves fork-safety off; parallel work still runs correctly.
+        debug_assert_eq!(rc, 0, "pthread_atfork failed");
+    });
+}
+
+#[cfg(not(unix))]
+fn register_fork_handler() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    // The pool is process-global and cargo runs tests on several threads, so the tests that
+    // resize it share one test function.
+    #[test]
+    fn resize_runs_work_on_exactly_that_many_threads() {
+        for n in [3, 1, 2] {
+            set_num_threads(n).unwrap();
+            assert_eq!(num_threads().unwrap(), n);
+            let ids: HashSet<_> = broadcast(|_| std::thread::current().id())
+                .unwrap()
+                .into_iter()
+                .collect();
+            assert_eq!(ids.len(), n);
+            let names = broadcast(|_| std::thread::current().name().map(str::to_owned)).unwrap();
+            assert!(names
+                .iter()
+                .all(|n| n.as_deref().is_some_and(|s| s.starts_with("ferrolm-"))));
+            // Parallel iterators inside `install` stay on the pool.
+            use rayon::prelude::*;
+            let sum: u64 = install(|| (1..=1000_u64).into_par_iter().sum()).unwrap();
+            assert_eq!(sum, 500_500);
+        }
+        assert!(set_num_threads(0).is_err());
+        assert!(set_num_threads(MAX_THREADS + 1).is_err());
+        assert_eq!(num_threads().unwrap(), 2, "a rejected size changes nothing");
+    }
+
+    #[test]
+    fn panics_in_tasks_reach_the_caller() {
+        let r = std::panic::catch_unwind(|| {
+            install(|| rayon::join(|| 1, || -> i32 { panic!("task failed") }))
+        });
+        assert!(r.is_err());
+        // The pool is still usable afterwards.
+        assert_eq!(install(|| 5).unwrap(), 5);
+    }
+}

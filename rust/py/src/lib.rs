@@ -1,0 +1,21 @@
+//! `ferrolm._core`: the PyO3 extension. Glue only: each file mirrors a module of
+//! `ferrolm_core`, converts arguments, releases the GIL for long calls and maps errors
+//! ([`errors`]). No logic lives here.
+
+mod errors;
+mod runtime;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+#[pyo3(name = "_core")]
+fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(runtime::cpu_features, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime::get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime::set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime::_pool_workers, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime::_fail_for_tests, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime::_sleep_detached, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! Glue for `ferrolm_core::runtime`: CPU features and the global thread pool.
+
+use ferrolm_core::runtime::{cpu, pool};
+use ferrolm_core::Error;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::errors::{attached, detached};
+
+/// The CPU's SIMD extensions that matter to ferrolm, as a dict of flag name to bool.
+#[pyfunction]
+pub fn cpu_features(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    for (name, on) in cpu::features().flags() {
+        d.set_item(name, on)?;
+    }
+    Ok(d)
+}
+
+/// The number of threads ferrolm's parallel work runs on.
+#[pyfunction]
+pub fn get_num_threads(py: Python<'_>) -> PyResult<usize> {
+    attached(py, pool::num_threads)
+}
+
+/// Sets the number of threads for all later parallel work in this process.
+#[pyfunction]
+pub fn set_num_threads(py: Python<'_>, n: i64) -> PyResult<()> {
+    attached(py, || {
+        let n = usize::try_from(n).map_err(|_| {
+            Error::invalid(format!(
+                "set_num_threads: the number of threads must be between 1 and {}, got {n}",
+                pool::MAX_THREADS
+            ))
+        })?;
+        pool::set_num_threads(n)
+    })
+}
+
+/// Test support: runs one task on every worker of the pool (building it if needed) and returns
+/// how many distinct OS threads ran them. After `fork()` this proves the child's pool is alive.
+#[pyfunction]
+pub fn _pool_workers(py: Python<'_>) -> PyResult<usize> {
+    detached(py, || {
+        let ids = pool::broadcast(|_| std::thread::current().id())?;
+        let distinct: std::collections::HashSet<_> = ids.into_iter().collect();
+        Ok(distinct.len())
+    })
+}
+
+/// Test support: makes the core fail in a chosen way, to check the exception mapping.
+/// `kind` is one of the names below; `"panic"` panics inside a pool worker.
+#[pyfunction]
+pub fn _fail_for_tests(py: Python<'_>, kind: &str) -> PyResult<()> {
+    let kind = kind.to_owned();
+    detached(py, move || match kind.as_str() {
+        "not_found" => Err(Error::io(
+            "/nonexistent/ferrolm-test",
+            std::io::Error::from_raw_os_error(2),
+        )),
+        "permission" => Err(Error::io(
+            "/root/ferrolm-test",
+            std::io::Error::from_raw_os_error(13),
+        )),
+        "io" => Err(Error::from(std::io::Error::other("disk on fire"))),
+        "format" => Err(Error::format("test.json", "missing field `model`")),
+        "unsupported" => Err(Error::Unsupported("normalizer `Precompiled`".into())),
+        "invalid" => Err(Error::invalid("bad value")),
+        "type" => Err(Error::Type("expected a list of ints".into())),
+        "index" => Err(Error::OutOfRange("token id 99 out of range".into())),
+        "internal" => Err(Error::Internal("broken invariant".into())),
+        "panic" => pool::install(|| -> () { panic!("deliberate panic in a worker") }),
+        other => Err(Error::invalid(format!("unknown failure kind {other:?}"))),
+    })
+}
+
+/// Test support: holds the calling thread for `seconds` with the GIL released, as every long
+/// call does; other Python threads run meanwhile.
+#[pyfunction]
+pub fn _sleep_detached(py: Python<'_>, seconds: f64) -> PyResult<()> {
+    detached(py, move || {
+        if !(0.0..=60.0).contains(&seconds) {
+            return Err(Error::invalid("seconds must be between 0 and 60"));
+        }
+        std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
+        Ok(())
+    })
+}
