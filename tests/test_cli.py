@@ -47,7 +47,7 @@ def test_console_script_is_installed() -> None:
     assert r.returncode == 0 and r.stdout.strip() == f"ferrolm {ferrolm.__version__}"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["info", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["info", "--help"], ["tokenize", "--help"]])
 def test_help(args: list[str]) -> None:
     r = run_cli(*args)
     assert r.returncode == 0
@@ -73,3 +73,47 @@ def test_info_reports_a_bad_env_as_an_error(
     assert "FERROLM_NUM_THREADS" in r.stderr and "Traceback" not in r.stderr
     assert main(["info", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["ferrolm"] == ferrolm.__version__
+
+
+def test_tokenize_ids_tokens_and_count() -> None:
+    r = run_cli("tokenize", "Hello world", "It's")
+    assert r.returncode == 0, r.stderr
+    tok = ferrolm.Tokenizer.builtin("gpt2")
+    assert r.stdout.splitlines() == [
+        " ".join(map(str, tok.encode("Hello world"))),
+        " ".join(map(str, tok.encode("It's"))),
+    ]
+    r = run_cli("tokenize", "--tokens", "Hello world")
+    assert json.loads(r.stdout) == ["Hello", "Ġworld"]
+    r = run_cli("tokenize", "--count", "--tokenizer", "gpt2", "Hello world")
+    assert r.stdout.strip() == "2"
+
+
+def test_tokenize_stdin_and_special_tokens() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "ferrolm", "tokenize", "-"],
+        input="a<|endoftext|>",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    tok = ferrolm.Tokenizer.builtin("gpt2")
+    assert r.stdout.split() == [str(i) for i in tok.encode_ordinary("a<|endoftext|>")]
+    r = run_cli("tokenize", "--allow-special", "a<|endoftext|>")
+    assert r.stdout.split() == [str(tok.encode("a")[0]), "50256"]
+
+
+def test_tokenize_with_a_rank_file(tmp_path) -> None:
+    from ferrolm._data import data_path
+
+    r = run_cli("tokenize", "-t", str(data_path("gpt2.tiktoken")), "Hello world")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [
+        str(i) for i in ferrolm.Tokenizer.builtin("gpt2").encode("Hello world")
+    ]
+    other = tmp_path / "tokenizer.json"
+    other.write_text("{}")
+    r = run_cli("tokenize", "-t", str(other), "x")
+    assert r.returncode == 2 and "not supported yet" in r.stderr
+    r = run_cli("tokenize", "-t", "nope", "x")
+    assert r.returncode == 2 and "neither a built-in tokenizer" in r.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 from ferrolm import _core
 from ferrolm._data import data_path
 from ferrolm._errors import FerrolmError, FormatError, InternalError
+from ferrolm.tokenizer import Tokenizer
 
 __version__: str = _core.__version__
 
@@ -47,6 +48,7 @@ __all__ = [
     "FerrolmError",
     "FormatError",
     "InternalError",
+    "Tokenizer",
     "__version__",
     "cpu_features",
     "data_path",

@@ -1,7 +1,8 @@
 """The ``ferrolm`` command line (also ``python -m ferrolm``).
 
 Subcommands:
-  info    version, CPU features, threads and bundled data of this installation
+  info      version, CPU features, threads and bundled data of this installation
+  tokenize  token ids (or tokens) of text, with a built-in tokenizer or a tokenizer file
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import platform
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import ferrolm
 from ferrolm._data import BUNDLED
@@ -44,6 +47,41 @@ def _info(args: argparse.Namespace) -> int:
     return 0 if all(d["ok"] for d in data.values()) else 1
 
 
+def _load_tokenizer(spec: str) -> ferrolm.Tokenizer:
+    from ferrolm.tokenizer import builtin_names
+
+    if spec in builtin_names():
+        return ferrolm.Tokenizer.builtin(spec)
+    path = Path(spec)
+    if path.suffix == ".tiktoken":
+        return ferrolm.Tokenizer.from_tiktoken(path)
+    if not path.exists():
+        raise ValueError(
+            f"{spec!r} is neither a built-in tokenizer ({', '.join(builtin_names())}) "
+            "nor an existing file"
+        )
+    raise ValueError(
+        f"{spec}: only tiktoken rank files (*.tiktoken) can be read so far; "
+        "tokenizer.json, vocab.txt and vocab.json + merges.txt are not supported yet"
+    )
+
+
+def _tokenize(args: argparse.Namespace) -> int:
+    tok = _load_tokenizer(args.tokenizer)
+    texts = [sys.stdin.read() if t == "-" else t for t in args.text]
+    special: dict[str, Any] = (
+        {"allowed_special": "all"} if args.allow_special else {"disallowed_special": ()}
+    )
+    for ids in tok.encode_batch(texts, **special):
+        if args.output == "count":
+            print(len(ids))
+        elif args.output == "tokens":
+            print(json.dumps([tok.id_to_token(i) for i in ids], ensure_ascii=False))
+        else:
+            print(" ".join(map(str, ids)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ferrolm",
@@ -61,6 +99,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     p.set_defaults(func=_info)
+
+    p = sub.add_parser(
+        "tokenize",
+        help="print the token ids (or tokens) of text",
+        description='Tokenize each TEXT argument ("-" reads standard input) and print one line '
+        "per text: the ids separated by spaces (default), the tokens as a JSON list, or the count. "
+        "Special-token text (such as <|endoftext|>) is encoded as ordinary text unless "
+        "--allow-special is given.",
+    )
+    p.add_argument(
+        "--tokenizer",
+        "-t",
+        default="gpt2",
+        metavar="NAME|PATH",
+        help="a built-in tokenizer (gpt2) or a tiktoken rank file; default: gpt2",
+    )
+    out = p.add_mutually_exclusive_group()
+    out.add_argument(
+        "--ids", dest="output", action="store_const", const="ids", help="ids (default)"
+    )
+    out.add_argument(
+        "--tokens", dest="output", action="store_const", const="tokens", help="tokens, as JSON"
+    )
+    out.add_argument(
+        "--count", dest="output", action="store_const", const="count", help="number of tokens"
+    )
+    p.add_argument(
+        "--allow-special", action="store_true", help="encode special-token text as special ids"
+    )
+    p.add_argument("text", nargs="+", metavar="TEXT", help='text to tokenize, or "-" for stdin')
+    p.set_defaults(func=_tokenize, output="ids")
     return parser
 
 

@@ -7,8 +7,10 @@
 //! Modules:
 //! - [`error`]: the one error type every fallible function returns.
 //! - [`runtime`]: CPU feature detection and the global thread pool (fork-safe).
+//! - [`tokenizer`]: byte-level BPE (tiktoken rank files), split patterns, special tokens.
 
 pub mod error;
 pub mod runtime;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

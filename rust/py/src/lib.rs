@@ -4,6 +4,7 @@
 
 mod errors;
 mod runtime;
+mod tokenizer;
 
 use pyo3::prelude::*;
 
@@ -17,5 +18,6 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(runtime::_pool_workers, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_fail_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_sleep_detached, m)?)?;
+    m.add_class::<tokenizer::PyTokenizer>()?;
     Ok(())
 }

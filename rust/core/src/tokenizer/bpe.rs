@@ -1,0 +1,415 @@
+//! Byte-level BPE: the vocabulary, the merge table, and the encoding of one piece.
+//!
+//! Performance notes:
+//! - Merges are keyed by the *ids* of the two parts, `(left, right) -> (priority, merged id)`,
+//!   in one hash map with `u64` keys: a lookup hashes 8 bytes instead of a byte string.
+//!   For a tiktoken rank file, the merge of two parts exists exactly when their concatenation is
+//!   a token, and its priority is that token's rank; the table lists every such split of every
+//!   token, so this is tiktoken's algorithm, not an approximation of it.
+//! - A piece that is itself a token is one hash lookup (tiktoken's rule; most words hit it).
+//! - Short pieces merge in place in a small array, rescanning pair ranks that are cached and
+//!   updated only next to a merge; long pieces (a 200 KB run of one letter is one piece) merge
+//!   with a heap over a linked list, O(n log n), so no input is quadratic.
+//! - Encoding allocates nothing per piece: a [`Scratch`] is reused across the pieces of a call.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use rustc_hash::FxHashMap;
+
+use crate::{Error, Result};
+
+/// Pieces up to this many bytes merge by rescanning; longer ones use the heap.
+const SMALL_PIECE: usize = 128;
+const NO_MERGE: u32 = u32::MAX;
+
+/// A byte-level BPE vocabulary with its merges.
+#[derive(Debug, Clone)]
+pub struct Bpe {
+    /// The bytes of token `id` are `bytes[offsets[id]..offsets[id + 1]]`; an empty range is an
+    /// unused id.
+    bytes: Vec<u8>,
+    offsets: Vec<u32>,
+    lookup: FxHashMap<Box<[u8]>, u32>,
+    byte_ids: [u32; 256],
+    /// `(left << 32) | right` -> `(priority << 32) | merged`.
+    merges: FxHashMap<u64, u64>,
+    len: usize,
+}
+
+/// A candidate merge in the heap: `(priority, left, right, left version, right version)`.
+type Candidate = Reverse<(u32, u32, u32, u32, u32)>;
+
+/// Reusable buffers for encoding.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    ids: Vec<u32>,
+    ranks: Vec<u32>,
+    next: Vec<u32>,
+    prev: Vec<u32>,
+    version: Vec<u32>,
+    heap: BinaryHeap<Candidate>,
+}
+
+#[inline]
+fn pair_key(a: u32, b: u32) -> u64 {
+    (u64::from(a) << 32) | u64::from(b)
+}
+
+impl Bpe {
+    /// Builds a BPE from tiktoken-style ranks: each token's bytes and its rank, which is both its
+    /// id and its merge priority. `what` names the source in errors.
+    pub fn from_ranks(what: &str, ranks: Vec<(Vec<u8>, u32)>) -> Result<Self> {
+        if ranks.is_empty() {
+            return Err(Error::format(what, "no tokens"));
+        }
+        let max_rank = ranks.iter().map(|(_, r)| *r).max().unwrap_or(0) as usize;
+        // Ids index a table: refuse absurdly sparse ranks instead of allocating gigabytes.
+        if max_rank > 4 * ranks.len() + 1024 {
+            return Err(Error::format(
+                what,
+                format!(
+                    "rank {max_rank} is far beyond the {} tokens given; ranks must be dense",
+                    ranks.len()
+                ),
+            ));
+        }
+        let mut by_id: Vec<Option<&[u8]>> = vec![None; max_rank + 1];
+        let mut lookup: FxHashMap<Box<[u8]>, u32> = FxHashMap::default();
+        lookup.reserve(ranks.len());
+        for (tok, rank) in &ranks {
+            if tok.is_empty() {
+                return Err(Error::format(
+                    what,
+                    format!("rank {rank} has an empty token"),
+                ));
+            }
+            if by_id[*rank as usize].is_some() {
+                return Err(Error::format(what, format!("rank {rank} appears twice")));
+            }
+            by_id[*rank as usize] = Some(tok);
+            if lookup
+                .insert(tok.clone().into_boxed_slice(), *rank)
+                .is_some()
+            {
+                return Err(Error::format(
+                    what,
+                    format!("token {} appears twice", escape(tok)),
+                ));
+            }
+        }
+        let mut byte_ids = [0_u32; 256];
+        for (b, slot) in byte_ids.iter_mut().enumerate() {
+            *slot = *lookup.get(&[b as u8][..]).ok_or_else(|| {
+                Error::format(what, format!("no token for the single byte 0x{b:02x}"))
+            })?;
+        }
+        let mut bytes = Vec::with_capacity(ranks.iter().map(|(t, _)| t.len()).sum());
+        let mut offsets = Vec::with_capacity(by_id.len() + 1);
+        offsets.push(0_u32);
+        for tok in &by_id {
+            bytes.extend_from_slice(tok.unwrap_or(&[]));
+            offsets.push(
+                u32::try_from(bytes.len())
+                    .map_err(|_| Error::format(what, "the vocabulary is larger than 4 GiB"))?,
+            );
+        }
+        let mut merges: FxHashMap<u64, u64> = FxHashMap::default();
+        for (tok, rank) in &ranks {
+            for k in 1..tok.len() {
+                if let (Some(&a), Some(&b)) = (lookup.get(&tok[..k]), lookup.get(&tok[k..])) {
+                    merges.insert(pair_key(a, b), pair_key(*rank, *rank));
+                }
+            }
+        }
+        Ok(Bpe {
+            bytes,
+            offsets,
+            lookup,
+            byte_ids,
+            merges,
+            len: ranks.len(),
+        })
+    }
+
+    /// The number of tokens.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when there are no tokens (never, for a successfully built BPE).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// One more than the largest id.
+    pub fn id_bound(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    /// The bytes of token `id`, if it exists.
+    #[inline]
+    pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+        let i = id as usize;
+        let (start, end) = (*self.offsets.get(i)?, *self.offsets.get(i + 1)?);
+        (start < end).then(|| &self.bytes[start as usize..end as usize])
+    }
+
+    /// The id of the token with exactly these bytes.
+    #[inline]
+    pub fn token_id(&self, bytes: &[u8]) -> Option<u32> {
+        self.lookup.get(bytes).copied()
+    }
+
+    /// All tokens with their ids, in id order.
+    pub fn tokens(&self) -> impl Iterator<Item = (u32, &[u8])> {
+        (0..self.id_bound() as u32).filter_map(|id| self.token_bytes(id).map(|b| (id, b)))
+    }
+
+    #[inline]
+    fn merge_of(&self, a: u32, b: u32) -> (u32, u32) {
+        match self.merges.get(&pair_key(a, b)) {
+            Some(&v) => ((v >> 32) as u32, v as u32),
+            None => (NO_MERGE, 0),
+        }
+    }
+
+    /// Appends the ids of `piece` to `out`.
+    #[inline]
+    pub fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>, scratch: &mut Scratch) {
+        match piece.len() {
+            0 => {}
+            1 => out.push(self.byte_ids[piece[0] as usize]),
+            n => {
+                if let Some(&id) = self.lookup.get(piece) {
+                    out.push(id);
+                } else if n <= SMALL_PIECE {
+                    self.merge_small(piece, out, scratch);
+                } else {
+                    self.merge_large(piece, out, scratch);
+                }
+            }
+        }
+    }
+
+    /// Repeatedly merges the lowest-priority adjacent pair (leftmost among equals).
+    fn merge_small(&self, piece: &[u8], out: &mut Vec<u32>, s: &mut Scratch) {
+        let ids = &mut s.ids;
+        let ranks = &mut s.ranks;
+        ids.clear();
+        ids.extend(piece.iter().map(|&b| self.byte_ids[b as usize]));
+        ranks.clear();
+        ranks.extend(ids.windows(2).map(|w| self.merge_of(w[0], w[1]).0));
+        loop {
+            let mut best = NO_MERGE;
+            let mut at = 0;
+            for (i, &r) in ranks.iter().enumerate() {
+                if r < best {
+                    best = r;
+                    at = i;
+                }
+            }
+            if best == NO_MERGE {
+                break;
+            }
+            ids[at] = self.merge_of(ids[at], ids[at + 1]).1;
+            ids.remove(at + 1);
+            ranks.remove(at);
+            if at + 1 < ids.len() {
+                ranks[at] = self.merge_of(ids[at], ids[at + 1]).0;
+            }
+            if at > 0 {
+                ranks[at - 1] = self.merge_of(ids[at - 1], ids[at]).0;
+            }
+        }
+        out.extend_from_slice(ids);
+    }
+
+    /// The same merges for long pieces: a min-heap of candidate pairs keyed by (priority,
+    /// position) over a doubly linked list of parts. An entry is stale when either part changed
+    /// since it was pushed (tracked by per-part versions) and is then skipped.
+    fn merge_large(&self, piece: &[u8], out: &mut Vec<u32>, s: &mut Scratch) {
+        let n = piece.len();
+        let none = u32::MAX;
+        s.ids.clear();
+        s.ids
+            .extend(piece.iter().map(|&b| self.byte_ids[b as usize]));
+        s.next.clear();
+        s.next
+            .extend((1..=n as u32).map(|i| if i as usize == n { none } else { i }));
+        s.prev.clear();
+        s.prev
+            .extend((0..n as u32).map(|i| if i == 0 { none } else { i - 1 }));
+        s.version.clear();
+        s.version.resize(n, 0);
+        s.heap.clear();
+        for i in 0..n - 1 {
+            let (rank, _) = self.merge_of(s.ids[i], s.ids[i + 1]);
+            if rank != NO_MERGE {
+                s.heap.push(Reverse((rank, i as u32, i as u32 + 1, 0, 0)));
+            }
+        }
+        while let Some(Reverse((rank, left, right, vl, vr))) = s.heap.pop() {
+            let (l, r) = (left as usize, right as usize);
+            if s.version[l] != vl || s.version[r] != vr || s.next[l] != right {
+                continue;
+            }
+            // Merge `right` into `left`.
+            let (_, merged) = self.merge_of(s.ids[l], s.ids[r]);
+            debug_assert_eq!(self.merge_of(s.ids[l], s.ids[r]).0, rank);
+            s.ids[l] = merged;
+            s.version[l] = s.version[l].wrapping_add(1);
+            s.version[r] = s.version[r].wrapping_add(1);
+            let after = s.next[r];
+            s.next[l] = after;
+            if after != none {
+                s.prev[after as usize] = left;
+                let (rk, _) = self.merge_of(merged, s.ids[after as usize]);
+                if rk != NO_MERGE {
+                    let va = s.version[after as usize];
+                    s.heap.push(Reverse((rk, left, after, s.version[l], va)));
+                }
+            }
+            let before = s.prev[l];
+            if before != none {
+                let (rk, _) = self.merge_of(s.ids[before as usize], merged);
+                if rk != NO_MERGE {
+                    let vb = s.version[before as usize];
+                    s.heap.push(Reverse((rk, before, left, vb, s.version[l])));
+                }
+            }
+        }
+        let mut i = 0_u32;
+        while i != none {
+            out.push(s.ids[i as usize]);
+            i = s.next[i as usize];
+        }
+    }
+}
+
+/// A token's bytes for an error message.
+pub(crate) fn escape(bytes: &[u8]) -> String {
+    format!("{:?}", String::from_utf8_lossy(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny vocabulary: all bytes, then "ab" (256), "bc" (257), "abc" (258), "aa" (259),
+    /// "aaaa" (260).
+    fn tiny() -> Bpe {
+        let mut ranks: Vec<(Vec<u8>, u32)> = (0..=255_u8).map(|b| (vec![b], b as u32)).collect();
+        for (i, t) in ["ab", "bc", "abc", "aa", "aaaa"].iter().enumerate() {
+            ranks.push((t.as_bytes().to_vec(), 256 + i as u32));
+        }
+        Bpe::from_ranks("tiny", ranks).unwrap()
+    }
+
+    fn enc(bpe: &Bpe, s: &[u8], large: bool) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut scratch = Scratch::default();
+        if large && s.len() > 1 {
+            bpe.merge_large(s, &mut out, &mut scratch);
+        } else if s.len() > 1 && bpe.token_id(s).is_none() {
+            bpe.merge_small(s, &mut out, &mut scratch);
+        } else {
+            bpe.encode_piece(s, &mut out, &mut scratch);
+        }
+        out
+    }
+
+    /// tiktoken's own loop, written plainly over byte strings: the executable spec.
+    fn reference(bpe: &Bpe, piece: &[u8]) -> Vec<u32> {
+        if let Some(id) = bpe.token_id(piece) {
+            return vec![id];
+        }
+        let mut parts: Vec<Vec<u8>> = piece.iter().map(|&b| vec![b]).collect();
+        loop {
+            let mut best: Option<(u32, usize)> = None;
+            for i in 0..parts.len().saturating_sub(1) {
+                let cat = [parts[i].as_slice(), parts[i + 1].as_slice()].concat();
+                if let Some(r) = bpe.token_id(&cat) {
+                    if best.is_none_or(|(br, _)| r < br) {
+                        best = Some((r, i));
+                    }
+                }
+            }
+            let Some((_, i)) = best else { break };
+            let right = parts.remove(i + 1);
+            parts[i].extend(right);
+        }
+        parts.iter().map(|p| bpe.token_id(p).unwrap()).collect()
+    }
+
+    #[test]
+    fn merges_follow_rank_order() {
+        let bpe = tiny();
+        // "abc": "ab" (256) merges before "bc" (257), then "ab"+"c" -> "abc" (258).
+        assert_eq!(enc(&bpe, b"abc", false), vec![258]);
+        assert_eq!(enc(&bpe, b"abcx", false), vec![258, b'x' as u32]);
+        assert_eq!(enc(&bpe, b"xbc", false), vec![b'x' as u32, 257]);
+        assert_eq!(enc(&bpe, b"aaaaa", false), vec![260, b'a' as u32]);
+        assert_eq!(enc(&bpe, b"a", false), vec![b'a' as u32]);
+    }
+
+    #[test]
+    fn small_and_large_paths_agree_with_the_reference() {
+        let bpe = tiny();
+        let mut state = 0x2545F4914F6CDD1D_u64;
+        for len in 2..300 {
+            let piece: Vec<u8> = (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    b"abcx"[(state % 4) as usize]
+                })
+                .collect();
+            let want = reference(&bpe, &piece);
+            assert_eq!(enc(&bpe, &piece, false), want, "small, len {len}");
+            assert_eq!(enc(&bpe, &piece, true), want, "large, len {len}");
+        }
+        let run = vec![b'a'; 1001];
+        assert_eq!(enc(&bpe, &run, true), reference(&bpe, &run));
+    }
+
+    #[test]
+    fn token_tables() {
+        let bpe = tiny();
+        assert_eq!(bpe.len(), 261);
+        assert_eq!(bpe.token_bytes(258), Some(&b"abc"[..]));
+        assert_eq!(bpe.token_bytes(261), None);
+        assert_eq!(bpe.token_id(b"aaaa"), Some(260));
+        assert_eq!(bpe.tokens().count(), 261);
+    }
+
+    #[test]
+    fn malformed_ranks_are_format_errors() {
+        let all: Vec<(Vec<u8>, u32)> = (0..=255_u8).map(|b| (vec![b], b as u32)).collect();
+        let mut dup_rank = all.clone();
+        dup_rank.push((b"ab".to_vec(), 5));
+        assert!(Bpe::from_ranks("t", dup_rank)
+            .unwrap_err()
+            .to_string()
+            .contains("rank 5 appears twice"));
+        let mut dup_tok = all.clone();
+        dup_tok.push((b"a".to_vec(), 300));
+        assert!(Bpe::from_ranks("t", dup_tok)
+            .unwrap_err()
+            .to_string()
+            .contains("appears twice"));
+        let missing: Vec<_> = all[1..].to_vec();
+        assert!(Bpe::from_ranks("t", missing)
+            .unwrap_err()
+            .to_string()
+            .contains("0x00"));
+        let mut sparse = all.clone();
+        sparse.push((b"zz".to_vec(), 4_000_000_000));
+        assert!(Bpe::from_ranks("t", sparse)
+            .unwrap_err()
+            .to_string()
+            .contains("dense"));
+        assert!(Bpe::from_ranks("t", vec![]).is_err());
+    }
+}

@@ -1,0 +1,5 @@
+//! Readers for tokenizer files, kept apart from the algorithms: each turns a file's bytes into
+//! the inputs of a model constructor and reports malformed input as `Error::Format` naming the
+//! file and line.
+
+pub mod tiktoken;

@@ -1,0 +1,301 @@
+//! Pre-tokenization: cutting text into the pieces that BPE encodes one at a time.
+//!
+//! A split pattern comes from the tokenizer file. Patterns that ferrolm recognises run on a
+//! hand-written splitter that is equivalent to the regular expression (and several times faster
+//! than any regex engine on it); any other pattern runs on the `regex` crate, whose matching is
+//! linear in the input. Patterns that need look-around or possessive quantifiers, which a
+//! linear-time engine cannot run, are rejected with [`Error::Unsupported`] naming the pattern,
+//! never approximated.
+//!
+//! Semantics are tiktoken's: the pieces are the pattern's successive leftmost-first matches;
+//! text between two matches (if the pattern can skip any) is not encoded.
+
+use crate::tokenizer::unicode::{class_of, decode_at, CharClass};
+use crate::{Error, Result};
+
+/// GPT-2's split pattern, as tiktoken writes it.
+pub const GPT2_PATTERN: &str =
+    r"'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+/// GPT-2's split pattern, as Hugging Face's tokenizer.json and the original encoder.py write it.
+pub const GPT2_PATTERN_HF: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+/// A compiled split pattern.
+#[derive(Debug, Clone)]
+pub enum Splitter {
+    /// [`GPT2_PATTERN`], hand-written.
+    Gpt2,
+    /// Any other pattern the `regex` crate accepts.
+    Regex(Box<regex::Regex>),
+}
+
+impl Splitter {
+    /// Compiles `pattern`, choosing the hand-written splitter when one is equivalent.
+    pub fn new(pattern: &str) -> Result<Self> {
+        if pattern == GPT2_PATTERN || pattern == GPT2_PATTERN_HF {
+            return Ok(Splitter::Gpt2);
+        }
+        if has_possessive_quantifier(pattern) {
+            return Err(Error::Unsupported(format!(
+                "split pattern {pattern:?}: it uses possessive repetition (`++`, `*+`, `?+`), \
+                 which a linear-time engine cannot run"
+            )));
+        }
+        let re = regex::RegexBuilder::new(pattern)
+            .size_limit(64 << 20)
+            .build()
+            .map_err(|e| {
+                let why = match &e {
+                    regex::Error::Syntax(s)
+                        if s.contains("look-around") || s.contains("repetition operator") =>
+                    {
+                        "it needs look-around or possessive repetition, which a linear-time \
+                         engine cannot run"
+                            .to_owned()
+                    }
+                    regex::Error::Syntax(s) => s.lines().last().unwrap_or("").trim().to_owned(),
+                    other => other.to_string(),
+                };
+                Error::Unsupported(format!("split pattern {pattern:?}: {why}"))
+            })?;
+        Ok(Splitter::Regex(Box::new(re)))
+    }
+
+    /// The pattern this splitter implements.
+    pub fn pattern(&self) -> &str {
+        match self {
+            Splitter::Gpt2 => GPT2_PATTERN,
+            Splitter::Regex(re) => re.as_str(),
+        }
+    }
+
+    /// Calls `emit(start, end)` with the byte range of each piece of `text`, in order.
+    #[inline]
+    pub fn split(&self, text: &str, emit: impl FnMut(usize, usize)) {
+        match self {
+            Splitter::Gpt2 => split_gpt2(text, emit),
+            Splitter::Regex(re) => {
+                let mut emit = emit;
+                for m in re.find_iter(text) {
+                    if m.start() < m.end() {
+                        emit(m.start(), m.end());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// True when `pattern` has a possessive quantifier. The `regex` crate would read `x++` as
+/// `(x+)+`, which matches differently, so such patterns must be refused rather than compiled.
+fn has_possessive_quantifier(pattern: &str) -> bool {
+    let b = pattern.as_bytes();
+    let mut i = 0;
+    let mut in_class = false;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => {
+                // `\p{..}`, `\P{..}`, `\x{..}`, `\u{..}`: skip the braces with the escape.
+                if matches!(b.get(i + 1), Some(b'p' | b'P' | b'x' | b'u'))
+                    && b.get(i + 2) == Some(&b'{')
+                {
+                    while i < b.len() && b[i] != b'}' {
+                        i += 1;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            b'[' => in_class = true,
+            b']' => in_class = false,
+            // `(?+` is not a quantifier; anything else quantified then `+` is possessive.
+            b'*' | b'+' | b'?' | b'}'
+                if !in_class
+                    && b.get(i + 1) == Some(&b'+')
+                    && !(b[i] == b'?' && i > 0 && b[i - 1] == b'(') =>
+            {
+                return true;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+/// The end of the run of `class` characters starting at byte `i`.
+#[inline]
+fn run_end(b: &[u8], mut i: usize, class: CharClass) -> usize {
+    while i < b.len() {
+        let (cp, len) = decode_at(b, i);
+        if class_of(cp) != class {
+            break;
+        }
+        i += len;
+    }
+    i
+}
+
+/// The length of a contraction (`'s 'd 'm 't 'll 've 're`) starting at byte `i`, if any.
+#[inline]
+fn contraction_len(b: &[u8], i: usize) -> Option<usize> {
+    match b.get(i + 1)? {
+        b's' | b'd' | b'm' | b't' => Some(2),
+        b'l' if b.get(i + 2) == Some(&b'l') => Some(3),
+        b'v' | b'r' if b.get(i + 2) == Some(&b'e') => Some(3),
+        _ => None,
+    }
+}
+
+/// [`GPT2_PATTERN`] by hand. At each position the alternatives are tried in the pattern's
+/// order; each branch below says which one it is.
+fn split_gpt2(text: &str, mut emit: impl FnMut(usize, usize)) {
+    let b = text.as_bytes();
+    let n = b.len();
+    let mut i = 0;
+    while i < n {
+        let start = i;
+        let (cp, len) = decode_at(b, i);
+        // `'(?:[sdmt]|ll|ve|re)`
+        if cp == u32::from(b'\'') {
+            if let Some(l) = contraction_len(b, i) {
+                i += l;
+                emit(start, i);
+                continue;
+            }
+        }
+        let class = class_of(cp);
+        i = match class {
+            // `\p{L}+`, `\p{N}+`, `[^\s\p{L}\p{N}]+` without the leading space
+            CharClass::Letter | CharClass::Number | CharClass::Other => run_end(b, i + len, class),
+            CharClass::Space => {
+                let next = if i + 1 < n && cp == u32::from(b' ') {
+                    let (ncp, _) = decode_at(b, i + 1);
+                    Some(class_of(ncp))
+                } else {
+                    None
+                };
+                match next {
+                    // ` ?\p{L}+`, ` ?\p{N}+`, ` ?[^\s\p{L}\p{N}]+` with the space
+                    Some(c) if c != CharClass::Space => run_end(b, i + 1, c),
+                    _ => {
+                        // `\s+(?!\S)`: the whole run at the end of the text, else the run less
+                        // its last character (which then starts the next piece); `\s+` when
+                        // the run is a single character followed by a non-space.
+                        let mut j = i + len;
+                        let mut last = len;
+                        while j < n {
+                            let (c2, l2) = decode_at(b, j);
+                            if class_of(c2) != CharClass::Space {
+                                break;
+                            }
+                            j += l2;
+                            last = l2;
+                        }
+                        if j == n || j - i == last {
+                            j
+                        } else {
+                            j - last
+                        }
+                    }
+                }
+            }
+        };
+        emit(start, i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces<'a>(s: &Splitter, text: &'a str) -> Vec<&'a str> {
+        let mut out = Vec::new();
+        s.split(text, |a, b| out.push(&text[a..b]));
+        out
+    }
+
+    /// The hand-written splitter against the pattern run by a backtracking-free emulation: the
+    /// `regex` crate cannot run `(?!\S)`, so the oracle applies the same pattern without it and
+    /// gives back the last whitespace character where the look-ahead would have failed.
+    fn oracle(text: &str) -> Vec<&str> {
+        let re = regex::Regex::new(
+            r"^(?:'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+)",
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < text.len() {
+            let m = re.find(&text[i..]).unwrap();
+            let mut end = i + m.end();
+            let piece = &text[i..end];
+            if piece.chars().all(char::is_whitespace) && end < text.len() {
+                let last = piece.chars().next_back().unwrap().len_utf8();
+                if piece.len() > last {
+                    end -= last;
+                }
+            }
+            out.push(&text[i..end]);
+            i = end;
+        }
+        out
+    }
+
+    #[test]
+    fn gpt2_examples() {
+        let s = Splitter::new(GPT2_PATTERN).unwrap();
+        assert_eq!(
+            pieces(&s, "Hello world! It's 2024,   ok?\n\n  Yes"),
+            vec![
+                "Hello", " world", "!", " It", "'s", " 2024", ",", "  ", " ok", "?", "\n\n ",
+                " Yes"
+            ]
+        );
+        assert_eq!(pieces(&s, "  \nfoo"), vec!["  ", "\n", "foo"]);
+        assert_eq!(
+            pieces(&s, "x'''s 'll'LL"),
+            vec!["x", "'''", "s", " '", "ll", "'", "LL"]
+        );
+        assert_eq!(pieces(&s, "end   "), vec!["end", "   "]);
+        assert_eq!(pieces(&s, ""), Vec::<&str>::new());
+        assert_eq!(
+            pieces(&s, "中文 テスト ½Ⅻ 😀😀"),
+            vec!["中文", " テスト", " ½Ⅻ", " 😀😀"]
+        );
+    }
+
+    #[test]
+    fn gpt2_agrees_with_the_oracle_on_awkward_text() {
+        let s = Splitter::new(GPT2_PATTERN_HF).unwrap();
+        assert!(matches!(s, Splitter::Gpt2));
+        let samples = [
+            "a  b   c\t\td \n e\r\n\r\nf\u{00A0}\u{00A0}g \u{3000}h",
+            "It's we'll they've I'd you're 'tis 'S ''' ' ",
+            "x1y2 z33 4five ...!!! ??a  ,,b",
+            "emoji 👩‍👩‍👧 mixed中文English123漢字 \u{0301}e\u{0301}",
+            "\n\n\n",
+            " ",
+            "  ",
+            "tail space ",
+            "tabs\t",
+        ];
+        for t in samples {
+            assert_eq!(pieces(&s, t), oracle(t), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn other_patterns_run_on_regex_or_are_rejected() {
+        let s = Splitter::new(r"\w+|[^\w\s]+").unwrap();
+        assert!(matches!(s, Splitter::Regex(_)));
+        assert_eq!(pieces(&s, "ab, cd"), vec!["ab", ",", "cd"]);
+        let err = Splitter::new(r"\s+(?!\S)|\s+").unwrap_err().to_string();
+        assert!(err.contains("look-around"), "{err}");
+        let err = Splitter::new(r"\p{L}++").unwrap_err().to_string();
+        assert!(err.starts_with("unsupported split pattern"), "{err}");
+        assert!(Splitter::new("(unclosed").is_err());
+        assert!(has_possessive_quantifier(r"a*+|b"));
+        assert!(has_possessive_quantifier(r"\p{N}{1,3}+"));
+        assert!(!has_possessive_quantifier(r"\p{L}+|[+*?]+|\++| ?\p{N}+"));
+    }
+}

@@ -1,0 +1,357 @@
+//! Glue for `ferrolm_core::tokenizer`: the `Tokenizer` class (subclassed in Python by
+//! `ferrolm.Tokenizer`, which adds the constructors that find files).
+//!
+//! Performance notes: a short `encode` is dominated by the Python call itself, so texts under
+//! [`DETACH_BYTES`] are encoded holding the GIL (releasing and re-taking it costs more than the
+//! work); longer texts and all batches release it. Batches borrow each `str`'s UTF-8 buffer
+//! (kept alive by a strong reference) instead of copying it.
+
+use ferrolm_core::runtime::pool;
+use ferrolm_core::tokenizer::{Allowed, Tokenizer};
+use ferrolm_core::Error;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PySet, PyString};
+use rayon::prelude::*;
+
+use crate::errors::{attached, detached};
+
+/// Texts shorter than this many bytes are encoded without releasing the GIL.
+const DETACH_BYTES: usize = 4096;
+
+/// A byte-level BPE tokenizer (immutable; safe to share across threads).
+#[derive(Debug)]
+#[pyclass(frozen, subclass, module = "ferrolm._core", name = "Tokenizer")]
+pub struct PyTokenizer {
+    inner: Tokenizer,
+    name: String,
+}
+
+/// The set of special tokens named by an `allowed_special` / `disallowed_special` argument.
+enum SpecialArg {
+    All,
+    Ids(Vec<u32>),
+}
+
+impl PyTokenizer {
+    fn special_arg(&self, arg: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<SpecialArg> {
+        let Some(arg) = arg else {
+            return Ok(SpecialArg::Ids(Vec::new()));
+        };
+        if let Ok(s) = arg.cast::<PyString>() {
+            return if s.to_str()? == "all" {
+                Ok(SpecialArg::All)
+            } else {
+                Err(PyValueError::new_err(format!(
+                    "{what} must be \"all\" or a collection of special-token strings, not a str"
+                )))
+            };
+        }
+        if !(arg.is_instance_of::<PySet>()
+            || arg.is_instance_of::<PyFrozenSet>()
+            || arg.is_instance_of::<PyList>()
+            || arg.is_instance_of::<pyo3::types::PyTuple>())
+        {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "{what} must be \"all\" or a set of special-token strings, not {}",
+                arg.get_type().name()?
+            )));
+        }
+        let mut ids = Vec::new();
+        for item in arg.try_iter()? {
+            let item = item?;
+            let name: &str = item.extract()?;
+            // Like tiktoken: naming a string that is not a special token has no effect.
+            if let Some(id) = self.inner.specials().id(name) {
+                ids.push(id);
+            }
+        }
+        Ok(SpecialArg::Ids(ids))
+    }
+}
+
+/// The UTF-8 of a `str`; lone surrogates (which UTF-8 cannot carry) become U+FFFD, as tiktoken
+/// does.
+fn text_of<'a, 'py>(obj: &'a Bound<'py, PyAny>) -> PyResult<std::borrow::Cow<'a, str>> {
+    let s = obj.cast::<PyString>().map_err(|_| {
+        pyo3::exceptions::PyTypeError::new_err(format!(
+            "expected str, got {}",
+            obj.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    })?;
+    match s.to_str() {
+        Ok(t) => Ok(std::borrow::Cow::Borrowed(t)),
+        Err(_) => {
+            let fixed = s
+                .call_method1("encode", ("utf-16", "surrogatepass"))?
+                .call_method1("decode", ("utf-16", "replace"))?;
+            Ok(std::borrow::Cow::Owned(fixed.extract::<String>()?))
+        }
+    }
+}
+
+fn disallowed_error(token: &str) -> PyErr {
+    PyValueError::new_err(format!(
+        "Encountered text corresponding to disallowed special token '{token}'.\n\
+         If you want this text to be encoded as a special token, pass it to `allowed_special`, \
+         e.g. `allowed_special={{'{token}', ...}}`.\n\
+         If you want this text to be encoded as normal text, disable the check for this token \
+         by passing `disallowed_special=(tok.special_tokens_set - {{'{token}'}})`.\n\
+         To disable this check for all special tokens, pass `disallowed_special=()`."
+    ))
+}
+
+#[pymethods]
+impl PyTokenizer {
+    /// Builds a tokenizer from a tiktoken rank file's contents, a split pattern and the special
+    /// tokens (`{text: id}`). `name` is shown in `repr` and error messages.
+    #[new]
+    #[pyo3(signature = (ranks, pattern, special_tokens, name = "tokenizer".to_owned()))]
+    fn new(
+        py: Python<'_>,
+        ranks: &[u8],
+        pattern: &str,
+        special_tokens: std::collections::BTreeMap<String, u32>,
+        name: String,
+    ) -> PyResult<Self> {
+        let specials: Vec<(String, u32)> = special_tokens.into_iter().collect();
+        let inner = detached(py, || {
+            Tokenizer::from_tiktoken_bytes(&name, ranks, pattern, specials)
+        })?;
+        Ok(PyTokenizer { inner, name })
+    }
+
+    /// The name given at construction (a built-in's name or a file name).
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The split pattern.
+    #[getter]
+    fn pattern(&self) -> &str {
+        self.inner.pattern()
+    }
+
+    /// One more than the largest token id, special tokens included.
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+
+    /// The special tokens, `{text: id}`.
+    #[getter]
+    fn special_tokens<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (name, id) in self.inner.specials().iter() {
+            d.set_item(name, id)?;
+        }
+        Ok(d)
+    }
+
+    /// The ids of `text`.
+    ///
+    /// Special tokens written in the text follow tiktoken: those in `allowed_special` (a set of
+    /// strings, or "all") are encoded as their ids; finding one of `disallowed_special` (by
+    /// default "all" the others) raises ValueError; pass `disallowed_special=()` to encode them
+    /// as ordinary text. `add_special_tokens` adds the tokens a post-processor would (none for
+    /// GPT-2 style tokenizers).
+    #[pyo3(signature = (text, *, add_special_tokens = true, allowed_special = None, disallowed_special = None))]
+    fn encode(
+        &self,
+        py: Python<'_>,
+        text: &Bound<'_, PyAny>,
+        add_special_tokens: bool,
+        allowed_special: Option<&Bound<'_, PyAny>>,
+        disallowed_special: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<u32>> {
+        let _ = add_special_tokens;
+        let text = text_of(text)?;
+        let allowed = self.special_arg(allowed_special, "allowed_special")?;
+        let allowed = match &allowed {
+            SpecialArg::All => Allowed::All,
+            SpecialArg::Ids(ids) if ids.is_empty() => Allowed::None,
+            SpecialArg::Ids(ids) => Allowed::Only(ids),
+        };
+        self.check_disallowed(&text, allowed, disallowed_special)?;
+        let inner = &self.inner;
+        if text.len() < DETACH_BYTES {
+            attached(py, || Ok(inner.encode(&text, allowed)))
+        } else {
+            detached(py, || Ok(inner.encode(&text, allowed)))
+        }
+    }
+
+    /// The ids of `text`, with special-token text encoded as ordinary text (tiktoken's
+    /// `encode_ordinary`).
+    fn encode_ordinary(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+        let text = text_of(text)?;
+        let inner = &self.inner;
+        if text.len() < DETACH_BYTES {
+            attached(py, || Ok(inner.encode_ordinary(&text)))
+        } else {
+            detached(py, || Ok(inner.encode_ordinary(&text)))
+        }
+    }
+
+    /// `encode` for each text, in parallel on ferrolm's thread pool, with the GIL released.
+    #[pyo3(signature = (texts, *, add_special_tokens = true, allowed_special = None, disallowed_special = None))]
+    fn encode_batch(
+        &self,
+        py: Python<'_>,
+        texts: &Bound<'_, PyAny>,
+        add_special_tokens: bool,
+        allowed_special: Option<&Bound<'_, PyAny>>,
+        disallowed_special: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<Vec<u32>>> {
+        let _ = add_special_tokens;
+        if texts.is_instance_of::<PyString>() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "encode_batch expects a list of str, got a single str (use encode)",
+            ));
+        }
+        let owned: Vec<Bound<'_, PyAny>> = texts.try_iter()?.collect::<PyResult<_>>()?;
+        let strs: Vec<std::borrow::Cow<'_, str>> =
+            owned.iter().map(text_of).collect::<PyResult<_>>()?;
+        let allowed = self.special_arg(allowed_special, "allowed_special")?;
+        let allowed = match &allowed {
+            SpecialArg::All => Allowed::All,
+            SpecialArg::Ids(ids) if ids.is_empty() => Allowed::None,
+            SpecialArg::Ids(ids) => Allowed::Only(ids),
+        };
+        for t in &strs {
+            self.check_disallowed(t, allowed, disallowed_special)?;
+        }
+        let inner = &self.inner;
+        let refs: Vec<&str> = strs.iter().map(|c| c.as_ref()).collect();
+        detached(py, || {
+            pool::install(|| {
+                refs.par_iter()
+                    .with_min_len(8)
+                    .map(|t| inner.encode(t, allowed))
+                    .collect()
+            })
+        })
+    }
+
+    /// The text of `ids`; bytes that do not form valid UTF-8 become U+FFFD. An id outside the
+    /// vocabulary raises IndexError naming it.
+    #[pyo3(signature = (ids, *, skip_special_tokens = false))]
+    fn decode(&self, py: Python<'_>, ids: Vec<u32>, skip_special_tokens: bool) -> PyResult<String> {
+        let inner = &self.inner;
+        if ids.len() < DETACH_BYTES / 4 {
+            attached(py, || inner.decode(&ids, skip_special_tokens))
+        } else {
+            detached(py, || inner.decode(&ids, skip_special_tokens))
+        }
+    }
+
+    /// The raw bytes of `ids` (no UTF-8 repair).
+    fn decode_bytes<'py>(&self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Bound<'py, PyBytes>> {
+        let inner = &self.inner;
+        let bytes = detached(py, || inner.decode_bytes(&ids, false))?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// `decode` for each list of ids, in parallel.
+    #[pyo3(signature = (batch, *, skip_special_tokens = false))]
+    fn decode_batch(
+        &self,
+        py: Python<'_>,
+        batch: Vec<Vec<u32>>,
+        skip_special_tokens: bool,
+    ) -> PyResult<Vec<String>> {
+        let inner = &self.inner;
+        detached(py, || {
+            pool::install(|| {
+                batch
+                    .par_iter()
+                    .map(|ids| inner.decode(ids, skip_special_tokens))
+                    .collect::<Result<Vec<_>, Error>>()
+            })?
+        })
+    }
+
+    /// The token `id` as Hugging Face writes it (byte-level characters, e.g. "Ġworld"), or
+    /// None when no token has that id.
+    fn id_to_token(&self, id: i64) -> Option<String> {
+        u32::try_from(id)
+            .ok()
+            .and_then(|id| self.inner.id_to_token(id))
+    }
+
+    /// The id of a token written as `id_to_token` writes it, or None.
+    fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The raw bytes of token `id` (tiktoken's `decode_single_token_bytes`).
+    fn id_to_bytes<'py>(&self, py: Python<'py>, id: i64) -> PyResult<Bound<'py, PyBytes>> {
+        let bytes = u32::try_from(id)
+            .ok()
+            .and_then(|i| self.inner.id_to_bytes(i))
+            .ok_or_else(|| {
+                crate::errors::to_pyerr(
+                    py,
+                    Error::OutOfRange(format!("token id {id} is not in the vocabulary")),
+                )
+            })?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// The ordinary tokens as a tiktoken rank file (what the constructor takes).
+    fn to_tiktoken_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let inner = &self.inner;
+        let bytes = detached(py, || Ok(inner.to_tiktoken_bytes()))?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+}
+
+impl PyTokenizer {
+    fn check_disallowed(
+        &self,
+        text: &str,
+        allowed: Allowed<'_>,
+        disallowed: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        // Default: every special token not allowed is disallowed.
+        let found = match disallowed {
+            None => self.inner.find_special_not_in(text, allowed),
+            Some(arg) => match self.special_arg(Some(arg), "disallowed_special")? {
+                SpecialArg::All => self.inner.find_special_not_in(text, allowed),
+                SpecialArg::Ids(ids) if ids.is_empty() => None,
+                SpecialArg::Ids(ids) => {
+                    let check: Vec<u32> = ids
+                        .into_iter()
+                        .filter(|id| !matches!(allowed, Allowed::All) && !allowed_has(allowed, *id))
+                        .collect();
+                    // Only these ids are disallowed: look for any special not in the complement.
+                    let complement: Vec<u32> = self
+                        .inner
+                        .specials()
+                        .iter()
+                        .map(|(_, id)| id)
+                        .filter(|id| !check.contains(id))
+                        .collect();
+                    self.inner
+                        .find_special_not_in(text, Allowed::Only(&complement))
+                }
+            },
+        };
+        match found {
+            Some(token) => Err(disallowed_error(token)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn allowed_has(allowed: Allowed<'_>, id: u32) -> bool {
+    match allowed {
+        Allowed::None => false,
+        Allowed::All => true,
+        Allowed::Only(ids) => ids.contains(&id),
+    }
+}
