@@ -17,6 +17,7 @@ use std::collections::BinaryHeap;
 
 use rustc_hash::FxHashMap;
 
+use crate::tokenizer::piece_table::{Key, PieceTable};
 use crate::{Error, Result};
 
 /// Pieces up to this many bytes merge by rescanning; longer ones use the heap.
@@ -30,19 +31,98 @@ pub struct Bpe {
     /// unused id.
     bytes: Vec<u8>,
     offsets: Vec<u32>,
-    lookup: FxHashMap<Box<[u8]>, u32>,
+    lookup: PieceTable,
     byte_ids: [u32; 256],
-    /// `(left << 32) | right` -> `(priority << 32) | merged`.
-    merges: FxHashMap<u64, u64>,
+    merges: PairTable,
     len: usize,
+    /// Distinguishes this BPE's entries in a thread's merge cache from another BPE's.
+    uid: u64,
+}
+
+fn next_uid() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The merge table: `(left id, right id)` -> `(priority, merged id)`, open addressing with
+/// linear probing at a load factor of at most 1/2, 16 bytes a slot. Pair keys are never
+/// `u64::MAX` (ids are below `u32::MAX`), which marks an empty slot.
+#[derive(Debug, Clone)]
+struct PairTable {
+    slots: Vec<(u64, u32, u32)>,
+    shift: u32,
+}
+
+const EMPTY_PAIR: u64 = u64::MAX;
+
+impl PairTable {
+    fn new(entries: &[(u64, u32, u32)]) -> Self {
+        let cap = (entries.len() * 2).next_power_of_two().max(16);
+        let shift = 64 - cap.trailing_zeros();
+        let mut slots = vec![(EMPTY_PAIR, NO_MERGE, 0); cap];
+        for &(key, rank, id) in entries {
+            let mut i = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize;
+            loop {
+                if slots[i].0 == EMPTY_PAIR {
+                    slots[i] = (key, rank, id);
+                    break;
+                }
+                if slots[i].0 == key {
+                    // The same pair from two splits: keep the lower priority.
+                    if rank < slots[i].1 {
+                        slots[i] = (key, rank, id);
+                    }
+                    break;
+                }
+                i = (i + 1) & (cap - 1);
+            }
+        }
+        PairTable { slots, shift }
+    }
+
+    /// `(priority, merged id)`, or `(NO_MERGE, 0)`.
+    #[inline]
+    fn get(&self, key: u64) -> (u32, u32) {
+        let mask = self.slots.len() - 1;
+        let mut i = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize;
+        loop {
+            let (k, rank, id) = self.slots[i];
+            if k == key {
+                return (rank, id);
+            }
+            if k == EMPTY_PAIR {
+                return (NO_MERGE, 0);
+            }
+            i = (i + 1) & mask;
+        }
+    }
 }
 
 /// A candidate merge in the heap: `(priority, left, right, left version, right version)`.
 type Candidate = Reverse<(u32, u32, u32, u32, u32)>;
 
-/// Reusable buffers for encoding.
+/// Pieces of at most this many bytes whose merges give at most [`CACHED_IDS`] ids are cached.
+const CACHED_BYTES: usize = 16;
+const CACHED_IDS: usize = 6;
+const CACHE_SLOTS: usize = 8192;
+
+/// One entry of the merge cache: a piece (as its inline key) and the ids it merged into.
+#[derive(Debug, Clone, Copy, Default)]
+struct CacheSlot {
+    k0: u64,
+    k1: u64,
+    len: u16,
+    n: u16,
+    ids: [u32; CACHED_IDS],
+}
+
+/// Reusable buffers for encoding, and a cache of recently merged pieces: words that are not a
+/// single token recur (Zipf), and their merges cost a dozen hash lookups each. Direct-mapped,
+/// 8192 entries (384 KB, fits in L2); it belongs to one BPE at a time (`owner`).
 #[derive(Debug, Default)]
 pub struct Scratch {
+    owner: u64,
+    cache: Vec<CacheSlot>,
     ids: Vec<u32>,
     ranks: Vec<u32>,
     next: Vec<u32>,
@@ -75,7 +155,7 @@ impl Bpe {
             ));
         }
         let mut by_id: Vec<Option<&[u8]>> = vec![None; max_rank + 1];
-        let mut lookup: FxHashMap<Box<[u8]>, u32> = FxHashMap::default();
+        let mut lookup: FxHashMap<&[u8], u32> = FxHashMap::default();
         lookup.reserve(ranks.len());
         for (tok, rank) in &ranks {
             if tok.is_empty() {
@@ -88,10 +168,7 @@ impl Bpe {
                 return Err(Error::format(what, format!("rank {rank} appears twice")));
             }
             by_id[*rank as usize] = Some(tok);
-            if lookup
-                .insert(tok.clone().into_boxed_slice(), *rank)
-                .is_some()
-            {
+            if lookup.insert(tok, *rank).is_some() {
                 return Err(Error::format(
                     what,
                     format!("token {} appears twice", escape(tok)),
@@ -114,14 +191,16 @@ impl Bpe {
                     .map_err(|_| Error::format(what, "the vocabulary is larger than 4 GiB"))?,
             );
         }
-        let mut merges: FxHashMap<u64, u64> = FxHashMap::default();
+        let mut merges: Vec<(u64, u32, u32)> = Vec::new();
         for (tok, rank) in &ranks {
             for k in 1..tok.len() {
                 if let (Some(&a), Some(&b)) = (lookup.get(&tok[..k]), lookup.get(&tok[k..])) {
-                    merges.insert(pair_key(a, b), pair_key(*rank, *rank));
+                    merges.push((pair_key(a, b), *rank, *rank));
                 }
             }
         }
+        let lookup = PieceTable::new(lookup.iter().map(|(k, v)| (*k, *v)));
+        let merges = PairTable::new(&merges);
         Ok(Bpe {
             bytes,
             offsets,
@@ -129,6 +208,7 @@ impl Bpe {
             byte_ids,
             merges,
             len: ranks.len(),
+            uid: next_uid(),
         })
     }
 
@@ -158,7 +238,11 @@ impl Bpe {
     /// The id of the token with exactly these bytes.
     #[inline]
     pub fn token_id(&self, bytes: &[u8]) -> Option<u32> {
-        self.lookup.get(bytes).copied()
+        if bytes.is_empty() {
+            return None;
+        }
+        self.lookup
+            .get(bytes, |id| self.token_bytes(id).unwrap_or(&[]))
     }
 
     /// All tokens with their ids, in id order.
@@ -168,20 +252,60 @@ impl Bpe {
 
     #[inline]
     fn merge_of(&self, a: u32, b: u32) -> (u32, u32) {
-        match self.merges.get(&pair_key(a, b)) {
-            Some(&v) => ((v >> 32) as u32, v as u32),
-            None => (NO_MERGE, 0),
-        }
+        self.merges.get(pair_key(a, b))
     }
 
-    /// Appends the ids of `piece` to `out`.
+    /// Appends the ids of the piece `text[start..end]` to `out`. (Taking the whole text lets
+    /// the lookup read whole words past the piece's end.)
     #[inline]
-    pub fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>, scratch: &mut Scratch) {
+    pub fn encode_piece(
+        &self,
+        text: &[u8],
+        start: usize,
+        end: usize,
+        out: &mut Vec<u32>,
+        scratch: &mut Scratch,
+    ) {
+        let piece = &text[start..end];
         match piece.len() {
             0 => {}
             1 => out.push(self.byte_ids[piece[0] as usize]),
+            n if n <= CACHED_BYTES => {
+                let key = Key::new(text, start, end);
+                let tail = |id| self.token_bytes(id).unwrap_or(&[]);
+                if let Some(id) = self.lookup.get_key(&key, text, start, tail) {
+                    out.push(id);
+                    return;
+                }
+                if scratch.owner != self.uid || scratch.cache.is_empty() {
+                    scratch.cache.clear();
+                    scratch.cache.resize(CACHE_SLOTS, CacheSlot::default());
+                    scratch.owner = self.uid;
+                }
+                let slot_at = (key.hash as usize) & (CACHE_SLOTS - 1);
+                let slot = scratch.cache[slot_at];
+                if slot.len as usize == n && slot.k0 == key.k0 && slot.k1 == key.k1 {
+                    out.extend_from_slice(&slot.ids[..slot.n as usize]);
+                    return;
+                }
+                let before = out.len();
+                self.merge_small(piece, out, scratch);
+                let made = &out[before..];
+                if made.len() <= CACHED_IDS {
+                    let mut ids = [0; CACHED_IDS];
+                    ids[..made.len()].copy_from_slice(made);
+                    scratch.cache[slot_at] = CacheSlot {
+                        k0: key.k0,
+                        k1: key.k1,
+                        len: n as u16,
+                        n: made.len() as u16,
+                        ids,
+                    };
+                }
+            }
             n => {
-                if let Some(&id) = self.lookup.get(piece) {
+                let tail = |id| self.token_bytes(id).unwrap_or(&[]);
+                if let Some(id) = self.lookup.get_in(text, start, end, tail) {
                     out.push(id);
                 } else if n <= SMALL_PIECE {
                     self.merge_small(piece, out, scratch);
@@ -314,7 +438,7 @@ mod tests {
         } else if s.len() > 1 && bpe.token_id(s).is_none() {
             bpe.merge_small(s, &mut out, &mut scratch);
         } else {
-            bpe.encode_piece(s, &mut out, &mut scratch);
+            bpe.encode_piece(s, 0, s.len(), &mut out, &mut scratch);
         }
         out
     }

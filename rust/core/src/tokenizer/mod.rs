@@ -11,6 +11,7 @@
 pub mod bpe;
 pub mod byte_level;
 pub mod formats;
+pub mod piece_table;
 pub mod split;
 pub mod unicode;
 
@@ -20,6 +21,24 @@ use rustc_hash::FxHashMap;
 use crate::tokenizer::bpe::{Bpe, Scratch};
 use crate::tokenizer::split::Splitter;
 use crate::{Error, Result};
+
+/// Runs `f` with this thread's encoding scratch space (buffers and merge cache), reused across
+/// calls; a fresh one if the thread's is in use (re-entrant call).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+    }
+    let mut f = Some(f);
+    let done = SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => f.take().map(|f| f(&mut s)),
+        Err(_) => None,
+    });
+    match (done, f) {
+        (Some(r), _) => r,
+        (None, Some(f)) => f(&mut Scratch::default()),
+        (None, None) => unreachable!("the closure ran but returned nothing"),
+    }
+}
 
 /// Which special tokens written in the text are encoded as special ids.
 #[derive(Debug, Clone, Copy)]
@@ -189,29 +208,39 @@ impl Tokenizer {
     pub fn encode_ordinary_into(&self, text: &str, out: &mut Vec<u32>, scratch: &mut Scratch) {
         let bytes = text.as_bytes();
         self.splitter.split(text, |a, b| {
-            self.bpe.encode_piece(&bytes[a..b], out, scratch);
+            self.bpe.encode_piece(bytes, a, b, out, scratch);
         });
     }
 
     /// The ids of `text`, with special-token text encoded as ordinary text.
     pub fn encode_ordinary(&self, text: &str) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 4 + 1);
-        self.encode_ordinary_into(text, &mut out, &mut Scratch::default());
+        with_scratch(|scratch| self.encode_ordinary_into(text, &mut out, scratch));
         out
     }
 
     /// The ids of `text`; the special tokens that `allowed` names become their ids.
     pub fn encode(&self, text: &str, allowed: Allowed<'_>) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 4 + 1);
-        let mut scratch = Scratch::default();
+        with_scratch(|scratch| self.encode_into(text, allowed, &mut out, scratch));
+        out
+    }
+
+    fn encode_into(
+        &self,
+        text: &str,
+        allowed: Allowed<'_>,
+        out: &mut Vec<u32>,
+        scratch: &mut Scratch,
+    ) {
         if matches!(allowed, Allowed::None) {
-            self.encode_ordinary_into(text, &mut out, &mut scratch);
-            return out;
+            self.encode_ordinary_into(text, out, scratch);
+            return;
         }
         let (mut start, mut from) = (0, 0);
         while let Some((s, e, id)) = self.specials.find(text, from) {
             if allowed.allows(id) {
-                self.encode_ordinary_into(&text[start..s], &mut out, &mut scratch);
+                self.encode_ordinary_into(&text[start..s], out, scratch);
                 out.push(id);
                 start = e;
                 from = e;
@@ -219,8 +248,7 @@ impl Tokenizer {
                 from = s + 1;
             }
         }
-        self.encode_ordinary_into(&text[start..], &mut out, &mut scratch);
-        out
+        self.encode_ordinary_into(&text[start..], out, scratch);
     }
 
     /// The first special token in `text` that `allowed` does not name, if any: tiktoken's

@@ -10,7 +10,7 @@
 //! Semantics are tiktoken's: the pieces are the pattern's successive leftmost-first matches;
 //! text between two matches (if the pattern can skip any) is not encoded.
 
-use crate::tokenizer::unicode::{class_of, decode_at, CharClass};
+use crate::tokenizer::unicode::{class_at, CharClass};
 use crate::{Error, Result};
 
 /// GPT-2's split pattern, as tiktoken writes it.
@@ -127,8 +127,8 @@ fn has_possessive_quantifier(pattern: &str) -> bool {
 #[inline]
 fn run_end(b: &[u8], mut i: usize, class: CharClass) -> usize {
     while i < b.len() {
-        let (cp, len) = decode_at(b, i);
-        if class_of(cp) != class {
+        let (c, len) = class_at(b, i);
+        if c != class {
             break;
         }
         i += len;
@@ -155,23 +155,21 @@ fn split_gpt2(text: &str, mut emit: impl FnMut(usize, usize)) {
     let mut i = 0;
     while i < n {
         let start = i;
-        let (cp, len) = decode_at(b, i);
         // `'(?:[sdmt]|ll|ve|re)`
-        if cp == u32::from(b'\'') {
+        if b[i] == b'\'' {
             if let Some(l) = contraction_len(b, i) {
                 i += l;
                 emit(start, i);
                 continue;
             }
         }
-        let class = class_of(cp);
+        let (class, len) = class_at(b, i);
         i = match class {
             // `\p{L}+`, `\p{N}+`, `[^\s\p{L}\p{N}]+` without the leading space
             CharClass::Letter | CharClass::Number | CharClass::Other => run_end(b, i + len, class),
             CharClass::Space => {
-                let next = if i + 1 < n && cp == u32::from(b' ') {
-                    let (ncp, _) = decode_at(b, i + 1);
-                    Some(class_of(ncp))
+                let next = if i + 1 < n && b[i] == b' ' {
+                    Some(class_at(b, i + 1).0)
                 } else {
                     None
                 };
@@ -185,8 +183,8 @@ fn split_gpt2(text: &str, mut emit: impl FnMut(usize, usize)) {
                         let mut j = i + len;
                         let mut last = len;
                         while j < n {
-                            let (c2, l2) = decode_at(b, j);
-                            if class_of(c2) != CharClass::Space {
+                            let (c2, l2) = class_at(b, j);
+                            if c2 != CharClass::Space {
                                 break;
                             }
                             j += l2;

@@ -115,7 +115,7 @@ fn table() -> &'static Table {
 }
 
 /// The class of a code point (a `char` as `u32`).
-#[inline]
+#[inline(always)]
 pub fn class_of(cp: u32) -> CharClass {
     if cp < 128 {
         ASCII[cp as usize]
@@ -127,9 +127,22 @@ pub fn class_of(cp: u32) -> CharClass {
     }
 }
 
+/// The class and byte length of the character starting at byte `i` of valid UTF-8. ASCII (most
+/// text, all code) is one table load.
+#[inline(always)]
+pub fn class_at(text: &[u8], i: usize) -> (CharClass, usize) {
+    let b = text[i];
+    if b < 0x80 {
+        (ASCII[b as usize], 1)
+    } else {
+        let (cp, len) = decode_at(text, i);
+        (class_of(cp), len)
+    }
+}
+
 /// Decodes the character starting at byte `i` of valid UTF-8 (`text` comes from a `&str` and
 /// `i` is a character boundary): its code point and length in bytes.
-#[inline]
+#[inline(always)]
 pub fn decode_at(text: &[u8], i: usize) -> (u32, usize) {
     let b0 = text[i];
     if b0 < 0x80 {
