@@ -114,6 +114,12 @@ def test_tokenize_with_a_rank_file(tmp_path) -> None:
     other = tmp_path / "tokenizer.json"
     other.write_text("{}")
     r = run_cli("tokenize", "-t", str(other), "x")
-    assert r.returncode == 2 and "not supported yet" in r.stderr
+    assert r.returncode == 2 and "missing field `model`" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("tokenize", "-t", "nope", "x")
     assert r.returncode == 2 and "neither a built-in tokenizer" in r.stderr
+
+
+def test_tokenize_with_bert() -> None:
+    r = run_cli("tokenize", "-t", "bert-base-uncased", "--tokens", "Hello, World!")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == ["[CLS]", "hello", ",", "world", "!", "[SEP]"]

@@ -272,7 +272,9 @@ def test_pickle_round_trip(ours: Tokenizer, tmp_path) -> None:
 
 def test_builtin_is_cached_and_unknown_names_are_errors() -> None:
     assert Tokenizer.builtin("gpt2") is Tokenizer.builtin("gpt2")
-    with pytest.raises(ValueError, match="no built-in tokenizer named 'nope'; available: gpt2"):
+    with pytest.raises(
+        ValueError, match="no built-in tokenizer named 'nope'; available: bert-base-uncased, gpt2"
+    ):
         Tokenizer.builtin("nope")
 
 

@@ -53,25 +53,22 @@ def _load_tokenizer(spec: str) -> ferrolm.Tokenizer:
     if spec in builtin_names():
         return ferrolm.Tokenizer.builtin(spec)
     path = Path(spec)
-    if path.suffix == ".tiktoken":
-        return ferrolm.Tokenizer.from_tiktoken(path)
-    if not path.exists():
-        raise ValueError(
-            f"{spec!r} is neither a built-in tokenizer ({', '.join(builtin_names())}) "
-            "nor an existing file"
-        )
+    if path.is_dir():
+        return ferrolm.Tokenizer.from_pretrained(path)
+    if path.is_file():
+        return ferrolm.Tokenizer.from_file(path)
     raise ValueError(
-        f"{spec}: only tiktoken rank files (*.tiktoken) can be read so far; "
-        "tokenizer.json, vocab.txt and vocab.json + merges.txt are not supported yet"
+        f"{spec!r} is neither a built-in tokenizer ({', '.join(builtin_names())}) "
+        "nor an existing file or model folder"
     )
 
 
 def _tokenize(args: argparse.Namespace) -> int:
     tok = _load_tokenizer(args.tokenizer)
     texts = [sys.stdin.read() if t == "-" else t for t in args.text]
-    special: dict[str, Any] = (
-        {"allowed_special": "all"} if args.allow_special else {"disallowed_special": ()}
-    )
+    special: dict[str, Any] = {}
+    if tok.kind == "bpe":
+        special = {"allowed_special": "all"} if args.allow_special else {"disallowed_special": ()}
     for ids in tok.encode_batch(texts, **special):
         if args.output == "count":
             print(len(ids))
@@ -105,15 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the token ids (or tokens) of text",
         description='Tokenize each TEXT argument ("-" reads standard input) and print one line '
         "per text: the ids separated by spaces (default), the tokens as a JSON list, or the count. "
-        "Special-token text (such as <|endoftext|>) is encoded as ordinary text unless "
-        "--allow-special is given.",
+        "For BPE tokenizers, special-token text (such as <|endoftext|>) is encoded as ordinary "
+        "text unless --allow-special is given; WordPiece tokenizers add [CLS] ... [SEP].",
     )
     p.add_argument(
         "--tokenizer",
         "-t",
         default="gpt2",
         metavar="NAME|PATH",
-        help="a built-in tokenizer (gpt2) or a tiktoken rank file; default: gpt2",
+        help="a built-in tokenizer (gpt2, bert-base-uncased), a tokenizer file (tokenizer.json, "
+        "vocab.txt, *.tiktoken) or a model folder; default: gpt2",
     )
     out = p.add_mutually_exclusive_group()
     out.add_argument(
@@ -138,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError) as e:  # FormatError is a ValueError
         print(f"ferrolm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use ferrolm_core::tokenizer::split::GPT2_PATTERN;
-use ferrolm_core::tokenizer::Tokenizer;
+use ferrolm_core::tokenizer::BpeTokenizer;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -14,7 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: encode_file RANKS TEXT [REPEATS]".into());
     };
     let repeats: usize = rest.first().map_or(Ok(10), |r| r.parse())?;
-    let tok = Tokenizer::from_tiktoken_bytes(ranks, &std::fs::read(ranks)?, GPT2_PATTERN, vec![])?;
+    let tok =
+        BpeTokenizer::from_tiktoken_bytes(ranks, &std::fs::read(ranks)?, GPT2_PATTERN, vec![])?;
     let text = std::fs::read_to_string(text)?;
     let mut n = 0;
     let t0 = Instant::now();

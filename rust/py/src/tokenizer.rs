@@ -19,7 +19,7 @@ use crate::errors::{attached, detached};
 /// Texts shorter than this many bytes are encoded without releasing the GIL.
 const DETACH_BYTES: usize = 4096;
 
-/// A byte-level BPE tokenizer (immutable; safe to share across threads).
+/// A tokenizer (byte-level BPE or WordPiece; immutable, safe to share across threads).
 #[derive(Debug)]
 #[pyclass(frozen, subclass, module = "ferrolm._core", name = "Tokenizer")]
 pub struct PyTokenizer {
@@ -62,7 +62,7 @@ impl PyTokenizer {
             let item = item?;
             let name: &str = item.extract()?;
             // Like tiktoken: naming a string that is not a special token has no effect.
-            if let Some(id) = self.inner.specials().id(name) {
+            if let Some(id) = self.inner.special_id(name) {
                 ids.push(id);
             }
         }
@@ -106,22 +106,49 @@ fn disallowed_error(token: &str) -> PyErr {
 
 #[pymethods]
 impl PyTokenizer {
-    /// Builds a tokenizer from a tiktoken rank file's contents, a split pattern and the special
-    /// tokens (`{text: id}`). `name` is shown in `repr` and error messages.
+    /// Builds a tokenizer from a file's contents. `kind` says how to read it: "tiktoken" (a rank
+    /// file; `pattern` and `special_tokens` apply), "tokenizer.json" (Hugging Face), or
+    /// "vocab.txt" (BERT WordPiece; `lowercase` applies). `name` is shown in `repr` and errors.
     #[new]
-    #[pyo3(signature = (ranks, pattern, special_tokens, name = "tokenizer".to_owned()))]
+    #[pyo3(signature = (data, kind, *, pattern = None, special_tokens = None, name = "tokenizer".to_owned(), lowercase = true))]
     fn new(
         py: Python<'_>,
-        ranks: &[u8],
-        pattern: &str,
-        special_tokens: std::collections::BTreeMap<String, u32>,
+        data: &[u8],
+        kind: &str,
+        pattern: Option<&str>,
+        special_tokens: Option<std::collections::BTreeMap<String, u32>>,
         name: String,
+        lowercase: bool,
     ) -> PyResult<Self> {
-        let specials: Vec<(String, u32)> = special_tokens.into_iter().collect();
+        let specials: Vec<(String, u32)> = special_tokens.unwrap_or_default().into_iter().collect();
+        let kind = kind.to_owned();
         let inner = detached(py, || {
-            Tokenizer::from_tiktoken_bytes(&name, ranks, pattern, specials)
+            match kind.as_str() {
+            "tiktoken" => {
+                let pattern = pattern.ok_or_else(|| {
+                    Error::invalid("a tiktoken rank file needs its split pattern (`pattern`)")
+                })?;
+                Tokenizer::from_tiktoken_bytes(&name, data, pattern, specials)
+            }
+            "tokenizer.json" => Tokenizer::from_hf_json(&name, data),
+            "vocab.txt" => Tokenizer::bert_from_vocab(&name, data, lowercase),
+            other => Err(Error::invalid(format!(
+                "unknown tokenizer file kind {other:?}: expected \"tiktoken\", \"tokenizer.json\" or \"vocab.txt\""
+            ))),
+        }
         })?;
         Ok(PyTokenizer { inner, name })
+    }
+
+    /// "bpe" or "wordpiece".
+    #[getter]
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    /// How many ids `encode(text)` adds around the text's own (2 for BERT's [CLS] ... [SEP]).
+    fn num_special_tokens_to_add(&self) -> usize {
+        self.inner.num_special_tokens_to_add()
     }
 
     /// The name given at construction (a built-in's name or a file name).
@@ -130,10 +157,13 @@ impl PyTokenizer {
         &self.name
     }
 
-    /// The split pattern.
+    /// The split pattern (BPE), or None.
     #[getter]
-    fn pattern(&self) -> &str {
-        self.inner.pattern()
+    fn pattern(&self) -> Option<&str> {
+        match &self.inner {
+            Tokenizer::Bpe(t) => Some(t.pattern()),
+            Tokenizer::Hf(_) => None,
+        }
     }
 
     /// One more than the largest token id, special tokens included.
@@ -146,7 +176,7 @@ impl PyTokenizer {
     #[getter]
     fn special_tokens<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        for (name, id) in self.inner.specials().iter() {
+        for (name, id) in self.inner.special_tokens() {
             d.set_item(name, id)?;
         }
         Ok(d)
@@ -154,11 +184,11 @@ impl PyTokenizer {
 
     /// The ids of `text`.
     ///
-    /// Special tokens written in the text follow tiktoken: those in `allowed_special` (a set of
-    /// strings, or "all") are encoded as their ids; finding one of `disallowed_special` (by
-    /// default "all" the others) raises ValueError; pass `disallowed_special=()` to encode them
-    /// as ordinary text. `add_special_tokens` adds the tokens a post-processor would (none for
-    /// GPT-2 style tokenizers).
+    /// BPE: special tokens written in the text follow tiktoken: those in `allowed_special` (a
+    /// set of strings, or "all") are encoded as their ids; finding one of `disallowed_special`
+    /// (by default "all" the others) raises ValueError; pass `disallowed_special=()` to encode
+    /// them as ordinary text. WordPiece: special tokens in the text are recognised, as in
+    /// Hugging Face tokenizers, and `add_special_tokens` adds [CLS] ... [SEP].
     #[pyo3(signature = (text, *, add_special_tokens = true, allowed_special = None, disallowed_special = None))]
     fn encode(
         &self,
@@ -168,8 +198,8 @@ impl PyTokenizer {
         allowed_special: Option<&Bound<'_, PyAny>>,
         disallowed_special: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<u32>> {
-        let _ = add_special_tokens;
         let text = text_of(text)?;
+        self.check_special_args(allowed_special, disallowed_special)?;
         let allowed = self.special_arg(allowed_special, "allowed_special")?;
         let allowed = match &allowed {
             SpecialArg::All => Allowed::All,
@@ -179,21 +209,21 @@ impl PyTokenizer {
         self.check_disallowed(&text, allowed, disallowed_special)?;
         let inner = &self.inner;
         if text.len() < DETACH_BYTES {
-            attached(py, || Ok(inner.encode(&text, allowed)))
+            attached(py, || Ok(inner.encode(&text, add_special_tokens, allowed)))
         } else {
-            detached(py, || Ok(inner.encode(&text, allowed)))
+            detached(py, || Ok(inner.encode(&text, add_special_tokens, allowed)))
         }
     }
 
     /// The ids of `text`, with special-token text encoded as ordinary text (tiktoken's
-    /// `encode_ordinary`).
+    /// `encode_ordinary`; for WordPiece, `encode(text, add_special_tokens=False)`).
     fn encode_ordinary(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
         let text = text_of(text)?;
         let inner = &self.inner;
         if text.len() < DETACH_BYTES {
-            attached(py, || Ok(inner.encode_ordinary(&text)))
+            attached(py, || Ok(inner.encode(&text, false, Allowed::None)))
         } else {
-            detached(py, || Ok(inner.encode_ordinary(&text)))
+            detached(py, || Ok(inner.encode(&text, false, Allowed::None)))
         }
     }
 
@@ -207,7 +237,6 @@ impl PyTokenizer {
         allowed_special: Option<&Bound<'_, PyAny>>,
         disallowed_special: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<Vec<u32>>> {
-        let _ = add_special_tokens;
         if texts.is_instance_of::<PyString>() {
             return Err(pyo3::exceptions::PyTypeError::new_err(
                 "encode_batch expects a list of str, got a single str (use encode)",
@@ -216,6 +245,7 @@ impl PyTokenizer {
         let owned: Vec<Bound<'_, PyAny>> = texts.try_iter()?.collect::<PyResult<_>>()?;
         let strs: Vec<std::borrow::Cow<'_, str>> =
             owned.iter().map(text_of).collect::<PyResult<_>>()?;
+        self.check_special_args(allowed_special, disallowed_special)?;
         let allowed = self.special_arg(allowed_special, "allowed_special")?;
         let allowed = match &allowed {
             SpecialArg::All => Allowed::All,
@@ -231,7 +261,7 @@ impl PyTokenizer {
             pool::install(|| {
                 refs.par_iter()
                     .with_min_len(8)
-                    .map(|t| inner.encode(t, allowed))
+                    .map(|t| inner.encode(t, add_special_tokens, allowed))
                     .collect()
             })
         })
@@ -302,15 +332,34 @@ impl PyTokenizer {
         Ok(PyBytes::new(py, &bytes))
     }
 
-    /// The ordinary tokens as a tiktoken rank file (what the constructor takes).
+    /// A BPE tokenizer's ordinary tokens as a tiktoken rank file.
     fn to_tiktoken_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        let inner = &self.inner;
+        let Tokenizer::Bpe(inner) = &self.inner else {
+            return Err(PyValueError::new_err(
+                "only a byte-level BPE tokenizer can be written as a tiktoken rank file",
+            ));
+        };
         let bytes = detached(py, || Ok(inner.to_tiktoken_bytes()))?;
         Ok(PyBytes::new(py, &bytes))
     }
 }
 
 impl PyTokenizer {
+    fn check_special_args(
+        &self,
+        allowed: Option<&Bound<'_, PyAny>>,
+        disallowed: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        if matches!(self.inner, Tokenizer::Hf(_)) && (allowed.is_some() || disallowed.is_some()) {
+            return Err(PyValueError::new_err(
+                "allowed_special / disallowed_special apply to byte-level BPE tokenizers; this \
+                 WordPiece tokenizer always recognises its special tokens in the text, as Hugging \
+                 Face tokenizers does",
+            ));
+        }
+        Ok(())
+    }
+
     fn check_disallowed(
         &self,
         text: &str,
@@ -331,8 +380,8 @@ impl PyTokenizer {
                     // Only these ids are disallowed: look for any special not in the complement.
                     let complement: Vec<u32> = self
                         .inner
-                        .specials()
-                        .iter()
+                        .special_tokens()
+                        .into_iter()
                         .map(|(_, id)| id)
                         .filter(|id| !check.contains(id))
                         .collect();

@@ -1,0 +1,370 @@
+//! Hugging Face `tokenizer.json`: reads the components ferrolm implements and refuses every
+//! other one with [`Error::Unsupported`] naming it (`"normalizer `Precompiled`"`), so a file is
+//! either tokenized exactly as `tokenizers` would, or not at all.
+//!
+//! Supported so far: model WordPiece; normalizer BertNormalizer; pre-tokenizer
+//! BertPreTokenizer; post-processors TemplateProcessing (single sequence) and BertProcessing;
+//! decoder WordPiece; `added_tokens` with `special` / `lstrip` / `rstrip` / `normalized`.
+//! `truncation` and `padding` are not applied by `encode` (they are call options).
+
+use serde_json::Value;
+
+use crate::tokenizer::added::{AddedToken, AddedTokens};
+use crate::tokenizer::bert::BertNormalizer;
+use crate::tokenizer::pipeline::{
+    Decoder, HfTokenizer, Model, Normalizer, PreTokenizer, TemplateItem,
+};
+use crate::tokenizer::wordpiece::WordPiece;
+use crate::{Error, Result};
+
+struct Ctx<'a> {
+    what: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, msg: impl Into<String>) -> Error {
+        Error::format(self.what, msg)
+    }
+
+    fn field<'v>(&self, obj: &'v Value, section: &str, key: &str) -> Result<&'v Value> {
+        obj.get(key)
+            .ok_or_else(|| self.err(format!("{section}: missing field `{key}`")))
+    }
+
+    fn str<'v>(&self, obj: &'v Value, section: &str, key: &str) -> Result<&'v str> {
+        self.field(obj, section, key)?
+            .as_str()
+            .ok_or_else(|| self.err(format!("{section}: `{key}` must be a string")))
+    }
+
+    fn bool_or(&self, obj: &Value, section: &str, key: &str, default: bool) -> Result<bool> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(self.err(format!("{section}: `{key}` must be true or false"))),
+        }
+    }
+
+    fn type_of<'v>(&self, obj: &'v Value, section: &str) -> Result<&'v str> {
+        self.str(obj, section, "type")
+    }
+}
+
+/// Builds a tokenizer from a tokenizer.json file's contents. `what` names the file in errors.
+pub fn parse(what: &str, data: &[u8]) -> Result<HfTokenizer> {
+    let cx = Ctx { what };
+    let root: Value =
+        serde_json::from_slice(data).map_err(|e| cx.err(format!("invalid JSON: {e}")))?;
+    if !root.is_object() {
+        return Err(cx.err("the top level must be a JSON object"));
+    }
+    let added = parse_added(&cx, root.get("added_tokens"))?;
+    let model = parse_model(&cx, cx.field(&root, "tokenizer.json", "model")?)?;
+    let normalizer = match root.get("normalizer") {
+        None | Some(Value::Null) => None,
+        Some(n) => Some(parse_normalizer(&cx, n)?),
+    };
+    let pre_tokenizer = match root.get("pre_tokenizer") {
+        None | Some(Value::Null) => None,
+        Some(p) => Some(parse_pre_tokenizer(&cx, p)?),
+    };
+    let template = match root.get("post_processor") {
+        None | Some(Value::Null) => None,
+        Some(p) => Some(parse_post_processor(&cx, p, &added, &model)?),
+    };
+    let decoder = match root.get("decoder") {
+        None | Some(Value::Null) => None,
+        Some(d) => Some(parse_decoder(&cx, d)?),
+    };
+    Ok(HfTokenizer {
+        normalizer,
+        pre_tokenizer,
+        model,
+        added,
+        template,
+        decoder,
+    })
+}
+
+fn parse_added(cx: &Ctx<'_>, v: Option<&Value>) -> Result<AddedTokens> {
+    let mut tokens = Vec::new();
+    if let Some(v) = v.filter(|v| !v.is_null()) {
+        let list = v
+            .as_array()
+            .ok_or_else(|| cx.err("`added_tokens` must be a list"))?;
+        for (i, t) in list.iter().enumerate() {
+            let section = format!("added_tokens[{i}]");
+            let id = cx
+                .field(t, &section, "id")?
+                .as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| cx.err(format!("{section}: `id` must be a non-negative integer")))?;
+            let special = cx.bool_or(t, &section, "special", false)?;
+            tokens.push(AddedToken {
+                content: cx.str(t, &section, "content")?.to_owned(),
+                id,
+                special,
+                lstrip: cx.bool_or(t, &section, "lstrip", false)?,
+                rstrip: cx.bool_or(t, &section, "rstrip", false)?,
+                normalized: cx.bool_or(t, &section, "normalized", !special)?,
+                single_word: cx.bool_or(t, &section, "single_word", false)?,
+            });
+        }
+    }
+    AddedTokens::new(tokens)
+}
+
+fn parse_model(cx: &Ctx<'_>, m: &Value) -> Result<Model> {
+    // Older files omit `type` for some models; a WordPiece model is recognisable by its fields.
+    let ty = match m.get("type") {
+        Some(t) => t
+            .as_str()
+            .ok_or_else(|| cx.err("model: `type` must be a string"))?,
+        None if m.get("continuing_subword_prefix").is_some() && m.get("merges").is_none() => {
+            "WordPiece"
+        }
+        None => return Err(cx.err("model: missing field `type`")),
+    };
+    match ty {
+        "WordPiece" => {
+            let vocab = cx
+                .field(m, "model", "vocab")?
+                .as_object()
+                .ok_or_else(|| cx.err("model: `vocab` must be an object of token: id"))?;
+            let mut pairs = Vec::with_capacity(vocab.len());
+            for (tok, id) in vocab {
+                let id = id
+                    .as_u64()
+                    .and_then(|i| u32::try_from(i).ok())
+                    .ok_or_else(|| {
+                        cx.err(format!("model.vocab[{tok:?}]: id must be an integer"))
+                    })?;
+                pairs.push((tok.clone(), id));
+            }
+            let unk = cx.str(m, "model", "unk_token")?;
+            let prefix = match m.get("continuing_subword_prefix") {
+                None | Some(Value::Null) => "##",
+                Some(p) => p
+                    .as_str()
+                    .ok_or_else(|| cx.err("model: `continuing_subword_prefix` must be a string"))?,
+            };
+            let max_chars = match m.get("max_input_chars_per_word") {
+                None | Some(Value::Null) => 100,
+                Some(v) => v
+                    .as_u64()
+                    .ok_or_else(|| cx.err("model: `max_input_chars_per_word` must be an integer"))?
+                    as usize,
+            };
+            Ok(Model::WordPiece(WordPiece::new(
+                &format!("{} model", cx.what),
+                pairs,
+                unk,
+                prefix,
+                max_chars,
+            )?))
+        }
+        other => Err(Error::Unsupported(format!("tokenizer model `{other}`"))),
+    }
+}
+
+fn parse_normalizer(cx: &Ctx<'_>, n: &Value) -> Result<Normalizer> {
+    match cx.type_of(n, "normalizer")? {
+        "BertNormalizer" => {
+            let strip_accents = match n.get("strip_accents") {
+                None | Some(Value::Null) => None,
+                Some(Value::Bool(b)) => Some(*b),
+                Some(_) => {
+                    return Err(cx.err("normalizer: `strip_accents` must be true, false or null"))
+                }
+            };
+            Ok(Normalizer::Bert(BertNormalizer {
+                clean_text: cx.bool_or(n, "normalizer", "clean_text", true)?,
+                handle_chinese_chars: cx.bool_or(n, "normalizer", "handle_chinese_chars", true)?,
+                strip_accents,
+                lowercase: cx.bool_or(n, "normalizer", "lowercase", true)?,
+            }))
+        }
+        other => Err(Error::Unsupported(format!("normalizer `{other}`"))),
+    }
+}
+
+fn parse_pre_tokenizer(cx: &Ctx<'_>, p: &Value) -> Result<PreTokenizer> {
+    match cx.type_of(p, "pre_tokenizer")? {
+        "BertPreTokenizer" => Ok(PreTokenizer::Bert),
+        other => Err(Error::Unsupported(format!("pre-tokenizer `{other}`"))),
+    }
+}
+
+fn special_id(cx: &Ctx<'_>, name: &str, added: &AddedTokens, model: &Model) -> Result<u32> {
+    if let Some(t) = added.by_content(name) {
+        return Ok(t.id);
+    }
+    let Model::WordPiece(wp) = model;
+    wp.id(name).ok_or_else(|| {
+        cx.err(format!(
+            "post_processor: special token {name:?} is not in the vocabulary"
+        ))
+    })
+}
+
+fn parse_post_processor(
+    cx: &Ctx<'_>,
+    p: &Value,
+    added: &AddedTokens,
+    model: &Model,
+) -> Result<Vec<TemplateItem>> {
+    match cx.type_of(p, "post_processor")? {
+        "BertProcessing" => {
+            let pair = |key: &str| -> Result<u32> {
+                let v = cx.field(p, "post_processor", key)?;
+                v.get(1)
+                    .and_then(Value::as_u64)
+                    .and_then(|i| u32::try_from(i).ok())
+                    .ok_or_else(|| cx.err(format!("post_processor: `{key}` must be [token, id]")))
+            };
+            Ok(vec![
+                TemplateItem::Special(vec![pair("cls")?]),
+                TemplateItem::Sequence,
+                TemplateItem::Special(vec![pair("sep")?]),
+            ])
+        }
+        "TemplateProcessing" => {
+            let single = cx
+                .field(p, "post_processor", "single")?
+                .as_array()
+                .ok_or_else(|| cx.err("post_processor: `single` must be a list"))?;
+            let specials = p.get("special_tokens");
+            let mut items = Vec::with_capacity(single.len());
+            for item in single {
+                if let Some(seq) = item.get("Sequence") {
+                    if seq.get("id").and_then(Value::as_str) != Some("A") {
+                        return Err(
+                            cx.err("post_processor: the single template may only use sequence A")
+                        );
+                    }
+                    items.push(TemplateItem::Sequence);
+                } else if let Some(sp) = item.get("SpecialToken") {
+                    let name = cx.str(sp, "post_processor.single", "id")?;
+                    let ids = match specials
+                        .and_then(|s| s.get(name))
+                        .and_then(|s| s.get("ids"))
+                    {
+                        Some(ids) => {
+                            ids.as_array()
+                                .ok_or_else(|| {
+                                    cx.err("post_processor: special token `ids` must be a list")
+                                })?
+                                .iter()
+                                .map(|i| {
+                                    i.as_u64().and_then(|i| u32::try_from(i).ok()).ok_or_else(|| {
+                                    cx.err("post_processor: special token ids must be integers")
+                                })
+                                })
+                                .collect::<Result<Vec<u32>>>()?
+                        }
+                        None => vec![special_id(cx, name, added, model)?],
+                    };
+                    items.push(TemplateItem::Special(ids));
+                } else {
+                    return Err(cx.err(
+                        "post_processor: a template item must be `Sequence` or `SpecialToken`",
+                    ));
+                }
+            }
+            Ok(items)
+        }
+        other => Err(Error::Unsupported(format!("post-processor `{other}`"))),
+    }
+}
+
+fn parse_decoder(cx: &Ctx<'_>, d: &Value) -> Result<Decoder> {
+    match cx.type_of(d, "decoder")? {
+        "WordPiece" => Ok(Decoder::WordPiece {
+            prefix: match d.get("prefix") {
+                None | Some(Value::Null) => "##".to_owned(),
+                Some(p) => p
+                    .as_str()
+                    .ok_or_else(|| cx.err("decoder: `prefix` must be a string"))?
+                    .to_owned(),
+            },
+            cleanup: cx.bool_or(d, "decoder", "cleanup", true)?,
+        }),
+        other => Err(Error::Unsupported(format!("decoder `{other}`"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINI: &str = r###"{
+        "version": "1.0",
+        "added_tokens": [
+            {"id": 0, "content": "[UNK]", "special": true, "normalized": false},
+            {"id": 1, "content": "[CLS]", "special": true, "normalized": false},
+            {"id": 2, "content": "[SEP]", "special": true, "normalized": false}
+        ],
+        "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
+                       "strip_accents": null, "lowercase": true},
+        "pre_tokenizer": {"type": "BertPreTokenizer"},
+        "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 2], "cls": ["[CLS]", 1]},
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
+        "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                  "max_input_chars_per_word": 100,
+                  "vocab": {"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "hello": 3, "world": 4, "!": 5,
+                            "wor": 6, "##ld": 7}}
+    }"###;
+
+    #[test]
+    fn reads_a_bert_tokenizer() {
+        let t = parse("mini.json", MINI.as_bytes()).unwrap();
+        assert_eq!(t.encode("Hello WORLD!", true), vec![1, 3, 4, 5, 2]);
+        assert_eq!(t.encode("hello [SEP] xyz", false), vec![3, 2, 0]);
+        assert_eq!(t.decode(&[1, 3, 6, 7, 5, 2], true).unwrap(), "hello world!");
+        assert_eq!(t.decode(&[1, 3], false).unwrap(), "[CLS] hello");
+        assert!(t
+            .decode(&[99], false)
+            .unwrap_err()
+            .to_string()
+            .contains("99"));
+        assert_eq!(t.vocab_size(), 8);
+        assert_eq!(t.num_special_tokens_to_add(), 2);
+    }
+
+    #[test]
+    fn unsupported_components_are_named() {
+        let with = |from: &str, to: &str| MINI.replace(from, to);
+        let e = parse(
+            "t",
+            with("\"BertNormalizer\"", "\"Precompiled\"").as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "unsupported normalizer `Precompiled`");
+        let e = parse(
+            "t",
+            with("\"BertPreTokenizer\"", "\"Metaspace\"").as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "unsupported pre-tokenizer `Metaspace`");
+        let e = parse(
+            "t",
+            with(
+                "\"type\": \"WordPiece\", \"unk",
+                "\"type\": \"Unigram\", \"unk",
+            )
+            .as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "unsupported tokenizer model `Unigram`");
+    }
+
+    #[test]
+    fn malformed_files_are_format_errors() {
+        for bad in ["", "[]", "{", "{\"model\": 3}", &MINI[..MINI.len() / 2]] {
+            let e = parse("bad.json", bad.as_bytes()).unwrap_err();
+            assert!(matches!(e, Error::Format { .. }), "{bad:?}: {e}");
+        }
+        let no_unk = MINI.replace("\"unk_token\": \"[UNK]\"", "\"unk_token\": \"<unk>\"");
+        assert!(parse("t", no_unk.as_bytes()).is_err());
+    }
+}
