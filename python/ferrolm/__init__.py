@@ -9,7 +9,7 @@ from __future__ import annotations
 from ferrolm import _core
 from ferrolm._data import data_path
 from ferrolm._errors import FerrolmError, FormatError, InternalError
-from ferrolm.tokenizer import Tokenizer
+from ferrolm.tokenizer import BatchEncoding, Tokenizer
 
 __version__: str = _core.__version__
 
@@ -45,6 +45,7 @@ def set_num_threads(n: int) -> None:
 
 
 __all__ = [
+    "BatchEncoding",
     "FerrolmError",
     "FormatError",
     "InternalError",

@@ -2,11 +2,12 @@
 
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from typing import Literal
+from typing import Any, Literal, final
 
 from typing_extensions import Self, disjoint_base
 
 __all__ = [
+    "DecodeStream",
     "Tokenizer",
     "__version__",
     "_fail_for_tests",
@@ -77,3 +78,22 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None: ...
     def id_to_bytes(self, id: int) -> bytes: ...
     def to_tiktoken_bytes(self) -> bytes: ...
+    def decode_stream(self, *, skip_special_tokens: bool = False) -> DecodeStream: ...
+    def post_process(self, ids: Sequence[int]) -> list[int]: ...
+    def _encode_for_call(
+        self,
+        texts: Iterable[str],
+        *,
+        add_special_tokens: bool,
+        truncate_to: int | None,
+        truncate_left: bool,
+        pad_to: int | None,
+        pad_id: int,
+        pad_left: bool,
+        as_bytes: bool,
+    ) -> Any: ...
+
+@final
+class DecodeStream:
+    def step(self, id: int) -> str: ...
+    def finish(self) -> str: ...

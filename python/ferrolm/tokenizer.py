@@ -26,20 +26,45 @@ from ferrolm import _core
 from ferrolm._data import data_path
 from ferrolm._errors import FormatError
 
-__all__ = ["GPT2_PATTERN", "Tokenizer", "builtin_names"]
+__all__ = ["GPT2_PATTERN", "BatchEncoding", "Tokenizer", "builtin_names"]
+
+#: What ``model_max_length`` is when nothing says (transformers' "no limit" value).
+NO_LIMIT = int(1e30)
 
 #: GPT-2's split pattern (the one tiktoken's ``gpt2`` encoding and OpenAI's encoder.py use).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
-# name -> (bundled file, kind, constructor options)
-_BUILTINS: dict[str, tuple[str, str, dict[str, Any]]] = {
+# name -> (bundled file, kind, constructor options, attributes as transformers sets them)
+_BUILTINS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
     "gpt2": (
         "gpt2.tiktoken",
         "tiktoken",
         {"pattern": GPT2_PATTERN, "special_tokens": {"<|endoftext|>": 50256}},
+        {"model_max_length": 1024, "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"},
     ),
-    "bert-base-uncased": ("bert-base-uncased-vocab.txt", "vocab.txt", {"lowercase": True}),
+    "bert-base-uncased": (
+        "bert-base-uncased-vocab.txt",
+        "vocab.txt",
+        {"lowercase": True},
+        {"model_max_length": 512},
+    ),
 }
+
+
+class BatchEncoding(dict[str, Any]):
+    """What calling a tokenizer returns: a dict (``input_ids``, ``attention_mask``, and
+    ``token_type_ids`` for WordPiece) whose keys also read as attributes, as in transformers.
+    ``model(**batch)`` passes it on as keyword arguments."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to(self, device: Any) -> BatchEncoding:
+        """Moves torch tensors to ``device`` (for code written for transformers)."""
+        return BatchEncoding({k: v.to(device) if hasattr(v, "to") else v for k, v in self.items()})
 
 
 def builtin_names() -> list[str]:
@@ -58,6 +83,11 @@ class Tokenizer(_core.Tokenizer):
     """
 
     _builtin_name: str | None = None
+    #: The longest sequence the model takes; truncation's default length.
+    model_max_length: int = NO_LIMIT
+    #: Which end ``__call__`` pads / truncates: "right" or "left".
+    padding_side: str = "right"
+    truncation_side: str = "right"
 
     def __init__(
         self,
@@ -80,6 +110,183 @@ class Tokenizer(_core.Tokenizer):
                 "lowercase": lowercase,
             },
         )
+
+    # ---------------------------------------------------------------- special-token names
+
+    def _special_named(self, attr: str, default: str | None) -> str | None:
+        value = self.__dict__.get(attr, default)
+        return value if value is None or self.token_to_id(value) is not None else None
+
+    @property
+    def pad_token(self) -> str | None:
+        """The padding token ("[PAD]" for BERT; None for GPT-2 until set, as in transformers:
+        ``tok.pad_token = tok.eos_token``)."""
+        return self._special_named(
+            "_pad_token", "[PAD]" if "[PAD]" in self.special_tokens else None
+        )
+
+    @pad_token.setter
+    def pad_token(self, value: str | None) -> None:
+        self._set_token("_pad_token", value)
+
+    @property
+    def eos_token(self) -> str | None:
+        """The end-of-sequence token ("<|endoftext|>" for GPT-2; "[SEP]" for BERT)."""
+        return self._special_named(
+            "_eos_token", "[SEP]" if "[SEP]" in self.special_tokens else None
+        )
+
+    @eos_token.setter
+    def eos_token(self, value: str | None) -> None:
+        self._set_token("_eos_token", value)
+
+    @property
+    def bos_token(self) -> str | None:
+        """The beginning-of-sequence token ("<|endoftext|>" for GPT-2; "[CLS]" for BERT)."""
+        return self._special_named(
+            "_bos_token", "[CLS]" if "[CLS]" in self.special_tokens else None
+        )
+
+    @bos_token.setter
+    def bos_token(self, value: str | None) -> None:
+        self._set_token("_bos_token", value)
+
+    def _set_token(self, attr: str, value: str | None) -> None:
+        if value is not None and self.token_to_id(value) is None:
+            raise ValueError(f"{value!r} is not a token of this tokenizer")
+        self.__dict__[attr] = value
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return None if self.pad_token is None else self.token_to_id(self.pad_token)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return None if self.eos_token is None else self.token_to_id(self.eos_token)
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return None if self.bos_token is None else self.token_to_id(self.bos_token)
+
+    # ---------------------------------------------------------------- transformers-style call
+
+    def __call__(
+        self,
+        text: str | list[str] | tuple[str, ...],
+        text_pair: Any = None,
+        *,
+        add_special_tokens: bool = True,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        return_tensors: str | None = None,
+        return_attention_mask: bool | None = None,
+        return_token_type_ids: bool | None = None,
+    ) -> BatchEncoding:
+        """Encodes a text or a batch as transformers' tokenizers do: ``tok(texts,
+        padding=True, truncation=True, max_length=128, return_tensors="pt")``.
+
+        - ``padding``: False / "do_not_pad"; True / "longest"; "max_length" (to ``max_length``,
+          else ``model_max_length``).
+        - ``truncation``: True / "longest_first" / "only_first" cut each sequence (special
+          tokens included) to ``max_length``, else ``model_max_length``. A ``max_length`` with
+          neither ``padding`` nor ``truncation`` truncates too, as in transformers.
+        - ``return_tensors``: None (lists), "np" (numpy int64) or "pt" (torch int64); tensors
+          need equal lengths, hence padding.
+        Returns ``input_ids``, ``attention_mask`` and, for WordPiece, ``token_type_ids``.
+        """
+        if text_pair is not None:
+            raise NotImplementedError(
+                "sentence pairs (text_pair) are not supported yet; encode single texts"
+            )
+        single = isinstance(text, str)
+        texts: list[str] = [text] if isinstance(text, str) else list(text)
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError("text must be a str or a list of str")
+
+        if padding is True or padding == "longest":
+            pad_mode: str | None = "longest"
+        elif padding == "max_length":
+            pad_mode = "max_length"
+        elif padding is False or padding == "do_not_pad":
+            pad_mode = None
+        else:
+            raise ValueError(
+                f"padding must be True, False, 'longest' or 'max_length', not {padding!r}"
+            )
+        if truncation is None:
+            # transformers: a max_length with neither padding nor truncation truncates.
+            truncate = max_length is not None and pad_mode is None
+        elif truncation in (True, "longest_first", "only_first"):
+            truncate = True
+        elif truncation in (False, "do_not_truncate"):
+            truncate = False
+        else:
+            raise ValueError(
+                f"truncation must be True, False or 'longest_first', not {truncation!r}"
+            )
+        limit = max_length if max_length is not None else self.model_max_length
+        if (truncate or pad_mode == "max_length") and limit >= NO_LIMIT:
+            raise ValueError(
+                "no max_length given and this tokenizer has no model_max_length; pass max_length"
+            )
+        pad_to: int | None = None
+        if pad_mode == "longest":
+            pad_to = 0
+        elif pad_mode == "max_length":
+            pad_to = limit
+        pad_id = self.pad_token_id
+        if pad_to is not None and pad_id is None and len(texts) > 1:
+            raise ValueError(
+                "Asking to pad but the tokenizer does not have a padding token; set one, "
+                "e.g. tok.pad_token = tok.eos_token"
+            )
+        if return_tensors not in (None, "np", "pt"):
+            raise ValueError(f"return_tensors must be None, 'np' or 'pt', not {return_tensors!r}")
+
+        result = self._encode_for_call(
+            texts,
+            add_special_tokens=add_special_tokens,
+            truncate_to=limit if truncate else None,
+            truncate_left=self.truncation_side == "left",
+            pad_to=pad_to,
+            pad_id=pad_id or 0,
+            pad_left=self.padding_side == "left",
+            as_bytes=return_tensors is not None,
+        )
+        out = BatchEncoding()
+        ids: Any
+        mask: Any
+        types: Any
+        want_types = (
+            return_token_type_ids
+            if return_token_type_ids is not None
+            else (self.kind == "wordpiece")
+        )
+        want_mask = return_attention_mask is not False
+        if return_tensors is None:
+            ids, mask = result
+            types = [[0] * len(r) for r in ids]
+            if single:
+                ids, mask, types = ids[0], mask[0], types[0]
+            out["input_ids"] = ids
+        else:
+            import numpy as np
+
+            raw_ids, raw_mask, rows, cols = result
+            ids = np.frombuffer(raw_ids, dtype="<i8").reshape(rows, cols).copy()
+            mask = np.frombuffer(raw_mask, dtype="<i8").reshape(rows, cols).copy()
+            types = np.zeros_like(ids)
+            if return_tensors == "pt":
+                import torch
+
+                ids, mask, types = (torch.from_numpy(a) for a in (ids, mask, types))
+            out["input_ids"] = ids
+        if want_types:
+            out["token_type_ids"] = types
+        if want_mask:
+            out["attention_mask"] = mask
+        return out
 
     @classmethod
     def builtin(cls, name: str) -> Tokenizer:
@@ -140,7 +347,9 @@ class Tokenizer(_core.Tokenizer):
         folder = _resolve_model_dir(name_or_path)
         for candidate in ("tokenizer.json", "vocab.txt"):
             if (folder / candidate).is_file():
-                return cls.from_file(folder / candidate)
+                tok = cls.from_file(folder / candidate)
+                _apply_config(tok, folder)
+                return tok
         if (folder / "vocab.json").is_file():
             raise FormatError(
                 f"{folder}: has vocab.json + merges.txt but no tokenizer.json; "
@@ -172,6 +381,33 @@ class Tokenizer(_core.Tokenizer):
 
 def _rebuild(cls: type[Tokenizer], data: bytes, kind: str, opts: dict[str, Any]) -> Tokenizer:
     return cls(data, kind, **opts)
+
+
+def _apply_config(tok: Tokenizer, folder: Path) -> None:
+    """Reads ``model_max_length`` and the special-token names from tokenizer_config.json and
+    special_tokens_map.json, as transformers does."""
+    config: dict[str, Any] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        path = folder / name
+        if path.is_file():
+            try:
+                loaded = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError as e:
+                raise FormatError(f"{path}: invalid JSON: {e}") from None
+            if isinstance(loaded, dict):
+                config.update(loaded)
+    limit = config.get("model_max_length")
+    if isinstance(limit, int) and 0 < limit < NO_LIMIT:
+        tok.model_max_length = limit
+    for key in ("pad_token", "eos_token", "bos_token"):
+        value = config.get(key)
+        if isinstance(value, dict):
+            value = value.get("content")
+        if isinstance(value, str) and tok.token_to_id(value) is not None:
+            tok.__dict__["_" + key] = value
+    for key in ("padding_side", "truncation_side"):
+        if config.get(key) in ("left", "right"):
+            setattr(tok, key, config[key])
 
 
 def _config_lowercase(folder: Path) -> bool:
@@ -233,7 +469,7 @@ _builtin_lock = threading.Lock()
 
 def _builtin(cls: type[Tokenizer], name: str) -> Tokenizer:
     try:
-        filename, kind, opts = _BUILTINS[name]
+        filename, kind, opts, attrs = _BUILTINS[name]
     except KeyError:
         raise ValueError(
             f"no built-in tokenizer named {name!r}; available: {', '.join(builtin_names())}"
@@ -243,5 +479,9 @@ def _builtin(cls: type[Tokenizer], name: str) -> Tokenizer:
         if tok is None:
             tok = cls(data_path(filename).read_bytes(), kind, name=name, **opts)
             tok._builtin_name = name
+            tok.model_max_length = attrs["model_max_length"]
+            for key in ("eos_token", "bos_token"):
+                if key in attrs:
+                    tok.__dict__["_" + key] = attrs[key]
             _builtin_cache[(cls, name)] = tok
     return tok

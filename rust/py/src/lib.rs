@@ -19,5 +19,6 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(runtime::_fail_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_sleep_detached, m)?)?;
     m.add_class::<tokenizer::PyTokenizer>()?;
+    m.add_class::<tokenizer::PyDecodeStream>()?;
     Ok(())
 }

@@ -7,8 +7,12 @@
 //! (kept alive by a strong reference) instead of copying it.
 
 use ferrolm_core::runtime::pool;
+use std::sync::Arc;
+
+use ferrolm_core::tokenizer::stream::DecodeStream;
 use ferrolm_core::tokenizer::{Allowed, Tokenizer};
 use ferrolm_core::Error;
+use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PySet, PyString};
@@ -23,8 +27,37 @@ const DETACH_BYTES: usize = 4096;
 #[derive(Debug)]
 #[pyclass(frozen, subclass, module = "ferrolm._core", name = "Tokenizer")]
 pub struct PyTokenizer {
-    inner: Tokenizer,
+    inner: Arc<Tokenizer>,
     name: String,
+}
+
+/// An incremental decoder: `step(id)` returns the text that id completes. From
+/// `Tokenizer.decode_stream()`; safe to share across threads (steps are serialised).
+#[derive(Debug)]
+#[pyclass(frozen, module = "ferrolm._core", name = "DecodeStream")]
+pub struct PyDecodeStream {
+    tokenizer: Arc<Tokenizer>,
+    state: Mutex<DecodeStream>,
+}
+
+#[pymethods]
+impl PyDecodeStream {
+    /// Adds one token id; returns the text it completes ("" while a character is incomplete).
+    fn step(&self, py: Python<'_>, id: i64) -> PyResult<String> {
+        let id = u32::try_from(id).map_err(|_| {
+            crate::errors::to_pyerr(
+                py,
+                Error::OutOfRange(format!("token id {id} is not in the vocabulary")),
+            )
+        })?;
+        let mut state = self.state.lock();
+        attached(py, || state.step(&self.tokenizer, id))
+    }
+
+    /// Ends the stream: returns any bytes still held back (as U+FFFD) and resets it.
+    fn finish(&self) -> String {
+        self.state.lock().finish()
+    }
 }
 
 /// The set of special tokens named by an `allowed_special` / `disallowed_special` argument.
@@ -137,7 +170,132 @@ impl PyTokenizer {
             ))),
         }
         })?;
-        Ok(PyTokenizer { inner, name })
+        Ok(PyTokenizer {
+            inner: Arc::new(inner),
+            name,
+        })
+    }
+
+    /// An incremental decoder for streaming: feed ids one at a time with `step(id)`.
+    #[pyo3(signature = (*, skip_special_tokens = false))]
+    fn decode_stream(&self, skip_special_tokens: bool) -> PyDecodeStream {
+        PyDecodeStream {
+            tokenizer: Arc::clone(&self.inner),
+            state: Mutex::new(DecodeStream::new(skip_special_tokens)),
+        }
+    }
+
+    /// `ids` with the post-processor's special tokens added around them (BERT: [CLS] ids
+    /// [SEP]); unchanged for tokenizers without a template.
+    fn post_process(&self, ids: Vec<u32>) -> Vec<u32> {
+        self.inner.post_process(&ids)
+    }
+
+    /// The batch behind `Tokenizer.__call__`: encode `texts` in parallel; with
+    /// `add_special_tokens`, truncate the body so the sequence with its special tokens fits
+    /// `truncate_to`; pad to the longest (`pad_to == 0`) or to `pad_to`. With `as_bytes`, the
+    /// result is `(ids, mask, rows, cols)` as little-endian int64 bytes (rows must then have
+    /// equal lengths); otherwise `(ids, mask)` as lists of lists.
+    #[pyo3(signature = (texts, *, add_special_tokens, truncate_to, truncate_left, pad_to, pad_id, pad_left, as_bytes))]
+    #[allow(clippy::too_many_arguments)]
+    fn _encode_for_call<'py>(
+        &self,
+        py: Python<'py>,
+        texts: &Bound<'py, PyAny>,
+        add_special_tokens: bool,
+        truncate_to: Option<usize>,
+        truncate_left: bool,
+        pad_to: Option<usize>,
+        pad_id: u32,
+        pad_left: bool,
+        as_bytes: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let owned: Vec<Bound<'_, PyAny>> = texts.try_iter()?.collect::<PyResult<_>>()?;
+        let strs: Vec<std::borrow::Cow<'_, str>> =
+            owned.iter().map(text_of).collect::<PyResult<_>>()?;
+        let refs: Vec<&str> = strs.iter().map(|c| c.as_ref()).collect();
+        let inner = &self.inner;
+        let rows: Vec<Vec<u32>> = detached(py, || {
+            let n_special = if add_special_tokens {
+                inner.num_special_tokens_to_add()
+            } else {
+                0
+            };
+            pool::install(|| {
+                refs.par_iter()
+                    .with_min_len(8)
+                    .map(|t| {
+                        let mut body = inner.encode(t, false, Allowed::None);
+                        if let Some(limit) = truncate_to {
+                            let keep = limit.saturating_sub(n_special);
+                            if body.len() > keep {
+                                if truncate_left {
+                                    body.drain(..body.len() - keep);
+                                } else {
+                                    body.truncate(keep);
+                                }
+                            }
+                        }
+                        if add_special_tokens {
+                            inner.post_process(&body)
+                        } else {
+                            body
+                        }
+                    })
+                    .collect()
+            })
+        })?;
+        let longest = rows.iter().map(Vec::len).max().unwrap_or(0);
+        // As transformers: pad to the longest row, or each row to `pad_to` (rows already longer
+        // stay as they are).
+        let target = match pad_to {
+            Some(0) => longest,
+            Some(n) => n,
+            None => 0,
+        };
+        let width_of = |len: usize| len.max(target);
+        let pad = |row: &[u32]| -> (Vec<i64>, Vec<i64>) {
+            let fill = width_of(row.len()) - row.len();
+            let mut ids = Vec::with_capacity(row.len() + fill);
+            let mut mask = Vec::with_capacity(row.len() + fill);
+            if pad_left {
+                ids.extend(std::iter::repeat_n(i64::from(pad_id), fill));
+                mask.extend(std::iter::repeat_n(0, fill));
+            }
+            ids.extend(row.iter().map(|&i| i64::from(i)));
+            mask.extend(std::iter::repeat_n(1, row.len()));
+            if !pad_left {
+                ids.extend(std::iter::repeat_n(i64::from(pad_id), fill));
+                mask.extend(std::iter::repeat_n(0, fill));
+            }
+            (ids, mask)
+        };
+        if as_bytes {
+            let cols = width_of(longest);
+            if rows.iter().any(|r| width_of(r.len()) != cols) {
+                return Err(PyValueError::new_err(
+                    "Unable to create a tensor: the sequences have different lengths; use \
+                     padding=True (or padding=\"max_length\") and/or truncation=True",
+                ));
+            }
+            let mut ids = Vec::with_capacity(rows.len() * cols * 8);
+            let mut mask = Vec::with_capacity(rows.len() * cols * 8);
+            for row in &rows {
+                let (i, m) = pad(row);
+                ids.extend(i.iter().flat_map(|v| v.to_le_bytes()));
+                mask.extend(m.iter().flat_map(|v| v.to_le_bytes()));
+            }
+            let out = (
+                PyBytes::new(py, &ids),
+                PyBytes::new(py, &mask),
+                rows.len(),
+                cols,
+            );
+            Ok(out.into_pyobject(py)?.into_any())
+        } else {
+            let (ids, mask): (Vec<Vec<i64>>, Vec<Vec<i64>>) = rows.iter().map(|r| pad(r)).unzip();
+            Ok((ids, mask).into_pyobject(py)?.into_any())
+        }
     }
 
     /// "bpe" or "wordpiece".
@@ -160,7 +318,7 @@ impl PyTokenizer {
     /// The split pattern (BPE), or None.
     #[getter]
     fn pattern(&self) -> Option<&str> {
-        match &self.inner {
+        match &*self.inner {
             Tokenizer::Bpe(t) => Some(t.pattern()),
             Tokenizer::Hf(_) => None,
         }
@@ -334,7 +492,7 @@ impl PyTokenizer {
 
     /// A BPE tokenizer's ordinary tokens as a tiktoken rank file.
     fn to_tiktoken_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        let Tokenizer::Bpe(inner) = &self.inner else {
+        let Tokenizer::Bpe(inner) = &*self.inner else {
             return Err(PyValueError::new_err(
                 "only a byte-level BPE tokenizer can be written as a tiktoken rank file",
             ));
@@ -350,7 +508,7 @@ impl PyTokenizer {
         allowed: Option<&Bound<'_, PyAny>>,
         disallowed: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        if matches!(self.inner, Tokenizer::Hf(_)) && (allowed.is_some() || disallowed.is_some()) {
+        if matches!(*self.inner, Tokenizer::Hf(_)) && (allowed.is_some() || disallowed.is_some()) {
             return Err(PyValueError::new_err(
                 "allowed_special / disallowed_special apply to byte-level BPE tokenizers; this \
                  WordPiece tokenizer always recognises its special tokens in the text, as Hugging \

@@ -19,6 +19,7 @@ pub mod formats;
 pub mod piece_table;
 pub mod pipeline;
 pub mod split;
+pub mod stream;
 pub mod unicode;
 pub mod wordpiece;
 
@@ -196,6 +197,14 @@ impl Tokenizer {
         match self {
             Tokenizer::Bpe(t) => t.specials().id(name),
             Tokenizer::Hf(t) => t.special_tokens().find(|(n, _)| *n == name).map(|(_, i)| i),
+        }
+    }
+
+    /// `ids` wrapped by the post-processor's template (unchanged without one).
+    pub fn post_process(&self, ids: &[u32]) -> Vec<u32> {
+        match self {
+            Tokenizer::Bpe(_) => ids.to_vec(),
+            Tokenizer::Hf(t) => t.apply_template(ids.to_vec()),
         }
     }
 

@@ -117,19 +117,26 @@ impl HfTokenizer {
                 Segment::Text(a, b) => self.encode_plain(&text[a..b], &mut body, &mut norm),
             }
         }
-        match (&self.template, add_special_tokens) {
-            (Some(items), true) => {
-                let mut out = Vec::with_capacity(body.len() + 4);
-                for item in items {
-                    match item {
-                        TemplateItem::Special(ids) => out.extend_from_slice(ids),
-                        TemplateItem::Sequence => out.extend_from_slice(&body),
-                    }
-                }
-                out
-            }
-            _ => body,
+        if add_special_tokens {
+            self.apply_template(body)
+        } else {
+            body
         }
+    }
+
+    /// `body` wrapped by the template's special tokens (unchanged without a template).
+    pub fn apply_template(&self, body: Vec<u32>) -> Vec<u32> {
+        let Some(items) = &self.template else {
+            return body;
+        };
+        let mut out = Vec::with_capacity(body.len() + 4);
+        for item in items {
+            match item {
+                TemplateItem::Special(ids) => out.extend_from_slice(ids),
+                TemplateItem::Sequence => out.extend_from_slice(&body),
+            }
+        }
+        out
     }
 
     /// The number of ids the template adds around one sequence.
