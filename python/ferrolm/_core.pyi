@@ -40,6 +40,7 @@ class Tokenizer:
         special_tokens: dict[str, int] | None = None,
         name: str = ...,
         lowercase: bool = True,
+        merges: bytes | None = None,
     ) -> Self: ...
     @property
     def kind(self) -> str: ...

@@ -98,6 +98,7 @@ class Tokenizer(_core.Tokenizer):
         special_tokens: Mapping[str, int] | None = None,
         name: str = "tokenizer",
         lowercase: bool = True,
+        merges: bytes | None = None,
     ) -> None:
         # The native constructor already built the tokenizer; keep what rebuilds it (pickle).
         self._args: tuple[bytes, str, dict[str, Any]] = (
@@ -108,6 +109,7 @@ class Tokenizer(_core.Tokenizer):
                 "special_tokens": dict(special_tokens) if special_tokens else None,
                 "name": name,
                 "lowercase": lowercase,
+                "merges": merges,
             },
         )
 
@@ -321,42 +323,46 @@ class Tokenizer(_core.Tokenizer):
     def from_file(cls, path: str | os.PathLike[str], *, lowercase: bool | None = None) -> Tokenizer:
         """A tokenizer from one file: a Hugging Face ``tokenizer.json``, a BERT ``vocab.txt``
         (``lowercase`` defaults to the ``do_lower_case`` of a ``tokenizer_config.json`` beside
-        it, else True) or a tiktoken ``*.tiktoken`` rank file (GPT-2's split pattern).
+        it, else True), a GPT-2 ``vocab.json`` (with the ``merges.txt`` beside it) or a tiktoken
+        ``*.tiktoken`` rank file (GPT-2's split pattern).
         """
         p = Path(path)
         if p.suffix == ".tiktoken":
             return cls.from_tiktoken(p)
         data = p.read_bytes()  # FileNotFoundError names the path
-        if p.suffix == ".json" and p.name != "vocab.json":
+        if p.name == "vocab.json":
+            merges = p.with_name("merges.txt")
+            if not merges.is_file():
+                raise FileNotFoundError(
+                    2, "a GPT-2 vocab.json needs merges.txt beside it", str(merges)
+                )
+            return cls(data, "vocab.json", name=p.parent.name or p.name, merges=merges.read_bytes())
+        if p.suffix == ".json":
             return cls(data, "tokenizer.json", name=p.name)
         if p.suffix == ".txt":
             if lowercase is None:
                 lowercase = _config_lowercase(p.parent)
             return cls(data, "vocab.txt", name=p.name, lowercase=lowercase)
         raise FormatError(
-            f"{p}: unsupported tokenizer file; ferrolm reads tokenizer.json, vocab.txt and "
-            "*.tiktoken files (GPT-2 vocab.json + merges.txt are not supported yet)"
+            f"{p}: unsupported tokenizer file; ferrolm reads tokenizer.json, vocab.txt, "
+            "vocab.json (+ merges.txt) and *.tiktoken files"
         )
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str]) -> Tokenizer:
-        """A tokenizer from a model folder (``tokenizer.json``, else ``vocab.txt``), or from a
-        model name found in the local Hugging Face cache. Never uses the network: a name not in
+        """A tokenizer from a model folder (``tokenizer.json``, else ``vocab.txt``, else
+        ``vocab.json`` + ``merges.txt``), or from a model name found in the local Hugging Face
+        cache. Never uses the network: a name not in
         the cache is a ``FileNotFoundError`` saying where ferrolm looked.
         """
         folder = _resolve_model_dir(name_or_path)
-        for candidate in ("tokenizer.json", "vocab.txt"):
+        for candidate in ("tokenizer.json", "vocab.txt", "vocab.json"):
             if (folder / candidate).is_file():
                 tok = cls.from_file(folder / candidate)
                 _apply_config(tok, folder)
                 return tok
-        if (folder / "vocab.json").is_file():
-            raise FormatError(
-                f"{folder}: has vocab.json + merges.txt but no tokenizer.json; "
-                "GPT-2-style vocab.json + merges.txt are not supported yet"
-            )
         raise FileNotFoundError(
-            2, "no tokenizer.json or vocab.txt in the model folder", str(folder)
+            2, "no tokenizer.json, vocab.txt or vocab.json in the model folder", str(folder)
         )
 
     @property

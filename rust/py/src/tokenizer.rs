@@ -140,10 +140,12 @@ fn disallowed_error(token: &str) -> PyErr {
 #[pymethods]
 impl PyTokenizer {
     /// Builds a tokenizer from a file's contents. `kind` says how to read it: "tiktoken" (a rank
-    /// file; `pattern` and `special_tokens` apply), "tokenizer.json" (Hugging Face), or
-    /// "vocab.txt" (BERT WordPiece; `lowercase` applies). `name` is shown in `repr` and errors.
+    /// file; `pattern` and `special_tokens` apply), "tokenizer.json" (Hugging Face),
+    /// "vocab.txt" (BERT WordPiece; `lowercase` applies) or "vocab.json" (GPT-2; `merges` is
+    /// merges.txt). `name` is shown in `repr` and errors.
     #[new]
-    #[pyo3(signature = (data, kind, *, pattern = None, special_tokens = None, name = "tokenizer".to_owned(), lowercase = true))]
+    #[pyo3(signature = (data, kind, *, pattern = None, special_tokens = None, name = "tokenizer".to_owned(), lowercase = true, merges = None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         data: &[u8],
@@ -152,6 +154,7 @@ impl PyTokenizer {
         special_tokens: Option<std::collections::BTreeMap<String, u32>>,
         name: String,
         lowercase: bool,
+        merges: Option<&[u8]>,
     ) -> PyResult<Self> {
         let specials: Vec<(String, u32)> = special_tokens.unwrap_or_default().into_iter().collect();
         let kind = kind.to_owned();
@@ -165,8 +168,14 @@ impl PyTokenizer {
             }
             "tokenizer.json" => Tokenizer::from_hf_json(&name, data),
             "vocab.txt" => Tokenizer::bert_from_vocab(&name, data, lowercase),
+            "vocab.json" => {
+                let merges = merges.ok_or_else(|| {
+                    Error::invalid("a GPT-2 vocab.json needs its merges.txt (`merges`)")
+                })?;
+                Tokenizer::from_gpt2_files(&name, data, merges)
+            }
             other => Err(Error::invalid(format!(
-                "unknown tokenizer file kind {other:?}: expected \"tiktoken\", \"tokenizer.json\" or \"vocab.txt\""
+                "unknown tokenizer file kind {other:?}: expected \"tiktoken\", \"tokenizer.json\", \"vocab.txt\" or \"vocab.json\""
             ))),
         }
         })?;

@@ -34,6 +34,8 @@ pub struct Bpe {
     lookup: PieceTable,
     byte_ids: [u32; 256],
     merges: PairTable,
+    /// Which tokens may be taken whole when a piece equals them (`None`: all, tiktoken's rule).
+    whole_ok: Option<Vec<bool>>,
     len: usize,
     /// Distinguishes this BPE's entries in a thread's merge cache from another BPE's.
     uid: u64,
@@ -140,32 +142,104 @@ impl Bpe {
     /// Builds a BPE from tiktoken-style ranks: each token's bytes and its rank, which is both its
     /// id and its merge priority. `what` names the source in errors.
     pub fn from_ranks(what: &str, ranks: Vec<(Vec<u8>, u32)>) -> Result<Self> {
-        if ranks.is_empty() {
+        Self::build(what, &ranks, |lookup| {
+            let mut merges = Vec::new();
+            for (tok, rank) in &ranks {
+                for k in 1..tok.len() {
+                    if let (Some(&a), Some(&b)) = (lookup.get(&tok[..k]), lookup.get(&tok[k..])) {
+                        merges.push((pair_key(a, b), *rank, *rank));
+                    }
+                }
+            }
+            Ok(merges)
+        })
+    }
+
+    /// Builds a BPE as Hugging Face defines it: a vocabulary (token bytes, id) and an ordered
+    /// list of merges, the first merging first. A word that is itself a token is that token only
+    /// when the merges would produce it, unless `ignore_merges` (then it always is, as in
+    /// Llama-3-style tokenizers).
+    pub fn from_merges(
+        what: &str,
+        vocab: Vec<(Vec<u8>, u32)>,
+        merges: &[(Vec<u8>, Vec<u8>)],
+        ignore_merges: bool,
+    ) -> Result<Self> {
+        let mut bpe = Self::build(what, &vocab, |lookup| {
+            let mut out = Vec::with_capacity(merges.len());
+            for (i, (a, b)) in merges.iter().enumerate() {
+                let missing = |t: &[u8]| {
+                    Error::format(
+                        what,
+                        format!(
+                            "merge {} uses {}, which is not in the vocabulary",
+                            i + 1,
+                            escape(t)
+                        ),
+                    )
+                };
+                let ia = *lookup.get(a.as_slice()).ok_or_else(|| missing(a))?;
+                let ib = *lookup.get(b.as_slice()).ok_or_else(|| missing(b))?;
+                let ab = [a.as_slice(), b.as_slice()].concat();
+                let iab = *lookup.get(ab.as_slice()).ok_or_else(|| missing(&ab))?;
+                let rank = u32::try_from(i).map_err(|_| Error::format(what, "too many merges"))?;
+                out.push((pair_key(ia, ib), rank, iab));
+            }
+            Ok(out)
+        })?;
+        if !ignore_merges {
+            // Which tokens the merges build from their own bytes: only those may be taken whole.
+            let mut ok = vec![false; bpe.id_bound()];
+            let mut scratch = Scratch::default();
+            let mut out = Vec::new();
+            for (id, tok) in vocab.iter().map(|(t, id)| (*id, t)) {
+                out.clear();
+                if tok.len() == 1 {
+                    ok[id as usize] = true;
+                    continue;
+                }
+                if tok.len() <= SMALL_PIECE {
+                    bpe.merge_small(tok, &mut out, &mut scratch);
+                } else {
+                    bpe.merge_large(tok, &mut out, &mut scratch);
+                }
+                ok[id as usize] = out.as_slice() == [id];
+            }
+            bpe.whole_ok = Some(ok);
+        }
+        Ok(bpe)
+    }
+
+    /// The vocabulary tables shared by both constructors; `pairs` lists the merges as
+    /// `(pair key, priority, merged id)` given the bytes -> id map.
+    fn build<'t>(
+        what: &str,
+        tokens: &'t [(Vec<u8>, u32)],
+        pairs: impl FnOnce(&FxHashMap<&'t [u8], u32>) -> Result<Vec<(u64, u32, u32)>>,
+    ) -> Result<Self> {
+        if tokens.is_empty() {
             return Err(Error::format(what, "no tokens"));
         }
-        let max_rank = ranks.iter().map(|(_, r)| *r).max().unwrap_or(0) as usize;
-        // Ids index a table: refuse absurdly sparse ranks instead of allocating gigabytes.
-        if max_rank > 4 * ranks.len() + 1024 {
+        let max_rank = tokens.iter().map(|(_, r)| *r).max().unwrap_or(0) as usize;
+        // Ids index a table: refuse absurdly sparse ids instead of allocating gigabytes.
+        if max_rank > 4 * tokens.len() + 1024 {
             return Err(Error::format(
                 what,
                 format!(
-                    "rank {max_rank} is far beyond the {} tokens given; ranks must be dense",
-                    ranks.len()
+                    "id {max_rank} is far beyond the {} tokens given; ids must be dense",
+                    tokens.len()
                 ),
             ));
         }
         let mut by_id: Vec<Option<&[u8]>> = vec![None; max_rank + 1];
         let mut lookup: FxHashMap<&[u8], u32> = FxHashMap::default();
-        lookup.reserve(ranks.len());
-        for (tok, rank) in &ranks {
+        lookup.reserve(tokens.len());
+        for (tok, rank) in tokens {
             if tok.is_empty() {
-                return Err(Error::format(
-                    what,
-                    format!("rank {rank} has an empty token"),
-                ));
+                return Err(Error::format(what, format!("id {rank} has an empty token")));
             }
             if by_id[*rank as usize].is_some() {
-                return Err(Error::format(what, format!("rank {rank} appears twice")));
+                return Err(Error::format(what, format!("id {rank} appears twice")));
             }
             by_id[*rank as usize] = Some(tok);
             if lookup.insert(tok, *rank).is_some() {
@@ -181,7 +255,7 @@ impl Bpe {
                 Error::format(what, format!("no token for the single byte 0x{b:02x}"))
             })?;
         }
-        let mut bytes = Vec::with_capacity(ranks.iter().map(|(t, _)| t.len()).sum());
+        let mut bytes = Vec::with_capacity(tokens.iter().map(|(t, _)| t.len()).sum());
         let mut offsets = Vec::with_capacity(by_id.len() + 1);
         offsets.push(0_u32);
         for tok in &by_id {
@@ -191,23 +265,16 @@ impl Bpe {
                     .map_err(|_| Error::format(what, "the vocabulary is larger than 4 GiB"))?,
             );
         }
-        let mut merges: Vec<(u64, u32, u32)> = Vec::new();
-        for (tok, rank) in &ranks {
-            for k in 1..tok.len() {
-                if let (Some(&a), Some(&b)) = (lookup.get(&tok[..k]), lookup.get(&tok[k..])) {
-                    merges.push((pair_key(a, b), *rank, *rank));
-                }
-            }
-        }
+        let merges = PairTable::new(&pairs(&lookup)?);
         let lookup = PieceTable::new(lookup.iter().map(|(k, v)| (*k, *v)));
-        let merges = PairTable::new(&merges);
         Ok(Bpe {
             bytes,
             offsets,
             lookup,
             byte_ids,
             merges,
-            len: ranks.len(),
+            whole_ok: None,
+            len: tokens.len(),
             uid: next_uid(),
         })
     }
@@ -250,6 +317,14 @@ impl Bpe {
         (0..self.id_bound() as u32).filter_map(|id| self.token_bytes(id).map(|b| (id, b)))
     }
 
+    /// Whether a piece equal to token `id` is that token without merging.
+    #[inline]
+    fn whole(&self, id: u32) -> bool {
+        self.whole_ok
+            .as_ref()
+            .is_none_or(|ok| ok.get(id as usize).copied().unwrap_or(false))
+    }
+
     #[inline]
     fn merge_of(&self, a: u32, b: u32) -> (u32, u32) {
         self.merges.get(pair_key(a, b))
@@ -274,8 +349,10 @@ impl Bpe {
                 let key = Key::new(text, start, end);
                 let tail = |id| self.token_bytes(id).unwrap_or(&[]);
                 if let Some(id) = self.lookup.get_key(&key, text, start, tail) {
-                    out.push(id);
-                    return;
+                    if self.whole(id) {
+                        out.push(id);
+                        return;
+                    }
                 }
                 if scratch.owner != self.uid || scratch.cache.is_empty() {
                     scratch.cache.clear();
@@ -305,12 +382,10 @@ impl Bpe {
             }
             n => {
                 let tail = |id| self.token_bytes(id).unwrap_or(&[]);
-                if let Some(id) = self.lookup.get_in(text, start, end, tail) {
-                    out.push(id);
-                } else if n <= SMALL_PIECE {
-                    self.merge_small(piece, out, scratch);
-                } else {
-                    self.merge_large(piece, out, scratch);
+                match self.lookup.get_in(text, start, end, tail) {
+                    Some(id) if self.whole(id) => out.push(id),
+                    _ if n <= SMALL_PIECE => self.merge_small(piece, out, scratch),
+                    _ => self.merge_large(piece, out, scratch),
                 }
             }
         }
@@ -509,6 +584,36 @@ mod tests {
     }
 
     #[test]
+    fn hugging_face_merges_decide_even_for_whole_tokens() {
+        let mut vocab: Vec<(Vec<u8>, u32)> = (0..=255_u8).map(|b| (vec![b], b as u32)).collect();
+        for (i, t) in ["ab", "bc", "abc"].iter().enumerate() {
+            vocab.push((t.as_bytes().to_vec(), 256 + i as u32));
+        }
+        let merges = vec![
+            (b"b".to_vec(), b"c".to_vec()),
+            (b"a".to_vec(), b"bc".to_vec()),
+        ];
+        let hf = Bpe::from_merges("hf", vocab.clone(), &merges, false).unwrap();
+        let enc = |bpe: &Bpe, s: &[u8]| {
+            let mut out = vec![];
+            bpe.encode_piece(s, 0, s.len(), &mut out, &mut Scratch::default());
+            out
+        };
+        // "ab" is a token but no merge builds it: Hugging Face gives the two bytes.
+        assert_eq!(enc(&hf, b"ab"), vec![97, 98]);
+        assert_eq!(enc(&hf, b"abc"), vec![258]);
+        assert_eq!(enc(&hf, b"xbc"), vec![b'x' as u32, 257]);
+        // With ignore_merges (Llama 3), a word that is a token is that token.
+        let llama = Bpe::from_merges("l3", vocab.clone(), &merges, true).unwrap();
+        assert_eq!(enc(&llama, b"ab"), vec![256]);
+        let bad = vec![(b"q".to_vec(), b"zz".to_vec())];
+        let e = Bpe::from_merges("m", vocab, &bad, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("merge 1 uses \"zz\""), "{e}");
+    }
+
+    #[test]
     fn malformed_ranks_are_format_errors() {
         let all: Vec<(Vec<u8>, u32)> = (0..=255_u8).map(|b| (vec![b], b as u32)).collect();
         let mut dup_rank = all.clone();
@@ -516,7 +621,7 @@ mod tests {
         assert!(Bpe::from_ranks("t", dup_rank)
             .unwrap_err()
             .to_string()
-            .contains("rank 5 appears twice"));
+            .contains("id 5 appears twice"));
         let mut dup_tok = all.clone();
         dup_tok.push((b"a".to_vec(), 300));
         assert!(Bpe::from_ranks("t", dup_tok)

@@ -16,7 +16,7 @@ use crate::{Error, Result};
 
 /// Runs `f` with this thread's encoding scratch space (buffers and merge cache), reused across
 /// calls; a fresh one if the thread's is in use (re-entrant call).
-fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     thread_local! {
         static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
     }

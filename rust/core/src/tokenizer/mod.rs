@@ -5,7 +5,8 @@
 //!   patterns, tiktoken's special-token rules);
 //! - [`pipeline::HfTokenizer`]: the Hugging Face pipeline (added tokens, normalizer,
 //!   pre-tokenizer, model, post-processor, decoder) for the components ferrolm implements:
-//!   WordPiece for BERT so far.
+//!   WordPiece (BERT) and byte-level BPE (GPT-2 `tokenizer.json`, `vocab.json` + `merges.txt`)
+//!   so far.
 //!
 //! File formats live in [`formats`], apart from the algorithms. Tokenizers are immutable once
 //! built: share them across threads freely.
@@ -59,6 +60,11 @@ impl Tokenizer {
         formats::hf_json::parse(what, data).map(|t| Tokenizer::Hf(Box::new(t)))
     }
 
+    /// A byte-level BPE tokenizer from GPT-2's `vocab.json` and `merges.txt` contents.
+    pub fn from_gpt2_files(what: &str, vocab_json: &[u8], merges_txt: &[u8]) -> Result<Self> {
+        formats::gpt2_files::parse(what, vocab_json, merges_txt).map(|t| Tokenizer::Hf(Box::new(t)))
+    }
+
     /// A BERT WordPiece tokenizer from a vocab.txt file's contents, configured as Hugging Face's
     /// `BertTokenizerFast` configures it: BertNormalizer (`lowercase` as given, accents stripped
     /// when lowercasing), BertPreTokenizer, `[CLS] ... [SEP]`, the five special tokens.
@@ -109,7 +115,10 @@ impl Tokenizer {
     pub fn kind(&self) -> &'static str {
         match self {
             Tokenizer::Bpe(_) => "bpe",
-            Tokenizer::Hf(_) => "wordpiece",
+            Tokenizer::Hf(t) => match t.model {
+                Model::Bpe(_) => "bpe",
+                Model::WordPiece(_) => "wordpiece",
+            },
         }
     }
 
@@ -152,7 +161,7 @@ impl Tokenizer {
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         match self {
             Tokenizer::Bpe(t) => t.id_to_token(id),
-            Tokenizer::Hf(t) => t.id_to_token(id).map(str::to_owned),
+            Tokenizer::Hf(t) => t.id_to_token(id).map(std::borrow::Cow::into_owned),
         }
     }
 
@@ -168,7 +177,7 @@ impl Tokenizer {
     pub fn id_to_bytes(&self, id: u32) -> Option<Vec<u8>> {
         match self {
             Tokenizer::Bpe(t) => t.id_to_bytes(id),
-            Tokenizer::Hf(t) => t.id_to_token(id).map(|s| s.as_bytes().to_vec()),
+            Tokenizer::Hf(t) => t.id_to_bytes(id),
         }
     }
 

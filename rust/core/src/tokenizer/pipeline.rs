@@ -5,8 +5,14 @@
 //!
 //! Semantics follow `tokenizers` 0.2x; the tests compare ids with it on real text.
 
+use std::borrow::Cow;
+
 use crate::tokenizer::added::{AddedTokens, Segment};
 use crate::tokenizer::bert::{self, BertNormalizer};
+use crate::tokenizer::bpe::{Bpe, Scratch};
+use crate::tokenizer::byte_bpe::with_scratch;
+use crate::tokenizer::byte_level;
+use crate::tokenizer::split::Splitter;
 use crate::tokenizer::wordpiece::WordPiece;
 use crate::{Error, Result};
 
@@ -20,12 +26,42 @@ pub enum Normalizer {
 #[derive(Debug, Clone, Copy)]
 pub enum PreTokenizer {
     Bert,
+    /// GPT-2's byte-level pre-tokenizer: a space before text that does not start with one
+    /// (`add_prefix_space`), then GPT-2's split pattern (`use_regex`). The byte-to-character
+    /// mapping is implicit: ferrolm's BPE works on bytes directly.
+    ByteLevel {
+        add_prefix_space: bool,
+        use_regex: bool,
+    },
 }
 
 /// The model that turns a word into ids.
 #[derive(Debug, Clone)]
 pub enum Model {
     WordPiece(WordPiece),
+    /// Byte-level BPE (its tokens are bytes; `tokenizer.json` writes them as byte-level
+    /// characters).
+    Bpe(Box<Bpe>),
+}
+
+/// The bytes a token stands for under the ByteLevel decoder, as tokenizers reads them: a token
+/// whose every character stands for a byte gives those bytes; any other (an added token written
+/// in plain text) its own UTF-8.
+pub(crate) fn push_byte_level(tok: &str, out: &mut Vec<u8>) {
+    match byte_level::string_to_bytes(tok) {
+        Some(b) => out.extend_from_slice(&b),
+        None => out.extend_from_slice(tok.as_bytes()),
+    }
+}
+
+impl Model {
+    /// The id of a model token, written as the file writes it (byte-level characters for BPE).
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        match self {
+            Model::WordPiece(wp) => wp.id(token),
+            Model::Bpe(bpe) => bpe.token_id(&byte_level::string_to_bytes(token)?),
+        }
+    }
 }
 
 /// Turning tokens back into text.
@@ -34,6 +70,8 @@ pub enum Decoder {
     /// Continuation tokens lose their prefix and join the previous token; others are preceded
     /// by a space; `cleanup` removes the space before punctuation and contractions.
     WordPiece { prefix: String, cleanup: bool },
+    /// The tokens' bytes, concatenated, read as UTF-8 (invalid sequences become U+FFFD).
+    ByteLevel,
 }
 
 /// One item of a post-processing template for a single sequence.
@@ -71,17 +109,43 @@ const CLEANUPS: [(&str, &str); 11] = [
 ];
 
 impl HfTokenizer {
-    fn encode_words(&self, text: &str, out: &mut Vec<u32>) {
-        let Model::WordPiece(wp) = &self.model;
-        match self.pre_tokenizer {
-            Some(PreTokenizer::Bert) => bert::pre_tokenize(text, |a, b| {
-                wp.encode_word(&text[a..b], out);
-            }),
-            None => wp.encode_word(text, out),
+    fn encode_words(&self, text: &str, out: &mut Vec<u32>, scratch: &mut Scratch) {
+        match (&self.model, self.pre_tokenizer) {
+            (Model::WordPiece(wp), Some(PreTokenizer::Bert)) => {
+                bert::pre_tokenize(text, |a, b| wp.encode_word(&text[a..b], out));
+            }
+            (
+                Model::WordPiece(wp),
+                Some(PreTokenizer::ByteLevel {
+                    use_regex: true, ..
+                }),
+            ) => {
+                Splitter::Gpt2.split(text, |a, b| wp.encode_word(&text[a..b], out));
+            }
+            (Model::WordPiece(wp), _) => wp.encode_word(text, out),
+            (Model::Bpe(bpe), pre) => {
+                let bytes = text.as_bytes();
+                let mut piece = |a: usize, b: usize| bpe.encode_piece(bytes, a, b, out, scratch);
+                match pre {
+                    Some(PreTokenizer::Bert) => bert::pre_tokenize(text, &mut piece),
+                    Some(PreTokenizer::ByteLevel {
+                        use_regex: true, ..
+                    }) => {
+                        Splitter::Gpt2.split(text, &mut piece);
+                    }
+                    _ => piece(0, bytes.len()),
+                }
+            }
         }
     }
 
-    fn encode_plain(&self, text: &str, out: &mut Vec<u32>, norm: &mut String) {
+    fn encode_plain(
+        &self,
+        text: &str,
+        out: &mut Vec<u32>,
+        norm: &mut String,
+        scratch: &mut Scratch,
+    ) {
         let normalized: &str = match &self.normalizer {
             Some(Normalizer::Bert(n)) => {
                 norm.clear();
@@ -96,11 +160,25 @@ impl HfTokenizer {
             for seg in segs {
                 match seg {
                     Segment::Token(id) => out.push(id),
-                    Segment::Text(a, b) => self.encode_words(&normalized[a..b], out),
+                    Segment::Text(a, b) => self.pre_and_model(&normalized[a..b], out, scratch),
                 }
             }
         } else {
-            self.encode_words(normalized, out);
+            self.pre_and_model(normalized, out, scratch);
+        }
+    }
+
+    /// The pre-tokenizer's per-segment step (ByteLevel's prefix space), then the words.
+    fn pre_and_model(&self, text: &str, out: &mut Vec<u32>, scratch: &mut Scratch) {
+        match self.pre_tokenizer {
+            Some(PreTokenizer::ByteLevel {
+                add_prefix_space: true,
+                ..
+            }) if !text.is_empty() && !text.starts_with(' ') => {
+                let spaced = format!(" {text}");
+                self.encode_words(&spaced, out, scratch);
+            }
+            _ => self.encode_words(text, out, scratch),
         }
     }
 
@@ -111,12 +189,16 @@ impl HfTokenizer {
         let mut segs = Vec::new();
         let mut norm = String::new();
         self.added.split_raw(text, &mut segs);
-        for seg in segs {
-            match seg {
-                Segment::Token(id) => body.push(id),
-                Segment::Text(a, b) => self.encode_plain(&text[a..b], &mut body, &mut norm),
+        with_scratch(|scratch| {
+            for seg in segs {
+                match seg {
+                    Segment::Token(id) => body.push(id),
+                    Segment::Text(a, b) => {
+                        self.encode_plain(&text[a..b], &mut body, &mut norm, scratch);
+                    }
+                }
             }
-        }
+        });
         if add_special_tokens {
             self.apply_template(body)
         } else {
@@ -152,13 +234,18 @@ impl HfTokenizer {
         })
     }
 
-    /// The token string of `id` (an added token's text, or the model's token).
-    pub fn id_to_token(&self, id: u32) -> Option<&str> {
+    /// The token string of `id`: an added token's text, or the model's token (byte-level
+    /// characters for BPE, e.g. `"Ġworld"`).
+    pub fn id_to_token(&self, id: u32) -> Option<Cow<'_, str>> {
         if let Some(t) = self.added.by_id(id) {
-            return Some(&t.content);
+            return Some(Cow::Borrowed(&t.content));
         }
-        let Model::WordPiece(wp) = &self.model;
-        wp.token(id)
+        match &self.model {
+            Model::WordPiece(wp) => wp.token(id).map(Cow::Borrowed),
+            Model::Bpe(bpe) => bpe
+                .token_bytes(id)
+                .map(|b| Cow::Owned(byte_level::bytes_to_string(b))),
+        }
     }
 
     /// The id of a token string.
@@ -166,20 +253,32 @@ impl HfTokenizer {
         if let Some(t) = self.added.by_content(token) {
             return Some(t.id);
         }
-        let Model::WordPiece(wp) = &self.model;
-        wp.id(token)
+        self.model.token_id(token)
+    }
+
+    /// The raw bytes of token `id`: a BPE token's bytes, else the token's text.
+    pub fn id_to_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        if self.added.by_id(id).is_none() {
+            if let Model::Bpe(bpe) = &self.model {
+                return bpe.token_bytes(id).map(<[u8]>::to_vec);
+            }
+        }
+        self.id_to_token(id).map(|t| t.as_bytes().to_vec())
     }
 
     /// One more than the largest id, added tokens included.
     pub fn vocab_size(&self) -> usize {
-        let Model::WordPiece(wp) = &self.model;
+        let model = match &self.model {
+            Model::WordPiece(wp) => wp.id_bound(),
+            Model::Bpe(bpe) => bpe.id_bound(),
+        };
         let added = self
             .added
             .iter()
             .map(|t| t.id as usize + 1)
             .max()
             .unwrap_or(0);
-        wp.id_bound().max(added)
+        model.max(added)
     }
 
     /// `(text, id)` of the added tokens marked special.
@@ -211,6 +310,13 @@ impl HfTokenizer {
             tokens.push(tok);
         }
         Ok(match &self.decoder {
+            Some(Decoder::ByteLevel) => {
+                let mut bytes = Vec::with_capacity(tokens.len() * 4);
+                for tok in &tokens {
+                    push_byte_level(tok, &mut bytes);
+                }
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
             Some(Decoder::WordPiece { prefix, cleanup }) => {
                 let mut out = String::with_capacity(ids.len() * 6);
                 let mut piece = String::new();

@@ -6,7 +6,7 @@
 //!
 //! The concatenation of every step's text (and `finish`) equals `decode` of all the ids.
 
-use crate::tokenizer::pipeline::Decoder;
+use crate::tokenizer::pipeline::{push_byte_level, Decoder};
 use crate::tokenizer::Tokenizer;
 use crate::Result;
 
@@ -51,10 +51,17 @@ impl DecodeStream {
             Tokenizer::Bpe(t) => {
                 let bytes = t.decode_bytes(&[id], self.skip_special)?;
                 self.pending.extend_from_slice(&bytes);
-                let n = complete_prefix(&self.pending);
-                let out = String::from_utf8_lossy(&self.pending[..n]).into_owned();
-                self.pending.drain(..n);
-                Ok(out)
+                Ok(self.take_complete())
+            }
+            Tokenizer::Hf(t) if matches!(t.decoder, Some(Decoder::ByteLevel)) => {
+                let text = t.decode(&[id], false)?; // checks the id
+                if !(self.skip_special && t.is_special(id)) {
+                    match t.id_to_token(id) {
+                        Some(tok) => push_byte_level(&tok, &mut self.pending),
+                        None => self.pending.extend_from_slice(text.as_bytes()),
+                    }
+                }
+                Ok(self.take_complete())
             }
             Tokenizer::Hf(t) => {
                 let text = t.decode(&[id], self.skip_special)?;
@@ -69,7 +76,7 @@ impl DecodeStream {
                         let marker = t.decode(&[id, id], self.skip_special)?;
                         marker[text.len()..].to_owned()
                     }
-                    Some(Decoder::WordPiece { .. }) => text,
+                    Some(Decoder::WordPiece { .. } | Decoder::ByteLevel) => text,
                     None if self.shown > 0 => format!(" {text}"),
                     None => text,
                 };
@@ -77,6 +84,13 @@ impl DecodeStream {
                 Ok(out)
             }
         }
+    }
+
+    fn take_complete(&mut self) -> String {
+        let n = complete_prefix(&self.pending);
+        let out = String::from_utf8_lossy(&self.pending[..n]).into_owned();
+        self.pending.drain(..n);
+        out
     }
 
     /// Ends the stream: the text still held back (an incomplete character at the end, as

@@ -2,15 +2,18 @@
 //! other one with [`Error::Unsupported`] naming it (`"normalizer `Precompiled`"`), so a file is
 //! either tokenized exactly as `tokenizers` would, or not at all.
 //!
-//! Supported so far: model WordPiece; normalizer BertNormalizer; pre-tokenizer
-//! BertPreTokenizer; post-processors TemplateProcessing (single sequence) and BertProcessing;
-//! decoder WordPiece; `added_tokens` with `special` / `lstrip` / `rstrip` / `normalized`.
+//! Supported so far: models WordPiece and byte-level BPE; normalizer BertNormalizer;
+//! pre-tokenizers BertPreTokenizer and ByteLevel; post-processors TemplateProcessing (single
+//! sequence), BertProcessing and ByteLevel; decoders WordPiece and ByteLevel; `added_tokens` with
+//! `special` / `lstrip` / `rstrip` / `normalized`.
 //! `truncation` and `padding` are not applied by `encode` (they are call options).
 
 use serde_json::Value;
 
 use crate::tokenizer::added::{AddedToken, AddedTokens};
 use crate::tokenizer::bert::BertNormalizer;
+use crate::tokenizer::bpe::Bpe;
+use crate::tokenizer::byte_level;
 use crate::tokenizer::pipeline::{
     Decoder, HfTokenizer, Model, Normalizer, PreTokenizer, TemplateItem,
 };
@@ -59,7 +62,7 @@ pub fn parse(what: &str, data: &[u8]) -> Result<HfTokenizer> {
         return Err(cx.err("the top level must be a JSON object"));
     }
     let added = parse_added(&cx, root.get("added_tokens"))?;
-    let model = parse_model(&cx, cx.field(&root, "tokenizer.json", "model")?)?;
+    let model = parse_model(&cx, cx.field(&root, "tokenizer.json", "model")?, &added)?;
     let normalizer = match root.get("normalizer") {
         None | Some(Value::Null) => None,
         Some(n) => Some(parse_normalizer(&cx, n)?),
@@ -70,7 +73,7 @@ pub fn parse(what: &str, data: &[u8]) -> Result<HfTokenizer> {
     };
     let template = match root.get("post_processor") {
         None | Some(Value::Null) => None,
-        Some(p) => Some(parse_post_processor(&cx, p, &added, &model)?),
+        Some(p) => parse_post_processor(&cx, p, &added, &model)?,
     };
     let decoder = match root.get("decoder") {
         None | Some(Value::Null) => None,
@@ -114,7 +117,7 @@ fn parse_added(cx: &Ctx<'_>, v: Option<&Value>) -> Result<AddedTokens> {
     AddedTokens::new(tokens)
 }
 
-fn parse_model(cx: &Ctx<'_>, m: &Value) -> Result<Model> {
+fn parse_model(cx: &Ctx<'_>, m: &Value, added: &AddedTokens) -> Result<Model> {
     // Older files omit `type` for some models; a WordPiece model is recognisable by its fields.
     let ty = match m.get("type") {
         Some(t) => t
@@ -163,8 +166,115 @@ fn parse_model(cx: &Ctx<'_>, m: &Value) -> Result<Model> {
                 max_chars,
             )?))
         }
+        "BPE" => parse_bpe(cx, m, added),
         other => Err(Error::Unsupported(format!("tokenizer model `{other}`"))),
     }
+}
+
+/// The `merges` of a BPE model: `"a b"` strings (older files) or `["a", "b"]` pairs.
+fn merge_pairs(cx: &Ctx<'_>, v: &Value) -> Result<Vec<(String, String)>> {
+    let list = v
+        .as_array()
+        .ok_or_else(|| cx.err("model: `merges` must be a list"))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let bad = || {
+                cx.err(format!(
+                    "model.merges[{i}]: expected \"a b\" or [\"a\", \"b\"]"
+                ))
+            };
+            match m {
+                Value::String(s) => {
+                    let (a, b) = s.split_once(' ').ok_or_else(bad)?;
+                    if b.contains(' ') {
+                        return Err(bad());
+                    }
+                    Ok((a.to_owned(), b.to_owned()))
+                }
+                Value::Array(pair) if pair.len() == 2 => match (&pair[0], &pair[1]) {
+                    (Value::String(a), Value::String(b)) => Ok((a.clone(), b.clone())),
+                    _ => Err(bad()),
+                },
+                _ => Err(bad()),
+            }
+        })
+        .collect()
+}
+
+/// Builds a byte-level BPE model from `(token, id)` in byte-level characters and merges.
+/// Vocabulary entries that are added tokens written in plain text are left to the added
+/// tokens; any other entry that is not byte-level means the model is not byte-level BPE.
+pub(crate) fn byte_level_bpe(
+    what: &str,
+    vocab: Vec<(String, u32)>,
+    merges: &[(String, String)],
+    added: &AddedTokens,
+    ignore_merges: bool,
+) -> Result<Model> {
+    let mut tokens = Vec::with_capacity(vocab.len());
+    for (tok, id) in vocab {
+        match byte_level::string_to_bytes(&tok) {
+            Some(bytes) => tokens.push((bytes, id)),
+            None if added.by_id(id).is_some() => {}
+            None => {
+                return Err(Error::Unsupported(format!(
+                    "BPE vocabulary that is not byte-level (token {tok:?}); only byte-level BPE \
+                     (GPT-2 style) is implemented"
+                )))
+            }
+        }
+    }
+    let to_bytes = |t: &str| {
+        byte_level::string_to_bytes(t)
+            .ok_or_else(|| Error::format(what, format!("merge token {t:?} is not byte-level")))
+    };
+    let merges = merges
+        .iter()
+        .map(|(a, b)| Ok((to_bytes(a)?, to_bytes(b)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Model::Bpe(Box::new(Bpe::from_merges(
+        what,
+        tokens,
+        &merges,
+        ignore_merges,
+    )?)))
+}
+
+fn parse_bpe(cx: &Ctx<'_>, m: &Value, added: &AddedTokens) -> Result<Model> {
+    for key in ["continuing_subword_prefix", "end_of_word_suffix"] {
+        if let Some(v) = m.get(key).and_then(Value::as_str).filter(|v| !v.is_empty()) {
+            return Err(Error::Unsupported(format!("BPE `{key}` {v:?}")));
+        }
+    }
+    if let Some(d) = m
+        .get("dropout")
+        .and_then(Value::as_f64)
+        .filter(|d| *d > 0.0)
+    {
+        return Err(Error::Unsupported(format!("BPE dropout {d}")));
+    }
+    let vocab = cx
+        .field(m, "model", "vocab")?
+        .as_object()
+        .ok_or_else(|| cx.err("model: `vocab` must be an object of token: id"))?;
+    let mut pairs = Vec::with_capacity(vocab.len());
+    for (tok, id) in vocab {
+        let id = id
+            .as_u64()
+            .and_then(|i| u32::try_from(i).ok())
+            .ok_or_else(|| cx.err(format!("model.vocab[{tok:?}]: id must be an integer")))?;
+        pairs.push((tok.clone(), id));
+    }
+    let merges = merge_pairs(cx, cx.field(m, "model", "merges")?)?;
+    let ignore_merges = cx.bool_or(m, "model", "ignore_merges", false)?;
+    byte_level_bpe(
+        &format!("{} model", cx.what),
+        pairs,
+        &merges,
+        added,
+        ignore_merges,
+    )
 }
 
 fn parse_normalizer(cx: &Ctx<'_>, n: &Value) -> Result<Normalizer> {
@@ -191,6 +301,10 @@ fn parse_normalizer(cx: &Ctx<'_>, n: &Value) -> Result<Normalizer> {
 fn parse_pre_tokenizer(cx: &Ctx<'_>, p: &Value) -> Result<PreTokenizer> {
     match cx.type_of(p, "pre_tokenizer")? {
         "BertPreTokenizer" => Ok(PreTokenizer::Bert),
+        "ByteLevel" => Ok(PreTokenizer::ByteLevel {
+            add_prefix_space: cx.bool_or(p, "pre_tokenizer", "add_prefix_space", true)?,
+            use_regex: cx.bool_or(p, "pre_tokenizer", "use_regex", true)?,
+        }),
         other => Err(Error::Unsupported(format!("pre-tokenizer `{other}`"))),
     }
 }
@@ -199,8 +313,7 @@ fn special_id(cx: &Ctx<'_>, name: &str, added: &AddedTokens, model: &Model) -> R
     if let Some(t) = added.by_content(name) {
         return Ok(t.id);
     }
-    let Model::WordPiece(wp) = model;
-    wp.id(name).ok_or_else(|| {
+    model.token_id(name).ok_or_else(|| {
         cx.err(format!(
             "post_processor: special token {name:?} is not in the vocabulary"
         ))
@@ -212,8 +325,10 @@ fn parse_post_processor(
     p: &Value,
     added: &AddedTokens,
     model: &Model,
-) -> Result<Vec<TemplateItem>> {
+) -> Result<Option<Vec<TemplateItem>>> {
     match cx.type_of(p, "post_processor")? {
+        // Only trims offsets; the ids are unchanged.
+        "ByteLevel" => Ok(None),
         "BertProcessing" => {
             let pair = |key: &str| -> Result<u32> {
                 let v = cx.field(p, "post_processor", key)?;
@@ -222,11 +337,11 @@ fn parse_post_processor(
                     .and_then(|i| u32::try_from(i).ok())
                     .ok_or_else(|| cx.err(format!("post_processor: `{key}` must be [token, id]")))
             };
-            Ok(vec![
+            Ok(Some(vec![
                 TemplateItem::Special(vec![pair("cls")?]),
                 TemplateItem::Sequence,
                 TemplateItem::Special(vec![pair("sep")?]),
-            ])
+            ]))
         }
         "TemplateProcessing" => {
             let single = cx
@@ -271,7 +386,7 @@ fn parse_post_processor(
                     ));
                 }
             }
-            Ok(items)
+            Ok(Some(items))
         }
         other => Err(Error::Unsupported(format!("post-processor `{other}`"))),
     }
@@ -289,6 +404,7 @@ fn parse_decoder(cx: &Ctx<'_>, d: &Value) -> Result<Decoder> {
             },
             cleanup: cx.bool_or(d, "decoder", "cleanup", true)?,
         }),
+        "ByteLevel" => Ok(Decoder::ByteLevel),
         other => Err(Error::Unsupported(format!("decoder `{other}`"))),
     }
 }
