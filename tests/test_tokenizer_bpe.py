@@ -313,12 +313,9 @@ def test_rank_file_errors(tmp_path) -> None:
 
 
 def test_unsupported_patterns_are_format_errors() -> None:
-    cl100k_style = (
-        r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
-        r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
-    )
+    # Patterns that are neither a known family nor runnable in linear time are refused.
     with pytest.raises(ferrolm.FormatError, match="possessive"):
-        Tokenizer.from_tiktoken(data_path("gpt2.tiktoken"), pattern=cl100k_style)
+        Tokenizer.from_tiktoken(data_path("gpt2.tiktoken"), pattern=r"\p{L}++|\p{N}{1,3}+|\s+")
     with pytest.raises(ferrolm.FormatError, match="look-around"):
         Tokenizer.from_tiktoken(data_path("gpt2.tiktoken"), pattern=r"\w+(?=x)")
 
@@ -346,3 +343,102 @@ def test_refcount_of_borrowed_text_is_unchanged(ours: Tokenizer) -> None:
     before = sys.getrefcount(text)
     ours.encode_batch([text] * 10)
     assert sys.getrefcount(text) == before
+
+
+# ---------------------------------------------------------------- other split patterns
+
+CL100K = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+CL100K_OLD = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+    r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+LLAMA3 = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+R50K_NEW = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+PATTERNS = {"cl100k": CL100K, "cl100k-old": CL100K_OLD, "llama3": LLAMA3, "r50k-new": R50K_NEW}
+_pattern_pairs: dict[str, tuple[Tokenizer, tiktoken.Encoding]] = {}
+
+
+def _pair(name: str) -> tuple[Tokenizer, tiktoken.Encoding]:
+    """ferrolm and tiktoken on GPT-2's ranks with another split pattern."""
+    if name not in _pattern_pairs:
+        pattern = PATTERNS[name]
+        ranks = load_tiktoken_bpe(str(data_path("gpt2.tiktoken")))
+        _pattern_pairs[name] = (
+            Tokenizer.from_tiktoken(data_path("gpt2.tiktoken"), pattern=pattern),
+            tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=ranks, special_tokens={}),
+        )
+    return _pattern_pairs[name]
+
+
+SPLIT_SAMPLES = [
+    *AWKWARD,
+    "don'T WE'LL it'S 'tis x'y (hello) [world] {123456789} 1,234.56",
+    "line one\nline two\r\n\r\nthree   \n  four\t\tfive \n",
+    "trailing spaces and newline  \n  ",
+    "\n\n\n   ",
+    " \t x",
+    "$$$abc ...def ,,, 12ab ab12 a1b2",
+    "multiple   spaces   and\ttabs\t\there",
+]
+
+
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_cl100k_family_patterns_match_tiktoken(name: str) -> None:
+    ours, peer = _pair(name)
+    assert ours.pattern is not None
+    for text in SPLIT_SAMPLES:
+        assert ours.encode(text) == peer.encode(text), (name, text)
+    for corpus in CORPORA.values():
+        lines = corpus[:300_000].splitlines(keepends=True)
+        assert ours.encode_batch(lines) == peer.encode_ordinary_batch(lines), name
+        assert ours.encode(corpus[:200_000]) == peer.encode_ordinary(corpus[:200_000]), name
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(sorted(PATTERNS)),
+    st.lists(
+        st.sampled_from(
+            [
+                "a",
+                "B",
+                " ",
+                "  ",
+                "\n",
+                "\r\n",
+                "\t",
+                "'s",
+                "'LL",
+                "1",
+                "123",
+                "!",
+                "(",
+                "é",
+                "中",
+                "👍",
+                "\u00a0",
+                "\u3000",
+                "x1",
+                ".\n",
+            ]
+        ),
+        max_size=40,
+    ),
+)
+def test_cl100k_family_on_generated_text(name: str, parts: list[str]) -> None:
+    ours, peer = _pair(name)
+    text = "".join(parts)
+    assert ours.encode(text) == peer.encode(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(PATTERNS)), st.text(max_size=100))
+def test_cl100k_family_on_arbitrary_text(name: str, text: str) -> None:
+    ours, peer = _pair(name)
+    assert ours.encode(text, disallowed_special=()) == peer.encode(text, disallowed_special=())

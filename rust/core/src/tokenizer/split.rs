@@ -20,11 +20,25 @@ pub const GPT2_PATTERN: &str =
 pub const GPT2_PATTERN_HF: &str =
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
+/// GPT-2's split pattern as tiktoken 0.7+ writes it (possessive, `\s++$`): the same pieces.
+pub const GPT2_PATTERN_POSSESSIVE: &str =
+    r"'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s";
+/// cl100k_base's split pattern (GPT-3.5 / GPT-4) as tiktoken 0.7+ writes it.
+pub const CL100K_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s";
+/// cl100k_base's split pattern as earlier tiktoken versions write it (no `\s++$`).
+pub const CL100K_PATTERN_OLD: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
+/// Llama 3's split pattern, as its tokenizer.json writes it.
+pub const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// A compiled split pattern.
 #[derive(Debug, Clone)]
 pub enum Splitter {
-    /// [`GPT2_PATTERN`], hand-written.
+    /// [`GPT2_PATTERN`] (and its other spellings), hand-written.
     Gpt2,
+    /// The cl100k family ([`CL100K_PATTERN`], [`CL100K_PATTERN_OLD`], [`LLAMA3_PATTERN`]),
+    /// hand-written. `ws_to_end`: a run of white space that reaches the end of the text is one
+    /// piece (`\s++$`, in tiktoken 0.7+'s cl100k only).
+    Cl100k { ws_to_end: bool },
     /// Any other pattern the `regex` crate accepts.
     Regex(Box<regex::Regex>),
 }
@@ -32,8 +46,14 @@ pub enum Splitter {
 impl Splitter {
     /// Compiles `pattern`, choosing the hand-written splitter when one is equivalent.
     pub fn new(pattern: &str) -> Result<Self> {
-        if pattern == GPT2_PATTERN || pattern == GPT2_PATTERN_HF {
+        if [GPT2_PATTERN, GPT2_PATTERN_HF, GPT2_PATTERN_POSSESSIVE].contains(&pattern) {
             return Ok(Splitter::Gpt2);
+        }
+        if pattern == CL100K_PATTERN {
+            return Ok(Splitter::Cl100k { ws_to_end: true });
+        }
+        if pattern == CL100K_PATTERN_OLD || pattern == LLAMA3_PATTERN {
+            return Ok(Splitter::Cl100k { ws_to_end: false });
         }
         if has_possessive_quantifier(pattern) {
             return Err(Error::Unsupported(format!(
@@ -65,6 +85,8 @@ impl Splitter {
     pub fn pattern(&self) -> &str {
         match self {
             Splitter::Gpt2 => GPT2_PATTERN,
+            Splitter::Cl100k { ws_to_end: true } => CL100K_PATTERN,
+            Splitter::Cl100k { ws_to_end: false } => CL100K_PATTERN_OLD,
             Splitter::Regex(re) => re.as_str(),
         }
     }
@@ -74,6 +96,7 @@ impl Splitter {
     pub fn split(&self, text: &str, emit: impl FnMut(usize, usize)) {
         match self {
             Splitter::Gpt2 => split_gpt2(text, emit),
+            Splitter::Cl100k { ws_to_end } => split_cl100k(text, *ws_to_end, emit),
             Splitter::Regex(re) => {
                 let mut emit = emit;
                 for m in re.find_iter(text) {
@@ -201,6 +224,117 @@ fn split_gpt2(text: &str, mut emit: impl FnMut(usize, usize)) {
         };
         emit(start, i);
     }
+}
+
+/// The length of a case-insensitive contraction (`'s 'd 'm 't 'll 've 're`, any case).
+#[inline]
+fn contraction_len_ci(b: &[u8], i: usize) -> Option<usize> {
+    let lower = |k: usize| b.get(i + k).map(u8::to_ascii_lowercase);
+    match lower(1)? {
+        b's' | b'd' | b'm' | b't' => Some(2),
+        b'l' if lower(2) == Some(b'l') => Some(3),
+        b'v' | b'r' if lower(2) == Some(b'e') => Some(3),
+        _ => None,
+    }
+}
+
+#[inline]
+fn is_newline(b: u8) -> bool {
+    b == b'\r' || b == b'\n'
+}
+
+/// The cl100k family by hand. At each position the alternatives are tried in the pattern's
+/// order; each branch says which one it is.
+fn split_cl100k(text: &str, ws_to_end: bool, mut emit: impl FnMut(usize, usize)) {
+    let b = text.as_bytes();
+    let n = b.len();
+    let mut i = 0;
+    while i < n {
+        let start = i;
+        // `'(?i:[sdmt]|ll|ve|re)`
+        if b[i] == b'\'' {
+            if let Some(l) = contraction_len_ci(b, i) {
+                i += l;
+                emit(start, i);
+                continue;
+            }
+        }
+        let (class, len) = class_at(b, i);
+        let next = if i + len < n {
+            Some(class_at(b, i + len).0)
+        } else {
+            None
+        };
+        i = match class {
+            // `[^\r\n\p{L}\p{N}]?\p{L}+` without the optional character
+            CharClass::Letter => run_end(b, i + len, CharClass::Letter),
+            // `\p{N}{1,3}`
+            CharClass::Number => {
+                let mut j = i + len;
+                for _ in 0..2 {
+                    if j < n {
+                        let (c, l) = class_at(b, j);
+                        if c == CharClass::Number {
+                            j += l;
+                            continue;
+                        }
+                    }
+                    break;
+                }
+                j
+            }
+            // `[^\r\n\p{L}\p{N}]?\p{L}+` with the optional character: any character that is
+            // not a letter, digit, CR or LF, then letters
+            _ if next == Some(CharClass::Letter) && !is_newline(b[i]) => {
+                run_end(b, i + len, CharClass::Letter)
+            }
+            // ` ?[^\s\p{L}\p{N}]+[\r\n]*`
+            CharClass::Other => newlines_end(b, run_end(b, i + len, CharClass::Other)),
+            CharClass::Space if b[i] == b' ' && next == Some(CharClass::Other) => {
+                newlines_end(b, run_end(b, i + 1, CharClass::Other))
+            }
+            CharClass::Space => {
+                // The white-space run and the end of its last CR/LF.
+                let mut j = i;
+                let mut last = len;
+                let mut after_newline = None;
+                while j < n {
+                    let (c, l) = class_at(b, j);
+                    if c != CharClass::Space {
+                        break;
+                    }
+                    if is_newline(b[j]) {
+                        after_newline = Some(j + 1);
+                    }
+                    last = l;
+                    j += l;
+                }
+                if ws_to_end && j == n {
+                    // `\s++$`
+                    j
+                } else if let Some(end) = after_newline {
+                    // `\s*[\r\n]+`: greedy white space, given back until it ends on a newline
+                    end
+                } else if j == n || j - i == last {
+                    // `\s+(?!\S)` reaching the end, or `\s+` / `\s` for a single character
+                    j
+                } else {
+                    // `\s+(?!\S)`: all but the last character, which starts the next piece
+                    j - last
+                }
+            }
+        };
+        emit(start, i);
+    }
+}
+
+/// The end of a run of CR / LF bytes starting at `i`.
+#[inline]
+fn newlines_end(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && is_newline(b[i]) {
+        i += 1;
+    }
+    i
 }
 
 #[cfg(test)]
