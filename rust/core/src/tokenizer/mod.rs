@@ -100,7 +100,7 @@ impl Tokenizer {
                 lowercase,
                 ..BertNormalizer::default()
             })),
-            pre_tokenizer: Some(PreTokenizer::Bert),
+            pre_tokenizer: vec![PreTokenizer::Bert],
             model: Model::WordPiece(model),
             added: AddedTokens::new(added)?,
             template: Some(template),

@@ -22,17 +22,38 @@ pub enum Normalizer {
     Bert(BertNormalizer),
 }
 
-/// Splitting normalized text into words.
-#[derive(Debug, Clone, Copy)]
+/// One step of pre-tokenization: cuts each piece of text into smaller pieces. A tokenizer runs
+/// its steps in order (a `Sequence` in tokenizer.json); the pieces of the last step go to the
+/// model one by one.
+#[derive(Debug, Clone)]
 pub enum PreTokenizer {
+    /// BERT: split on white space (dropped) and around each punctuation character.
     Bert,
-    /// GPT-2's byte-level pre-tokenizer: a space before text that does not start with one
+    /// GPT-2's byte-level pre-tokenizer: a space before a piece that does not start with one
     /// (`add_prefix_space`), then GPT-2's split pattern (`use_regex`). The byte-to-character
     /// mapping is implicit: ferrolm's BPE works on bytes directly.
     ByteLevel {
         add_prefix_space: bool,
         use_regex: bool,
     },
+    /// `Split` (and `Whitespace`): which of the pattern's matches and the text between them
+    /// become pieces.
+    Split { splitter: Splitter, keep: SplitKeep },
+    /// Digits isolated one by one (`individual`) or in runs.
+    Digits { individual: bool },
+    /// Split on white space, which is dropped.
+    WhitespaceSplit,
+}
+
+/// What a `Split` step keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitKeep {
+    /// Matches and the text between them (`behavior: Isolated`).
+    Both,
+    /// Only the text between matches (`behavior: Removed`: the matches are delimiters).
+    Between,
+    /// Only the matches (`Whitespace`: `\w+|[^\w\s]+`, the white space between dropped).
+    Matches,
 }
 
 /// The model that turns a word into ids.
@@ -87,7 +108,7 @@ pub enum TemplateItem {
 #[derive(Debug, Clone)]
 pub struct HfTokenizer {
     pub(crate) normalizer: Option<Normalizer>,
-    pub(crate) pre_tokenizer: Option<PreTokenizer>,
+    pub(crate) pre_tokenizer: Vec<PreTokenizer>,
     pub(crate) model: Model,
     pub(crate) added: AddedTokens,
     pub(crate) template: Option<Vec<TemplateItem>>,
@@ -109,33 +130,129 @@ const CLEANUPS: [(&str, &str); 11] = [
 ];
 
 impl HfTokenizer {
-    fn encode_words(&self, text: &str, out: &mut Vec<u32>, scratch: &mut Scratch) {
-        match (&self.model, self.pre_tokenizer) {
-            (Model::WordPiece(wp), Some(PreTokenizer::Bert)) => {
-                bert::pre_tokenize(text, |a, b| wp.encode_word(&text[a..b], out));
+    /// Runs the pre-tokenizer steps from `steps` on the piece `base[a..b]`, calling `emit` with
+    /// each final piece as `(text, start, end)`. A piece is a range of `base`, which is the
+    /// segment's text, or a copy with a space prepended (ByteLevel's `add_prefix_space`).
+    fn run_steps(
+        steps: &[PreTokenizer],
+        base: &str,
+        a: usize,
+        b: usize,
+        emit: &mut dyn FnMut(&str, usize, usize),
+    ) {
+        if a == b {
+            return;
+        }
+        let Some((step, rest)) = steps.split_first() else {
+            return emit(base, a, b);
+        };
+        if let PreTokenizer::ByteLevel {
+            add_prefix_space: true,
+            use_regex,
+        } = step
+        {
+            if !base[a..b].starts_with(' ') {
+                let spaced = format!(" {}", &base[a..b]);
+                let plain = PreTokenizer::ByteLevel {
+                    add_prefix_space: false,
+                    use_regex: *use_regex,
+                };
+                return Self::run_step(&plain, rest, &spaced, 0, spaced.len(), emit);
             }
-            (
-                Model::WordPiece(wp),
-                Some(PreTokenizer::ByteLevel {
-                    use_regex: true, ..
-                }),
-            ) => {
-                Splitter::Gpt2.split(text, |a, b| wp.encode_word(&text[a..b], out));
-            }
-            (Model::WordPiece(wp), _) => wp.encode_word(text, out),
-            (Model::Bpe(bpe), pre) => {
-                let bytes = text.as_bytes();
-                let mut piece = |a: usize, b: usize| bpe.encode_piece(bytes, a, b, out, scratch);
-                match pre {
-                    Some(PreTokenizer::Bert) => bert::pre_tokenize(text, &mut piece),
-                    Some(PreTokenizer::ByteLevel {
-                        use_regex: true, ..
-                    }) => {
-                        Splitter::Gpt2.split(text, &mut piece);
+        }
+        Self::run_step(step, rest, base, a, b, emit);
+    }
+
+    fn run_step(
+        step: &PreTokenizer,
+        rest: &[PreTokenizer],
+        base: &str,
+        a: usize,
+        b: usize,
+        emit: &mut dyn FnMut(&str, usize, usize),
+    ) {
+        let piece = &base[a..b];
+        let mut sub = |x: usize, y: usize| Self::run_steps(rest, base, a + x, a + y, emit);
+        match step {
+            PreTokenizer::Bert => bert::pre_tokenize(piece, sub),
+            PreTokenizer::ByteLevel {
+                use_regex: true, ..
+            } => Splitter::Gpt2.split(piece, sub),
+            PreTokenizer::ByteLevel {
+                use_regex: false, ..
+            } => sub(0, piece.len()),
+            PreTokenizer::Split { splitter, keep } => {
+                let between = *keep != SplitKeep::Matches;
+                let matches = *keep != SplitKeep::Between;
+                let mut last = 0;
+                splitter.split(piece, |x, y| {
+                    if between && x > last {
+                        sub(last, x);
                     }
-                    _ => piece(0, bytes.len()),
+                    if matches {
+                        sub(x, y);
+                    }
+                    last = y;
+                });
+                if between && last < piece.len() {
+                    sub(last, piece.len());
                 }
             }
+            PreTokenizer::Digits { individual } => {
+                let mut start = 0;
+                let mut in_digits = false;
+                for (i, c) in piece.char_indices() {
+                    let digit = c.is_numeric();
+                    if digit && *individual {
+                        if i > start {
+                            sub(start, i);
+                        }
+                        sub(i, i + c.len_utf8());
+                        start = i + c.len_utf8();
+                    } else if digit != in_digits && i > start {
+                        sub(start, i);
+                        start = i;
+                    }
+                    in_digits = digit;
+                }
+                if start < piece.len() {
+                    sub(start, piece.len());
+                }
+            }
+            PreTokenizer::WhitespaceSplit => {
+                let mut start = None;
+                for (i, c) in piece.char_indices() {
+                    if c.is_whitespace() {
+                        if let Some(s) = start.take() {
+                            sub(s, i);
+                        }
+                    } else if start.is_none() {
+                        start = Some(i);
+                    }
+                }
+                if let Some(s) = start {
+                    sub(s, piece.len());
+                }
+            }
+        }
+    }
+
+    fn encode_words(&self, text: &str, out: &mut Vec<u32>, scratch: &mut Scratch) {
+        match &self.model {
+            Model::WordPiece(wp) => Self::run_steps(
+                &self.pre_tokenizer,
+                text,
+                0,
+                text.len(),
+                &mut |base, a, b| wp.encode_word(&base[a..b], out),
+            ),
+            Model::Bpe(bpe) => Self::run_steps(
+                &self.pre_tokenizer,
+                text,
+                0,
+                text.len(),
+                &mut |base, a, b| bpe.encode_piece(base.as_bytes(), a, b, out, scratch),
+            ),
         }
     }
 
@@ -160,25 +277,11 @@ impl HfTokenizer {
             for seg in segs {
                 match seg {
                     Segment::Token(id) => out.push(id),
-                    Segment::Text(a, b) => self.pre_and_model(&normalized[a..b], out, scratch),
+                    Segment::Text(a, b) => self.encode_words(&normalized[a..b], out, scratch),
                 }
             }
         } else {
-            self.pre_and_model(normalized, out, scratch);
-        }
-    }
-
-    /// The pre-tokenizer's per-segment step (ByteLevel's prefix space), then the words.
-    fn pre_and_model(&self, text: &str, out: &mut Vec<u32>, scratch: &mut Scratch) {
-        match self.pre_tokenizer {
-            Some(PreTokenizer::ByteLevel {
-                add_prefix_space: true,
-                ..
-            }) if !text.is_empty() && !text.starts_with(' ') => {
-                let spaced = format!(" {text}");
-                self.encode_words(&spaced, out, scratch);
-            }
-            _ => self.encode_words(text, out, scratch),
+            self.encode_words(normalized, out, scratch);
         }
     }
 

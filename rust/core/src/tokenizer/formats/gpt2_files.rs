@@ -68,10 +68,10 @@ pub fn parse(what: &str, vocab_json: &[u8], merges_txt: &[u8]) -> Result<HfToken
     let model = byte_level_bpe(what, pairs, &merges, &added, false)?;
     Ok(HfTokenizer {
         normalizer: None,
-        pre_tokenizer: Some(PreTokenizer::ByteLevel {
+        pre_tokenizer: vec![PreTokenizer::ByteLevel {
             add_prefix_space: false,
             use_regex: true,
-        }),
+        }],
         model,
         added,
         template: None,

@@ -15,8 +15,9 @@ use crate::tokenizer::bert::BertNormalizer;
 use crate::tokenizer::bpe::Bpe;
 use crate::tokenizer::byte_level;
 use crate::tokenizer::pipeline::{
-    Decoder, HfTokenizer, Model, Normalizer, PreTokenizer, TemplateItem,
+    Decoder, HfTokenizer, Model, Normalizer, PreTokenizer, SplitKeep, TemplateItem,
 };
+use crate::tokenizer::split::Splitter;
 use crate::tokenizer::wordpiece::WordPiece;
 use crate::{Error, Result};
 
@@ -67,10 +68,10 @@ pub fn parse(what: &str, data: &[u8]) -> Result<HfTokenizer> {
         None | Some(Value::Null) => None,
         Some(n) => Some(parse_normalizer(&cx, n)?),
     };
-    let pre_tokenizer = match root.get("pre_tokenizer") {
-        None | Some(Value::Null) => None,
-        Some(p) => Some(parse_pre_tokenizer(&cx, p)?),
-    };
+    let mut pre_tokenizer = Vec::new();
+    if let Some(p) = root.get("pre_tokenizer").filter(|p| !p.is_null()) {
+        parse_pre_tokenizer(&cx, p, &mut pre_tokenizer)?;
+    }
     let template = match root.get("post_processor") {
         None | Some(Value::Null) => None,
         Some(p) => parse_post_processor(&cx, p, &added, &model)?,
@@ -298,15 +299,62 @@ fn parse_normalizer(cx: &Ctx<'_>, n: &Value) -> Result<Normalizer> {
     }
 }
 
-fn parse_pre_tokenizer(cx: &Ctx<'_>, p: &Value) -> Result<PreTokenizer> {
-    match cx.type_of(p, "pre_tokenizer")? {
-        "BertPreTokenizer" => Ok(PreTokenizer::Bert),
-        "ByteLevel" => Ok(PreTokenizer::ByteLevel {
+fn parse_pre_tokenizer(cx: &Ctx<'_>, p: &Value, out: &mut Vec<PreTokenizer>) -> Result<()> {
+    let step = match cx.type_of(p, "pre_tokenizer")? {
+        "Sequence" => {
+            let steps = cx
+                .field(p, "pre_tokenizer", "pretokenizers")?
+                .as_array()
+                .ok_or_else(|| cx.err("pre_tokenizer: `pretokenizers` must be a list"))?;
+            for step in steps {
+                parse_pre_tokenizer(cx, step, out)?;
+            }
+            return Ok(());
+        }
+        "BertPreTokenizer" => PreTokenizer::Bert,
+        "ByteLevel" => PreTokenizer::ByteLevel {
             add_prefix_space: cx.bool_or(p, "pre_tokenizer", "add_prefix_space", true)?,
             use_regex: cx.bool_or(p, "pre_tokenizer", "use_regex", true)?,
-        }),
-        other => Err(Error::Unsupported(format!("pre-tokenizer `{other}`"))),
-    }
+        },
+        "Digits" => PreTokenizer::Digits {
+            individual: cx.bool_or(p, "pre_tokenizer", "individual_digits", false)?,
+        },
+        "WhitespaceSplit" => PreTokenizer::WhitespaceSplit,
+        "Whitespace" => PreTokenizer::Split {
+            splitter: Splitter::new(r"\w+|[^\w\s]+")?,
+            keep: SplitKeep::Matches,
+        },
+        "Split" => {
+            let pattern = cx.field(p, "pre_tokenizer", "pattern")?;
+            let splitter = if let Some(re) = pattern.get("Regex").and_then(Value::as_str) {
+                Splitter::new(re)?
+            } else if let Some(lit) = pattern.get("String").and_then(Value::as_str) {
+                Splitter::new(&regex::escape(lit))?
+            } else {
+                return Err(cx.err(
+                    "pre_tokenizer: Split `pattern` must be {\"Regex\": ...} or {\"String\": ...}",
+                ));
+            };
+            if cx.bool_or(p, "pre_tokenizer", "invert", false)? {
+                return Err(Error::Unsupported(
+                    "pre-tokenizer `Split` with `invert: true`".into(),
+                ));
+            }
+            let keep = match cx.str(p, "pre_tokenizer", "behavior")? {
+                "Isolated" => SplitKeep::Both,
+                "Removed" => SplitKeep::Between,
+                other => {
+                    return Err(Error::Unsupported(format!(
+                        "pre-tokenizer `Split` with behavior `{other}`"
+                    )))
+                }
+            };
+            PreTokenizer::Split { splitter, keep }
+        }
+        other => return Err(Error::Unsupported(format!("pre-tokenizer `{other}`"))),
+    };
+    out.push(step);
+    Ok(())
 }
 
 fn special_id(cx: &Ctx<'_>, name: &str, added: &AddedTokens, model: &Model) -> Result<u32> {
@@ -329,6 +377,23 @@ fn parse_post_processor(
     match cx.type_of(p, "post_processor")? {
         // Only trims offsets; the ids are unchanged.
         "ByteLevel" => Ok(None),
+        "Sequence" => {
+            let steps = cx
+                .field(p, "post_processor", "processors")?
+                .as_array()
+                .ok_or_else(|| cx.err("post_processor: `processors` must be a list"))?;
+            let mut template = None;
+            for step in steps {
+                if let Some(t) = parse_post_processor(cx, step, added, model)? {
+                    if template.replace(t).is_some() {
+                        return Err(Error::Unsupported(
+                            "post-processor `Sequence` with more than one template".into(),
+                        ));
+                    }
+                }
+            }
+            Ok(template)
+        }
         "BertProcessing" => {
             let pair = |key: &str| -> Result<u32> {
                 let v = cx.field(p, "post_processor", key)?;
