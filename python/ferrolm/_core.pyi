@@ -61,6 +61,14 @@ class Tokenizer:
         allowed_special: Literal["all"] | AbstractSet[str] | Sequence[str] | None = None,
         disallowed_special: Literal["all"] | AbstractSet[str] | Sequence[str] | None = None,
     ) -> list[int]: ...
+    def encode_with_offsets(
+        self,
+        text: str,
+        *,
+        add_special_tokens: bool = True,
+        allowed_special: Literal["all"] | AbstractSet[str] | Sequence[str] | None = None,
+        disallowed_special: Literal["all"] | AbstractSet[str] | Sequence[str] | None = None,
+    ) -> tuple[list[int], list[tuple[int, int]]]: ...
     def encode_ordinary(self, text: str) -> list[int]: ...
     def encode_batch(
         self,

@@ -20,6 +20,9 @@ use rayon::prelude::*;
 
 use crate::errors::{attached, detached};
 
+/// Token ids with the character offsets of each.
+type IdsWithOffsets = (Vec<u32>, Vec<(usize, usize)>);
+
 /// Texts shorter than this many bytes are encoded without releasing the GIL.
 const DETACH_BYTES: usize = 4096;
 
@@ -380,6 +383,34 @@ impl PyTokenizer {
         } else {
             detached(py, || Ok(inner.encode(&text, add_special_tokens, allowed)))
         }
+    }
+
+    /// `encode`, also returning each id's character offsets `(start, end)` in `text`, as
+    /// tokenizers' `Encoding.offsets` does: `text[start:end]` is the text the token comes from
+    /// (a token holding part of a character's bytes spans the whole character; tokens a
+    /// template adds get `(0, 0)`).
+    #[pyo3(signature = (text, *, add_special_tokens = true, allowed_special = None, disallowed_special = None))]
+    fn encode_with_offsets(
+        &self,
+        py: Python<'_>,
+        text: &Bound<'_, PyAny>,
+        add_special_tokens: bool,
+        allowed_special: Option<&Bound<'_, PyAny>>,
+        disallowed_special: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<IdsWithOffsets> {
+        let text = text_of(text)?;
+        self.check_special_args(allowed_special, disallowed_special)?;
+        let allowed = self.special_arg(allowed_special, "allowed_special")?;
+        let allowed = match &allowed {
+            SpecialArg::All => Allowed::All,
+            SpecialArg::Ids(ids) if ids.is_empty() => Allowed::None,
+            SpecialArg::Ids(ids) => Allowed::Only(ids),
+        };
+        self.check_disallowed(&text, allowed, disallowed_special)?;
+        let inner = &self.inner;
+        detached(py, || {
+            Ok(inner.encode_with_offsets(&text, add_special_tokens, allowed))
+        })
     }
 
     /// The ids of `text`, with special-token text encoded as ordinary text (tiktoken's

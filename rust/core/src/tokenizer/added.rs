@@ -19,11 +19,12 @@ pub struct AddedToken {
     pub single_word: bool,
 }
 
-/// A part of the text: plain text to tokenize, or an added token's id.
+/// A part of the text: plain text to tokenize (a byte range), or an added token's id with the
+/// byte range it matched (white space it strips included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Segment {
     Text(usize, usize),
-    Token(u32),
+    Token(u32, usize, usize),
 }
 
 #[derive(Debug, Clone)]
@@ -137,7 +138,7 @@ impl AddedTokens {
             if start > last {
                 out.push(Segment::Text(last, start));
             }
-            out.push(Segment::Token(tok.id));
+            out.push(Segment::Token(tok.id, start, end));
             last = end;
         }
         if last < text.len() {
@@ -172,9 +173,9 @@ mod tests {
             out,
             vec![
                 Segment::Text(0, 1),
-                Segment::Token(2),
+                Segment::Token(2, 1, 7),
                 Segment::Text(7, 9),
-                Segment::Token(1)
+                Segment::Token(1, 9, 14)
             ]
         );
     }
@@ -191,7 +192,7 @@ mod tests {
             out,
             vec![
                 Segment::Text(0, 1),
-                Segment::Token(5),
+                Segment::Token(5, 1, 11),
                 Segment::Text(11, 12)
             ]
         );

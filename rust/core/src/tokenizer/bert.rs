@@ -6,7 +6,6 @@
 //! unassigned, "other", and is removed by `clean_text`, exactly as in `tokenizers`).
 
 use unicode_categories::UnicodeCategories;
-use unicode_normalization::UnicodeNormalization;
 
 /// `BertNormalizer`'s options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,33 +58,38 @@ pub fn is_punctuation(c: char) -> bool {
 }
 
 impl BertNormalizer {
-    /// Appends the normalized `text` to `out`.
-    pub fn normalize(&self, text: &str, out: &mut String) {
+    /// Appends the normalized `text` to `out`. With `align`, also appends, for each byte
+    /// appended to `out`, the byte offset in `text` of the character it comes from (for
+    /// character offsets).
+    pub fn normalize(&self, text: &str, out: &mut String, mut align: Option<&mut Vec<u32>>) {
         let strip = self.strip_accents.unwrap_or(self.lowercase);
         if text.is_ascii() {
             // ASCII: NFD is the identity and there are no marks or ideographs.
             out.reserve(text.len());
-            for b in text.bytes() {
+            for (i, b) in text.bytes().enumerate() {
                 let c = b as char;
-                if self.clean_text {
-                    if b == 0 || (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || b == 0x7F {
-                        continue;
-                    }
-                    if is_whitespace(c) {
-                        out.push(' ');
-                        continue;
-                    }
-                }
-                out.push(if self.lowercase {
+                let c = if self.clean_text
+                    && (b == 0 || (b < 0x20 && !is_whitespace(c)) || b == 0x7F)
+                {
+                    continue;
+                } else if self.clean_text && is_whitespace(c) {
+                    ' '
+                } else if self.lowercase {
                     c.to_ascii_lowercase()
                 } else {
                     c
-                });
+                };
+                out.push(c);
+                if let Some(a) = align.as_deref_mut() {
+                    a.push(i as u32);
+                }
             }
             return;
         }
-        let mut stage = String::with_capacity(text.len() + 8);
-        for c in text.chars() {
+        // Clean-up and CJK spacing, remembering where each character comes from.
+        let mut stage: Vec<(char, u32)> = Vec::with_capacity(text.len() + 8);
+        for (i, c) in text.char_indices() {
+            let i = i as u32;
             let c = if self.clean_text {
                 if c == '\0' || c == '\u{FFFD}' || is_control(c) {
                     continue;
@@ -99,32 +103,51 @@ impl BertNormalizer {
                 c
             };
             if self.handle_chinese_chars && is_chinese_char(c) {
-                stage.push(' ');
-                stage.push(c);
-                stage.push(' ');
+                stage.extend([(' ', i), (c, i), (' ', i)]);
             } else {
-                stage.push(c);
+                stage.push((c, i));
             }
         }
-        let push_cased = |out: &mut String, c: char| {
+        if strip {
+            stage = nfd_aligned(&stage);
+            stage.retain(|(c, _)| !c.is_mark_nonspacing());
+        }
+        for (c, i) in stage {
+            let before = out.len();
             if self.lowercase {
                 out.extend(c.to_lowercase());
             } else {
                 out.push(c);
             }
-        };
-        if strip {
-            for c in stage.nfd() {
-                if !c.is_mark_nonspacing() {
-                    push_cased(out, c);
-                }
-            }
-        } else {
-            for c in stage.chars() {
-                push_cased(out, c);
+            if let Some(a) = align.as_deref_mut() {
+                a.extend(std::iter::repeat_n(i, out.len() - before));
             }
         }
     }
+}
+
+/// Canonical decomposition (NFD) that keeps each character's source: decompose every
+/// character, then put each run of combining marks in canonical order (a stable sort by
+/// combining class), as Unicode's algorithm does.
+fn nfd_aligned(chars: &[(char, u32)]) -> Vec<(char, u32)> {
+    use unicode_normalization::char::{canonical_combining_class, decompose_canonical};
+    let mut out: Vec<(char, u32)> = Vec::with_capacity(chars.len() + 8);
+    for &(c, i) in chars {
+        decompose_canonical(c, |d| out.push((d, i)));
+    }
+    let mut k = 0;
+    while k < out.len() {
+        if canonical_combining_class(out[k].0) == 0 {
+            k += 1;
+            continue;
+        }
+        let start = k;
+        while k < out.len() && canonical_combining_class(out[k].0) != 0 {
+            k += 1;
+        }
+        out[start..k].sort_by_key(|(c, _)| canonical_combining_class(*c));
+    }
+    out
 }
 
 /// `BertPreTokenizer`: splits on white space (dropped) and around each punctuation character
@@ -156,8 +179,40 @@ mod tests {
 
     fn norm(n: &BertNormalizer, s: &str) -> String {
         let mut out = String::new();
-        n.normalize(s, &mut out);
+        let mut align = Vec::new();
+        n.normalize(s, &mut out, Some(&mut align));
+        assert_eq!(align.len(), out.len());
+        let mut plain = String::new();
+        n.normalize(s, &mut plain, None);
+        assert_eq!(plain, out);
         out
+    }
+
+    #[test]
+    fn nfd_matches_the_reference_implementation() {
+        use unicode_normalization::UnicodeNormalization;
+        for s in [
+            "e\u{0301}\u{0323}",
+            "ệ",
+            "a\u{0307}\u{0323}b",
+            "Å\u{0328}",
+            "한국어",
+            "ǅ",
+        ] {
+            let chars: Vec<(char, u32)> = s.chars().map(|c| (c, 0)).collect();
+            let ours: String = nfd_aligned(&chars).iter().map(|(c, _)| *c).collect();
+            assert_eq!(ours, s.nfd().collect::<String>(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn alignment_points_at_source_characters() {
+        let n = BertNormalizer::default();
+        let mut out = String::new();
+        let mut align = Vec::new();
+        n.normalize("Ab é野", &mut out, Some(&mut align));
+        assert_eq!(out, "ab e 野 ");
+        assert_eq!(align, vec![0, 1, 2, 3, 5, 5, 5, 5, 5]);
     }
 
     fn words(s: &str) -> Vec<&str> {

@@ -243,6 +243,51 @@ impl BpeTokenizer {
         self.encode_ordinary_into(&text[start..], out, scratch);
     }
 
+    /// `encode` that also gives each id's byte range in `text`.
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        allowed: Allowed<'_>,
+    ) -> (Vec<u32>, Vec<(usize, usize)>) {
+        let mut ids = Vec::new();
+        let mut offsets = Vec::new();
+        let bytes = text.as_bytes();
+        let plain = |ids: &mut Vec<u32>,
+                     offsets: &mut Vec<(usize, usize)>,
+                     a: usize,
+                     b: usize,
+                     scratch: &mut Scratch| {
+            self.splitter.split(&text[a..b], |x, y| {
+                let before = ids.len();
+                self.bpe.encode_piece(bytes, a + x, a + y, ids, scratch);
+                let mut at = a + x;
+                for &id in &ids[before..] {
+                    let len = self.bpe.token_bytes(id).map_or(0, <[u8]>::len);
+                    offsets.push((at, at + len));
+                    at += len;
+                }
+            });
+        };
+        with_scratch(|scratch| {
+            let (mut start, mut from) = (0, 0);
+            if !matches!(allowed, Allowed::None) {
+                while let Some((s, e, id)) = self.specials.find(text, from) {
+                    if allowed.allows(id) {
+                        plain(&mut ids, &mut offsets, start, s, scratch);
+                        ids.push(id);
+                        offsets.push((s, e));
+                        start = e;
+                        from = e;
+                    } else {
+                        from = s + 1;
+                    }
+                }
+            }
+            plain(&mut ids, &mut offsets, start, text.len(), scratch);
+        });
+        (ids, offsets)
+    }
+
     /// The first special token in `text` that `allowed` does not name, if any: tiktoken's
     /// `disallowed_special` check.
     pub fn find_special_not_in<'t>(&self, text: &'t str, allowed: Allowed<'_>) -> Option<&'t str> {

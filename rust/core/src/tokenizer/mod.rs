@@ -132,6 +132,46 @@ impl Tokenizer {
         }
     }
 
+    /// `encode` that also gives each id's span in `text` as character offsets (counted in
+    /// Unicode scalar values, as Python indexes a `str`): a token made of part of a character's
+    /// bytes spans that whole character; tokens a template adds get `(0, 0)`.
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+        allowed: Allowed<'_>,
+    ) -> (Vec<u32>, Vec<(usize, usize)>) {
+        let (ids, byte_offsets) = match self {
+            Tokenizer::Bpe(t) => t.encode_with_offsets(text, allowed),
+            Tokenizer::Hf(t) => t.encode_with_offsets(text, add_special_tokens),
+        };
+        // starts[b]: how many characters start before byte b.
+        let mut starts = Vec::with_capacity(text.len() + 1);
+        let mut count = 0_usize;
+        for byte in text.bytes() {
+            starts.push(count);
+            if (byte & 0xC0) != 0x80 {
+                count += 1;
+            }
+        }
+        starts.push(count);
+        let bytes = text.as_bytes();
+        let mid_char = |b: usize| b < bytes.len() && (bytes[b] & 0xC0) == 0x80;
+        let offsets = byte_offsets
+            .into_iter()
+            .map(|(s, e)| {
+                if s == e {
+                    return (starts[s], starts[s]);
+                }
+                // A start inside a character counts from that character; an end inside one
+                // includes it.
+                let cs = starts[s] - usize::from(mid_char(s));
+                (cs, starts[e])
+            })
+            .collect();
+        (ids, offsets)
+    }
+
     /// For BPE: the first special token in `text` that `allowed` does not name. Always `None`
     /// for Hugging Face tokenizers, which have no such check.
     pub fn find_special_not_in<'t>(&self, text: &'t str, allowed: Allowed<'_>) -> Option<&'t str> {

@@ -45,6 +45,11 @@ pub enum PreTokenizer {
     WhitespaceSplit,
 }
 
+/// A position map from a piece's text to the segment's (see `HfTokenizer::run_steps`).
+type PositionMap<'a> = dyn Fn(usize) -> usize + 'a;
+/// Receives each final piece: `(text, start, end, position map)`.
+type PieceSink<'a> = dyn FnMut(&str, usize, usize, &PositionMap<'_>) + 'a;
+
 /// What a `Split` step keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SplitKeep {
@@ -131,20 +136,23 @@ const CLEANUPS: [(&str, &str); 11] = [
 
 impl HfTokenizer {
     /// Runs the pre-tokenizer steps from `steps` on the piece `base[a..b]`, calling `emit` with
-    /// each final piece as `(text, start, end)`. A piece is a range of `base`, which is the
-    /// segment's text, or a copy with a space prepended (ByteLevel's `add_prefix_space`).
+    /// each final piece as `(text, start, end, map)`. A piece is a range of `base`, which is the
+    /// segment's text, or a copy with a space prepended (ByteLevel's `add_prefix_space`); `map`
+    /// takes a byte position of `base` to the segment's (the prepended space maps to the
+    /// position of the character it precedes).
     fn run_steps(
         steps: &[PreTokenizer],
         base: &str,
         a: usize,
         b: usize,
-        emit: &mut dyn FnMut(&str, usize, usize),
+        map: &PositionMap<'_>,
+        emit: &mut PieceSink<'_>,
     ) {
         if a == b {
             return;
         }
         let Some((step, rest)) = steps.split_first() else {
-            return emit(base, a, b);
+            return emit(base, a, b, map);
         };
         if let PreTokenizer::ByteLevel {
             add_prefix_space: true,
@@ -157,10 +165,11 @@ impl HfTokenizer {
                     add_prefix_space: false,
                     use_regex: *use_regex,
                 };
-                return Self::run_step(&plain, rest, &spaced, 0, spaced.len(), emit);
+                let shifted = |x: usize| map(a + x.saturating_sub(1));
+                return Self::run_step(&plain, rest, &spaced, 0, spaced.len(), &shifted, emit);
             }
         }
-        Self::run_step(step, rest, base, a, b, emit);
+        Self::run_step(step, rest, base, a, b, map, emit);
     }
 
     fn run_step(
@@ -169,10 +178,11 @@ impl HfTokenizer {
         base: &str,
         a: usize,
         b: usize,
-        emit: &mut dyn FnMut(&str, usize, usize),
+        map: &PositionMap<'_>,
+        emit: &mut PieceSink<'_>,
     ) {
         let piece = &base[a..b];
-        let mut sub = |x: usize, y: usize| Self::run_steps(rest, base, a + x, a + y, emit);
+        let mut sub = |x: usize, y: usize| Self::run_steps(rest, base, a + x, a + y, map, emit);
         match step {
             PreTokenizer::Bert => bert::pre_tokenize(piece, sub),
             PreTokenizer::ByteLevel {
@@ -238,21 +248,158 @@ impl HfTokenizer {
     }
 
     fn encode_words(&self, text: &str, out: &mut Vec<u32>, scratch: &mut Scratch) {
+        let identity = |x: usize| x;
         match &self.model {
             Model::WordPiece(wp) => Self::run_steps(
                 &self.pre_tokenizer,
                 text,
                 0,
                 text.len(),
-                &mut |base, a, b| wp.encode_word(&base[a..b], out),
+                &identity,
+                &mut |base, a, b, _| wp.encode_word(&base[a..b], out, None),
             ),
             Model::Bpe(bpe) => Self::run_steps(
                 &self.pre_tokenizer,
                 text,
                 0,
                 text.len(),
-                &mut |base, a, b| bpe.encode_piece(base.as_bytes(), a, b, out, scratch),
+                &identity,
+                &mut |base, a, b, _| bpe.encode_piece(base.as_bytes(), a, b, out, scratch),
             ),
+        }
+    }
+
+    /// `encode` that also gives each id's byte range in `text` (the special tokens a template
+    /// adds get `(0, 0)`, as in tokenizers).
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> (Vec<u32>, Vec<(usize, usize)>) {
+        let mut ids = Vec::new();
+        let mut offsets = Vec::new();
+        let mut segs = Vec::new();
+        self.added.split_raw(text, &mut segs);
+        with_scratch(|scratch| {
+            for seg in segs {
+                match seg {
+                    Segment::Token(id, s, e) => {
+                        ids.push(id);
+                        offsets.push((s, e));
+                    }
+                    Segment::Text(a, b) => {
+                        self.encode_plain_offsets(text, a, b, &mut ids, &mut offsets, scratch);
+                    }
+                }
+            }
+        });
+        if add_special_tokens {
+            if let Some(items) = &self.template {
+                let mut out_ids = Vec::with_capacity(ids.len() + 4);
+                let mut out_offsets = Vec::with_capacity(ids.len() + 4);
+                for item in items {
+                    match item {
+                        TemplateItem::Special(sp) => {
+                            out_ids.extend_from_slice(sp);
+                            out_offsets.extend(std::iter::repeat_n((0, 0), sp.len()));
+                        }
+                        TemplateItem::Sequence => {
+                            out_ids.extend_from_slice(&ids);
+                            out_offsets.extend_from_slice(&offsets);
+                        }
+                    }
+                }
+                return (out_ids, out_offsets);
+            }
+        }
+        (ids, offsets)
+    }
+
+    /// The plain segment `text[a..b]`: normalized with its alignment, split on normalized added
+    /// tokens, pre-tokenized and encoded, each id with the original byte range it covers.
+    fn encode_plain_offsets(
+        &self,
+        text: &str,
+        a: usize,
+        b: usize,
+        ids: &mut Vec<u32>,
+        offsets: &mut Vec<(usize, usize)>,
+        scratch: &mut Scratch,
+    ) {
+        let segment = &text[a..b];
+        let mut norm = String::new();
+        let mut align: Vec<u32> = Vec::new();
+        let normalized: &str = match &self.normalizer {
+            Some(Normalizer::Bert(n)) => {
+                n.normalize(segment, &mut norm, Some(&mut align));
+                &norm
+            }
+            None => segment,
+        };
+        // Normalized byte range -> original byte range (whole source characters).
+        let original = |x: usize, y: usize| -> (usize, usize) {
+            if y <= x {
+                let at = if align.is_empty() {
+                    x
+                } else {
+                    align.get(x).map_or(segment.len(), |&v| v as usize)
+                };
+                return (a + at, a + at);
+            }
+            if align.is_empty() {
+                return (a + x, a + y);
+            }
+            let start = align[x] as usize;
+            let last = align[y - 1] as usize;
+            let end = last + segment[last..].chars().next().map_or(0, char::len_utf8);
+            (a + start, a + end)
+        };
+        let mut parts = Vec::new();
+        if self.added.has_normalized() {
+            self.added.split_normalized(normalized, &mut parts);
+        } else if !normalized.is_empty() {
+            parts.push(Segment::Text(0, normalized.len()));
+        }
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        for part in parts {
+            let (pa, pb) = match part {
+                Segment::Token(id, s, e) => {
+                    ids.push(id);
+                    offsets.push(original(s, e));
+                    continue;
+                }
+                Segment::Text(pa, pb) => (pa, pb),
+            };
+            let identity = |x: usize| x;
+            Self::run_steps(
+                &self.pre_tokenizer,
+                normalized,
+                pa,
+                pb,
+                &identity,
+                &mut |base, x, y, map| {
+                    spans.clear();
+                    match &self.model {
+                        Model::WordPiece(wp) => wp.encode_word(&base[x..y], ids, Some(&mut spans)),
+                        Model::Bpe(bpe) => {
+                            let before = ids.len();
+                            bpe.encode_piece(base.as_bytes(), x, y, ids, scratch);
+                            let mut at = 0;
+                            for &id in &ids[before..] {
+                                let len = bpe.token_bytes(id).map_or(0, <[u8]>::len);
+                                spans.push((at, at + len));
+                                at += len;
+                            }
+                        }
+                    }
+                    for &(s, e) in &spans {
+                        // `map` takes positions of `base` to positions of `normalized`.
+                        let ns = map(x + s);
+                        let ne = map(x + e - 1) + 1;
+                        offsets.push(original(ns, ne));
+                    }
+                },
+            );
         }
     }
 
@@ -266,7 +413,7 @@ impl HfTokenizer {
         let normalized: &str = match &self.normalizer {
             Some(Normalizer::Bert(n)) => {
                 norm.clear();
-                n.normalize(text, norm);
+                n.normalize(text, norm, None);
                 norm
             }
             None => text,
@@ -276,7 +423,7 @@ impl HfTokenizer {
             self.added.split_normalized(normalized, &mut segs);
             for seg in segs {
                 match seg {
-                    Segment::Token(id) => out.push(id),
+                    Segment::Token(id, ..) => out.push(id),
                     Segment::Text(a, b) => self.encode_words(&normalized[a..b], out, scratch),
                 }
             }
@@ -295,7 +442,7 @@ impl HfTokenizer {
         with_scratch(|scratch| {
             for seg in segs {
                 match seg {
-                    Segment::Token(id) => body.push(id),
+                    Segment::Token(id, ..) => body.push(id),
                     Segment::Text(a, b) => {
                         self.encode_plain(&text[a..b], &mut body, &mut norm, scratch);
                     }

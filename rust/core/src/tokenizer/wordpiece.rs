@@ -140,11 +140,18 @@ impl WordPiece {
         })
     }
 
-    /// Appends the ids of one word (no white space in it) to `out`.
-    pub fn encode_word(&self, word: &str, out: &mut Vec<u32>) {
+    /// Appends the ids of one word (no white space in it) to `out`, and with `spans` the byte
+    /// range in `word` that each id covers.
+    pub fn encode_word(
+        &self,
+        word: &str,
+        out: &mut Vec<u32>,
+        mut spans: Option<&mut Vec<(usize, usize)>>,
+    ) {
         if word.is_empty() {
             return;
         }
+        let spans_before = spans.as_ref().map_or(0, |s| s.len());
         let n_chars = if word.is_ascii() {
             word.len()
         } else {
@@ -152,6 +159,9 @@ impl WordPiece {
         };
         if n_chars > self.max_chars {
             out.push(self.unk_id);
+            if let Some(s) = spans {
+                s.push((0, word.len()));
+            }
             return;
         }
         let before = out.len();
@@ -166,11 +176,18 @@ impl WordPiece {
             match trie.longest_prefix(&bytes[start..]) {
                 Some((len, id)) => {
                     out.push(id);
+                    if let Some(s) = spans.as_deref_mut() {
+                        s.push((start, start + len));
+                    }
                     start += len;
                 }
                 None => {
                     out.truncate(before);
                     out.push(self.unk_id);
+                    if let Some(s) = spans {
+                        s.truncate(spans_before);
+                        s.push((0, word.len()));
+                    }
                     return;
                 }
             }
@@ -225,7 +242,7 @@ mod tests {
 
     fn enc(m: &WordPiece, w: &str) -> Vec<u32> {
         let mut out = vec![];
-        m.encode_word(w, &mut out);
+        m.encode_word(w, &mut out, None);
         out
     }
 
