@@ -2,6 +2,7 @@
 //! `ferrolm_core`, converts arguments, releases the GIL for long calls and maps errors
 //! ([`errors`]). No logic lives here.
 
+mod convert;
 mod errors;
 mod runtime;
 mod tokenizer;

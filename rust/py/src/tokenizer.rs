@@ -18,6 +18,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PySet, PyString};
 use rayon::prelude::*;
 
+use crate::convert::{ids_from, IntCache};
 use crate::errors::{attached, detached};
 
 /// Token ids with the character offsets of each.
@@ -32,6 +33,7 @@ const DETACH_BYTES: usize = 4096;
 pub struct PyTokenizer {
     inner: Arc<Tokenizer>,
     name: String,
+    ints: IntCache,
 }
 
 /// An incremental decoder: `step(id)` returns the text that id completes. From
@@ -185,6 +187,7 @@ impl PyTokenizer {
         Ok(PyTokenizer {
             inner: Arc::new(inner),
             name,
+            ints: IntCache::default(),
         })
     }
 
@@ -360,14 +363,14 @@ impl PyTokenizer {
     /// them as ordinary text. WordPiece: special tokens in the text are recognised, as in
     /// Hugging Face tokenizers, and `add_special_tokens` adds [CLS] ... [SEP].
     #[pyo3(signature = (text, *, add_special_tokens = true, allowed_special = None, disallowed_special = None))]
-    fn encode(
+    fn encode<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         text: &Bound<'_, PyAny>,
         add_special_tokens: bool,
         allowed_special: Option<&Bound<'_, PyAny>>,
         disallowed_special: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Vec<u32>> {
+    ) -> PyResult<Bound<'py, PyList>> {
         let text = text_of(text)?;
         self.check_special_args(allowed_special, disallowed_special)?;
         let allowed = self.special_arg(allowed_special, "allowed_special")?;
@@ -378,11 +381,12 @@ impl PyTokenizer {
         };
         self.check_disallowed(&text, allowed, disallowed_special)?;
         let inner = &self.inner;
-        if text.len() < DETACH_BYTES {
-            attached(py, || Ok(inner.encode(&text, add_special_tokens, allowed)))
+        let ids = if text.len() < DETACH_BYTES {
+            attached(py, || Ok(inner.encode(&text, add_special_tokens, allowed)))?
         } else {
-            detached(py, || Ok(inner.encode(&text, add_special_tokens, allowed)))
-        }
+            detached(py, || Ok(inner.encode(&text, add_special_tokens, allowed)))?
+        };
+        self.list(py, &ids)
     }
 
     /// `encode`, also returning each id's character offsets `(start, end)` in `text`, as
@@ -415,26 +419,31 @@ impl PyTokenizer {
 
     /// The ids of `text`, with special-token text encoded as ordinary text (tiktoken's
     /// `encode_ordinary`; for WordPiece, `encode(text, add_special_tokens=False)`).
-    fn encode_ordinary(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+    fn encode_ordinary<'py>(
+        &self,
+        py: Python<'py>,
+        text: &Bound<'_, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let text = text_of(text)?;
         let inner = &self.inner;
-        if text.len() < DETACH_BYTES {
-            attached(py, || Ok(inner.encode(&text, false, Allowed::None)))
+        let ids = if text.len() < DETACH_BYTES {
+            attached(py, || Ok(inner.encode(&text, false, Allowed::None)))?
         } else {
-            detached(py, || Ok(inner.encode(&text, false, Allowed::None)))
-        }
+            detached(py, || Ok(inner.encode(&text, false, Allowed::None)))?
+        };
+        self.list(py, &ids)
     }
 
     /// `encode` for each text, in parallel on ferrolm's thread pool, with the GIL released.
     #[pyo3(signature = (texts, *, add_special_tokens = true, allowed_special = None, disallowed_special = None))]
-    fn encode_batch(
+    fn encode_batch<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         texts: &Bound<'_, PyAny>,
         add_special_tokens: bool,
         allowed_special: Option<&Bound<'_, PyAny>>,
         disallowed_special: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Vec<Vec<u32>>> {
+    ) -> PyResult<Bound<'py, PyList>> {
         if texts.is_instance_of::<PyString>() {
             return Err(pyo3::exceptions::PyTypeError::new_err(
                 "encode_batch expects a list of str, got a single str (use encode)",
@@ -455,20 +464,31 @@ impl PyTokenizer {
         }
         let inner = &self.inner;
         let refs: Vec<&str> = strs.iter().map(|c| c.as_ref()).collect();
-        detached(py, || {
+        let rows: Vec<Vec<u32>> = detached(py, || {
             pool::install(|| {
                 refs.par_iter()
                     .with_min_len(8)
                     .map(|t| inner.encode(t, add_special_tokens, allowed))
                     .collect()
             })
-        })
+        })?;
+        let out = PyList::empty(py);
+        for row in &rows {
+            out.append(self.list(py, row)?)?;
+        }
+        Ok(out)
     }
 
     /// The text of `ids`; bytes that do not form valid UTF-8 become U+FFFD. An id outside the
     /// vocabulary raises IndexError naming it.
     #[pyo3(signature = (ids, *, skip_special_tokens = false))]
-    fn decode(&self, py: Python<'_>, ids: Vec<u32>, skip_special_tokens: bool) -> PyResult<String> {
+    fn decode(
+        &self,
+        py: Python<'_>,
+        ids: &Bound<'_, PyAny>,
+        skip_special_tokens: bool,
+    ) -> PyResult<String> {
+        let ids = ids_from(ids)?;
         let inner = &self.inner;
         if ids.len() < DETACH_BYTES / 4 {
             attached(py, || inner.decode(&ids, skip_special_tokens))
@@ -478,7 +498,12 @@ impl PyTokenizer {
     }
 
     /// The raw bytes of `ids` (no UTF-8 repair).
-    fn decode_bytes<'py>(&self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Bound<'py, PyBytes>> {
+    fn decode_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        ids: &Bound<'_, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let ids = ids_from(ids)?;
         let inner = &self.inner;
         let bytes = detached(py, || inner.decode_bytes(&ids, false))?;
         Ok(PyBytes::new(py, &bytes))
@@ -489,9 +514,13 @@ impl PyTokenizer {
     fn decode_batch(
         &self,
         py: Python<'_>,
-        batch: Vec<Vec<u32>>,
+        batch: &Bound<'_, PyAny>,
         skip_special_tokens: bool,
     ) -> PyResult<Vec<String>> {
+        let batch: Vec<Vec<u32>> = batch
+            .try_iter()?
+            .map(|row| ids_from(&row?))
+            .collect::<PyResult<_>>()?;
         let inner = &self.inner;
         detached(py, || {
             pool::install(|| {
@@ -543,6 +572,11 @@ impl PyTokenizer {
 }
 
 impl PyTokenizer {
+    /// A Python list of ids, sharing the tokenizer's `int` objects.
+    fn list<'py>(&self, py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyList>> {
+        self.ints.to_list(py, self.inner.vocab_size(), ids)
+    }
+
     fn check_special_args(
         &self,
         allowed: Option<&Bound<'_, PyAny>>,

@@ -320,9 +320,18 @@ impl BpeTokenizer {
 
     /// The bytes that `ids` stand for.
     pub fn decode_bytes(&self, ids: &[u32], skip_special: bool) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(ids.len() * 4);
-        for &id in ids {
-            self.push_token_bytes(id, &mut out, skip_special)?;
+        let mut out = Vec::with_capacity(ids.len() * 4 + 16);
+        let mut rest = ids;
+        // Runs of ordinary tokens go through the BPE's block copy; anything else (a special
+        // token, an unknown id) one at a time.
+        while !rest.is_empty() {
+            match self.bpe.extend_bytes(rest, &mut out) {
+                Ok(()) => break,
+                Err(k) => {
+                    self.push_token_bytes(rest[k], &mut out, skip_special)?;
+                    rest = &rest[k + 1..];
+                }
+            }
         }
         Ok(out)
     }

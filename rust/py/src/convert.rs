@@ -1,0 +1,138 @@
+//! Fast conversions of token-id lists between Rust and Python.
+//!
+//! Performance notes: creating a Python `int` costs about 20 ns here, a third of GPT-2 encoding
+//! time on English text. A tokenizer's ids are few (tens of thousands) and `int`s are immutable,
+//! so each tokenizer keeps one `int` object per id, made on first use, and a list of ids holds
+//! new references to those (an increment instead of an allocation). Reading ids back from a
+//! list walks the list directly instead of going through the generic sequence protocol.
+
+use pyo3::exceptions::{PyOverflowError, PyTypeError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyList, PyTuple};
+
+/// One Python `int` per token id, shared by every list a tokenizer returns.
+#[derive(Default)]
+pub struct IntCache {
+    ints: PyOnceLock<Vec<Py<PyAny>>>,
+}
+
+impl std::fmt::Debug for IntCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IntCache")
+    }
+}
+
+impl IntCache {
+    fn get(&self, py: Python<'_>, size: usize) -> PyResult<&[Py<PyAny>]> {
+        self.ints
+            .get_or_try_init(py, || {
+                (0..size as u64)
+                    .map(|i| Ok(i.into_pyobject(py)?.into_any().unbind()))
+                    .collect::<PyResult<Vec<_>>>()
+            })
+            .map(Vec::as_slice)
+    }
+
+    /// A new `list` of the ids (as `int`s).
+    pub fn to_list<'py>(
+        &self,
+        py: Python<'py>,
+        vocab_size: usize,
+        ids: &[u32],
+    ) -> PyResult<Bound<'py, PyList>> {
+        let cache = self.get(py, vocab_size)?;
+        let n = isize::try_from(ids.len())
+            .map_err(|_| PyOverflowError::new_err("too many ids for one list"))?;
+        // SAFETY: PyList_New returns a new reference (or NULL with an exception set). Each slot
+        // is filled exactly once with a new reference, which PyList_SetItem steals; the list is
+        // complete before any Python code can see it.
+        unsafe {
+            let list = ffi::PyList_New(n);
+            if list.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            let list = Bound::from_owned_ptr(py, list);
+            for (k, &id) in ids.iter().enumerate() {
+                let obj = match cache.get(id as usize) {
+                    Some(cached) => {
+                        let p = cached.as_ptr();
+                        ffi::Py_IncRef(p);
+                        p
+                    }
+                    None => ffi::PyLong_FromUnsignedLongLong(u64::from(id)),
+                };
+                if obj.is_null() {
+                    return Err(PyErr::fetch(py));
+                }
+                ffi::PyList_SetItem(list.as_ptr(), k as isize, obj);
+            }
+            Ok(list.cast_into_unchecked())
+        }
+    }
+}
+
+/// Token ids from a list, tuple or any iterable of `int`s (a numpy array too).
+pub fn ids_from(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+    let one = |item: &Bound<'_, PyAny>| -> PyResult<u32> {
+        let v: i64 = item.extract().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "token ids must be ints, got {}",
+                item.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            ))
+        })?;
+        u32::try_from(v).map_err(|_| {
+            PyOverflowError::new_err(format!("token id {v} is out of range (0 to 4294967295)"))
+        })
+    };
+    if let Ok(list) = obj.cast::<PyList>() {
+        let py = list.py();
+        let n = list.len();
+        let mut out = Vec::with_capacity(n);
+        for k in 0..n {
+            // SAFETY: PyList_GetItem checks the index and returns a borrowed reference, or NULL
+            // with an IndexError set (if converting an item shrank the list). PyLong_AsLongLong
+            // accepts any object with `__index__` and returns -1 with an error set on failure.
+            let (item, v) = unsafe {
+                let item = ffi::PyList_GetItem(list.as_ptr(), k as isize);
+                if item.is_null() {
+                    return Err(PyErr::fetch(py));
+                }
+                (item, ffi::PyLong_AsLongLong(item))
+            };
+            if let Ok(id) = u32::try_from(v) {
+                out.push(id);
+                continue;
+            }
+            let failed = PyErr::take(py);
+            // SAFETY: `item` is still valid: no Python code ran since it was read.
+            let owned = unsafe { Bound::from_borrowed_ptr(py, item) };
+            return Err(match failed {
+                Some(e) if !e.is_instance_of::<PyOverflowError>(py) => {
+                    one(&owned).err().unwrap_or(e)
+                }
+                _ => PyOverflowError::new_err(format!(
+                    "token id {owned} is out of range (0 to 4294967295)"
+                )),
+            });
+        }
+        return Ok(out);
+    }
+    if let Ok(tuple) = obj.cast::<PyTuple>() {
+        return tuple.iter().map(|item| one(&item)).collect();
+    }
+    if obj.is_instance_of::<pyo3::types::PyString>() || obj.is_instance_of::<pyo3::types::PyBytes>()
+    {
+        return Err(PyTypeError::new_err(
+            "token ids must be a sequence of ints, not a str or bytes",
+        ));
+    }
+    obj.try_iter()
+        .map_err(|_| PyTypeError::new_err("token ids must be a sequence of ints"))?
+        .map(|item| one(&item?))
+        .collect()
+}
