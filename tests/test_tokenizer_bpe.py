@@ -360,7 +360,30 @@ LLAMA3 = (
     r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 R50K_NEW = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-PATTERNS = {"cl100k": CL100K, "cl100k-old": CL100K_OLD, "llama3": LLAMA3, "r50k-new": R50K_NEW}
+# These two run on the regex engine with the `\s+(?!\S)` look-ahead rewritten (split.rs).
+O200K = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
+)
+QWEN2 = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+PATTERNS = {
+    "cl100k": CL100K,
+    "cl100k-old": CL100K_OLD,
+    "llama3": LLAMA3,
+    "r50k-new": R50K_NEW,
+    "o200k": O200K,
+    "qwen2": QWEN2,
+}
 _pattern_pairs: dict[str, tuple[Tokenizer, tiktoken.Encoding]] = {}
 
 

@@ -307,8 +307,9 @@ class Tokenizer(_core.Tokenizer):
         """A BPE tokenizer from a tiktoken rank file (lines of ``<base64 token> <rank>``), the
         split pattern that goes with it, and its special tokens (``{text: id}``).
 
-        A pattern ferrolm cannot run in linear time (look-around other than GPT-2's, possessive
-        quantifiers) raises ``ferrolm.FormatError`` naming it.
+        A pattern ferrolm cannot run in linear time (look-around other than the alternative
+        ``\\s+(?!\\S)``, possessive quantifiers outside the known patterns) raises
+        ``ferrolm.FormatError`` naming it.
         """
         p = Path(path)
         return cls(

@@ -41,6 +41,124 @@ pub enum Splitter {
     Cl100k { ws_to_end: bool },
     /// Any other pattern the `regex` crate accepts.
     Regex(Box<regex::Regex>),
+    /// A pattern whose only look-around is the alternative `\s+(?!\S)` followed by the
+    /// alternative `\s+` or `\s` (o200k, Qwen 2, DeepSeek and most tokenizer.json files written
+    /// after GPT-2): see [`LookaheadWs`].
+    LookaheadWs(Box<LookaheadWs>),
+}
+
+/// A split pattern with the alternative `\s+(?!\S)`, run in linear time.
+///
+/// The look-ahead is taken out: `fast` is the pattern with `\s+` in its place, and `marked`
+/// the same with that alternative in a named group. Where the original pattern reaches that
+/// alternative, the white-space run it takes is maximal; the look-ahead then either holds (the
+/// run ends the text) or makes the backtracking engine give back the run's last character,
+/// which is exactly what happens here after the match. A one-character run that the
+/// look-ahead rejects falls to the next alternative (`\s+` or `\s`), which matches that same
+/// character: the pieces are the original pattern's, and the match start positions too.
+#[derive(Debug, Clone)]
+pub struct LookaheadWs {
+    original: String,
+    fast: regex::Regex,
+    marked: regex::Regex,
+}
+
+/// The name of the group that marks the rewritten `\s+(?!\S)` alternative.
+const WS_GROUP: &str = "ferrolm_ws_lookahead";
+
+impl LookaheadWs {
+    /// The rewritten patterns (`fast`, `marked`) when `pattern` has the shape this handles.
+    fn rewrite(pattern: &str) -> Option<(String, String)> {
+        let alts = top_level_alternatives(pattern)?;
+        let k = alts.iter().position(|a| *a == r"\s+(?!\S)")?;
+        if !matches!(alts.get(k + 1), Some(&(r"\s+" | r"\s"))) {
+            return None;
+        }
+        let with = |replacement: &str| {
+            let mut v: Vec<&str> = alts.clone();
+            v[k] = replacement;
+            v.join("|")
+        };
+        let marked = format!(r"(?P<{WS_GROUP}>\s+)");
+        Some((with(r"\s+"), with(&marked)))
+    }
+
+    fn split(&self, text: &str, mut emit: impl FnMut(usize, usize)) {
+        let n = text.len();
+        let mut pos = 0;
+        while pos <= n {
+            let Some(m) = self.fast.find_at(text, pos) else {
+                break;
+            };
+            let (start, mut end) = (m.start(), m.end());
+            if start == end {
+                // An empty match: nothing to encode; step over one character.
+                pos = end + text[end..].chars().next().map_or(1, char::len_utf8);
+                continue;
+            }
+            if end < n {
+                let piece = &text[start..end];
+                let mut chars = piece.chars();
+                let last = chars.next_back();
+                // Only a white-space match of two or more characters can be the rewritten
+                // alternative giving back its last character.
+                if chars.next().is_some() && piece.chars().all(char::is_whitespace) {
+                    let from_ws_alt = self
+                        .marked
+                        .captures_at(text, start)
+                        .and_then(|c| c.name(WS_GROUP))
+                        .is_some_and(|g| g.start() == start);
+                    if from_ws_alt {
+                        end -= last.map_or(0, char::len_utf8);
+                    }
+                }
+            }
+            emit(start, end);
+            pos = end;
+        }
+    }
+}
+
+/// The alternatives of `pattern` at the top level (outside groups and classes), or `None` if
+/// its brackets do not balance.
+fn top_level_alternatives(pattern: &str) -> Option<Vec<&str>> {
+    let b = pattern.as_bytes();
+    let mut out = Vec::new();
+    let (mut depth, mut class_depth, mut last, mut i) = (0_i32, 0_i32, 0, 0);
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 1,
+            b'[' => {
+                class_depth += 1;
+                // `[]...]` and `[^]...]`: a `]` first in a class is a literal.
+                if b.get(i + 1) == Some(&b'^') {
+                    i += 1;
+                }
+                if b.get(i + 1) == Some(&b']') {
+                    i += 1;
+                }
+            }
+            b']' if class_depth > 0 => class_depth -= 1,
+            b'(' if class_depth == 0 => depth += 1,
+            b')' if class_depth == 0 => {
+                depth -= 1;
+                if depth < 0 {
+                    return None;
+                }
+            }
+            b'|' if class_depth == 0 && depth == 0 => {
+                out.push(&pattern[last..i]);
+                last = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if depth != 0 || class_depth != 0 {
+        return None;
+    }
+    out.push(&pattern[last..]);
+    Some(out)
 }
 
 impl Splitter {
@@ -55,29 +173,37 @@ impl Splitter {
         if pattern == CL100K_PATTERN_OLD || pattern == LLAMA3_PATTERN {
             return Ok(Splitter::Cl100k { ws_to_end: false });
         }
+        if let Some((fast, marked)) = LookaheadWs::rewrite(pattern) {
+            if !has_possessive_quantifier(&fast) {
+                if let (Ok(fast), Ok(marked)) = (compile(&fast), compile(&marked)) {
+                    return Ok(Splitter::LookaheadWs(Box::new(LookaheadWs {
+                        original: pattern.to_owned(),
+                        fast,
+                        marked,
+                    })));
+                }
+            }
+        }
         if has_possessive_quantifier(pattern) {
             return Err(Error::Unsupported(format!(
                 "split pattern {pattern:?}: it uses possessive repetition (`++`, `*+`, `?+`), \
                  which a linear-time engine cannot run"
             )));
         }
-        let re = regex::RegexBuilder::new(pattern)
-            .size_limit(64 << 20)
-            .build()
-            .map_err(|e| {
-                let why = match &e {
-                    regex::Error::Syntax(s)
-                        if s.contains("look-around") || s.contains("repetition operator") =>
-                    {
-                        "it needs look-around or possessive repetition, which a linear-time \
+        let re = compile(pattern).map_err(|e| {
+            let why = match &e {
+                regex::Error::Syntax(s)
+                    if s.contains("look-around") || s.contains("repetition operator") =>
+                {
+                    "it needs look-around or possessive repetition, which a linear-time \
                          engine cannot run"
-                            .to_owned()
-                    }
-                    regex::Error::Syntax(s) => s.lines().last().unwrap_or("").trim().to_owned(),
-                    other => other.to_string(),
-                };
-                Error::Unsupported(format!("split pattern {pattern:?}: {why}"))
-            })?;
+                        .to_owned()
+                }
+                regex::Error::Syntax(s) => s.lines().last().unwrap_or("").trim().to_owned(),
+                other => other.to_string(),
+            };
+            Error::Unsupported(format!("split pattern {pattern:?}: {why}"))
+        })?;
         Ok(Splitter::Regex(Box::new(re)))
     }
 
@@ -88,6 +214,7 @@ impl Splitter {
             Splitter::Cl100k { ws_to_end: true } => CL100K_PATTERN,
             Splitter::Cl100k { ws_to_end: false } => CL100K_PATTERN_OLD,
             Splitter::Regex(re) => re.as_str(),
+            Splitter::LookaheadWs(l) => &l.original,
         }
     }
 
@@ -97,6 +224,7 @@ impl Splitter {
         match self {
             Splitter::Gpt2 => split_gpt2(text, emit),
             Splitter::Cl100k { ws_to_end } => split_cl100k(text, *ws_to_end, emit),
+            Splitter::LookaheadWs(l) => l.split(text, emit),
             Splitter::Regex(re) => {
                 let mut emit = emit;
                 for m in re.find_iter(text) {
@@ -107,6 +235,12 @@ impl Splitter {
             }
         }
     }
+}
+
+fn compile(pattern: &str) -> std::result::Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(64 << 20)
+        .build()
 }
 
 /// True when `pattern` has a possessive quantifier. The `regex` crate would read `x++` as
@@ -421,7 +555,11 @@ mod tests {
         let s = Splitter::new(r"\w+|[^\w\s]+").unwrap();
         assert!(matches!(s, Splitter::Regex(_)));
         assert_eq!(pieces(&s, "ab, cd"), vec!["ab", ",", "cd"]);
-        let err = Splitter::new(r"\s+(?!\S)|\s+").unwrap_err().to_string();
+        let err = Splitter::new(r"\s+(?!\S)|x").unwrap_err().to_string();
+        assert!(err.contains("look-around"), "{err}");
+        let err = Splitter::new(r"a(?=b)|\s+(?!\S)|\s+")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("look-around"), "{err}");
         let err = Splitter::new(r"\p{L}++").unwrap_err().to_string();
         assert!(err.starts_with("unsupported split pattern"), "{err}");
@@ -429,5 +567,79 @@ mod tests {
         assert!(has_possessive_quantifier(r"a*+|b"));
         assert!(has_possessive_quantifier(r"\p{N}{1,3}+"));
         assert!(!has_possessive_quantifier(r"\p{L}+|[+*?]+|\++| ?\p{N}+"));
+    }
+
+    /// The look-ahead rewrite, forced onto a pattern that also has a hand-written splitter.
+    fn generic(pattern: &str) -> Splitter {
+        let (fast, marked) = LookaheadWs::rewrite(pattern).unwrap();
+        Splitter::LookaheadWs(Box::new(LookaheadWs {
+            original: pattern.to_owned(),
+            fast: compile(&fast).unwrap(),
+            marked: compile(&marked).unwrap(),
+        }))
+    }
+
+    const AWKWARD: [&str; 12] = [
+        "a  b   c\t\td \n e\r\n\r\nf\u{00A0}\u{00A0}g \u{3000}h",
+        "It's we'll they've I'd you're 'tis 'S ''' ' ",
+        "x1y2 z33 4five ...!!! ??a  ,,b 12345678",
+        "emoji 👩‍👩‍👧 mixed中文English123漢字 \u{0301}e\u{0301}",
+        "\n\n\n",
+        " ",
+        "  ",
+        "tail space ",
+        "tabs\t",
+        "  \n  x\r\n \t\n\n  y   ",
+        "a\u{2028}\u{2028}b \u{85} c",
+        "",
+    ];
+
+    #[test]
+    fn the_lookahead_rewrite_agrees_with_the_hand_written_splitters() {
+        for (pattern, hand) in [
+            (GPT2_PATTERN, Splitter::Gpt2),
+            (GPT2_PATTERN_HF, Splitter::Gpt2),
+            (LLAMA3_PATTERN, Splitter::Cl100k { ws_to_end: false }),
+        ] {
+            let g = generic(pattern);
+            assert_eq!(g.pattern(), pattern);
+            for t in AWKWARD {
+                assert_eq!(pieces(&g, t), pieces(&hand, t), "{pattern:?} on {t:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn o200k_runs_on_the_lookahead_rewrite() {
+        let o200k = [
+            r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+            r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+            r"\p{N}{1,3}",
+            r" ?[^\s\p{L}\p{N}]+[\r\n/]*",
+            r"\s*[\r\n]+",
+            r"\s+(?!\S)",
+            r"\s+",
+        ]
+        .join("|");
+        let s = Splitter::new(&o200k).unwrap();
+        assert!(matches!(s, Splitter::LookaheadWs(_)));
+        assert_eq!(
+            pieces(&s, "HelloWorld don't   stop\n\n  x"),
+            vec!["Hello", "World", " don't", "  ", " stop", "\n\n", " ", " x"]
+        );
+        assert_eq!(pieces(&s, "end  "), vec!["end", "  "]);
+    }
+
+    #[test]
+    fn top_level_alternatives_respect_groups_and_classes() {
+        assert_eq!(
+            top_level_alternatives(r"a(b|c)|[|\]]|\||x").unwrap(),
+            vec!["a(b|c)", r"[|\]]", r"\|", "x"]
+        );
+        assert_eq!(
+            top_level_alternatives(r"[]|]|y").unwrap(),
+            vec!["[]|]", "y"]
+        );
+        assert!(top_level_alternatives("(a|b").is_none());
     }
 }
