@@ -10,6 +10,7 @@ from ferrolm import _core
 from ferrolm._data import data_path
 from ferrolm._errors import FerrolmError, FormatError, InternalError
 from ferrolm.tokenizer import BatchEncoding, Tokenizer
+from ferrolm.train import train_bpe, train_wordpiece
 
 __version__: str = _core.__version__
 
@@ -55,4 +56,6 @@ __all__ = [
     "data_path",
     "get_num_threads",
     "set_num_threads",
+    "train_bpe",
+    "train_wordpiece",
 ]

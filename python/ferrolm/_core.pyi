@@ -1,6 +1,6 @@
 # Type stubs for the Rust extension module ferrolm._core (checked by mypy.stubtest in the tests).
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Literal, final
 
@@ -16,6 +16,8 @@ __all__ = [
     "cpu_features",
     "get_num_threads",
     "set_num_threads",
+    "train_bpe",
+    "train_wordpiece",
 ]
 
 __version__: str
@@ -23,6 +25,27 @@ __version__: str
 def cpu_features() -> dict[str, bool]: ...
 def get_num_threads() -> int: ...
 def set_num_threads(n: int) -> None: ...
+def train_bpe(
+    texts: Iterable[str],
+    vocab_size: int,
+    *,
+    pattern: str,
+    special_tokens: Sequence[str],
+    min_frequency: int,
+    progress: Callable[[str, int, int], object] | None = None,
+) -> tuple[str, int, int, int]: ...
+def train_wordpiece(
+    texts: Iterable[str],
+    vocab_size: int,
+    *,
+    special_tokens: Sequence[str],
+    unk_token: str,
+    lowercase: bool,
+    min_frequency: int,
+    prefix: str,
+    max_input_chars_per_word: int,
+    progress: Callable[[str, int, int], object] | None = None,
+) -> tuple[str, int, int, int]: ...
 
 # Test support; not part of the public API.
 def _pool_workers() -> int: ...

@@ -376,6 +376,32 @@ class Tokenizer(_core.Tokenizer):
         """tiktoken's name for ``vocab_size``."""
         return int(self.vocab_size)
 
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Writes this tokenizer as a Hugging Face ``tokenizer.json`` (trained tokenizers, and
+        those read from a ``tokenizer.json``) that ``tokenizers`` and ``transformers`` load.
+        ``path`` is the file, or an existing folder to write ``tokenizer.json`` into. Returns
+        the path written.
+
+        Tokenizers read from other formats (tiktoken ranks, ``vocab.txt``, ``vocab.json``)
+        raise ``ValueError``: their own files are already what ``from_file`` reads.
+        """
+        target = Path(path)
+        if target.is_dir():
+            target = target / "tokenizer.json"
+        target.write_text(self.to_json(), encoding="utf-8")
+        return target
+
+    def to_json(self) -> str:
+        """The ``tokenizer.json`` text ``save`` writes (``tokenizers.Tokenizer.from_str``
+        reads it); ``ValueError`` for tokenizers read from other formats."""
+        data, kind, _ = self._args
+        if kind != "tokenizer.json":
+            raise ValueError(
+                f"this tokenizer was read from a {kind} file; only tokenizers trained by "
+                "ferrolm or read from a tokenizer.json can be written as tokenizer.json"
+            )
+        return data.decode("utf-8")
+
     def __reduce__(self) -> tuple[Any, ...]:
         if self._builtin_name is not None:
             return (_builtin, (type(self), self._builtin_name))

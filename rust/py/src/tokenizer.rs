@@ -110,7 +110,7 @@ impl PyTokenizer {
 
 /// The UTF-8 of a `str`; lone surrogates (which UTF-8 cannot carry) become U+FFFD, as tiktoken
 /// does.
-fn text_of<'a, 'py>(obj: &'a Bound<'py, PyAny>) -> PyResult<std::borrow::Cow<'a, str>> {
+pub(crate) fn text_of<'a, 'py>(obj: &'a Bound<'py, PyAny>) -> PyResult<std::borrow::Cow<'a, str>> {
     let s = obj.cast::<PyString>().map_err(|_| {
         pyo3::exceptions::PyTypeError::new_err(format!(
             "expected str, got {}",
@@ -584,9 +584,9 @@ impl PyTokenizer {
     ) -> PyResult<()> {
         if matches!(*self.inner, Tokenizer::Hf(_)) && (allowed.is_some() || disallowed.is_some()) {
             return Err(PyValueError::new_err(
-                "allowed_special / disallowed_special apply to byte-level BPE tokenizers; this \
-                 WordPiece tokenizer always recognises its special tokens in the text, as Hugging \
-                 Face tokenizers does",
+                "allowed_special / disallowed_special apply to tokenizers read from tiktoken \
+                 rank files; this tokenizer follows Hugging Face tokenizers, which always \
+                 recognises its added tokens in the text",
             ));
         }
         Ok(())

@@ -21,6 +21,7 @@ pub mod piece_table;
 pub mod pipeline;
 pub mod split;
 pub mod stream;
+pub mod train;
 pub mod unicode;
 pub mod wordpiece;
 

@@ -25,6 +25,10 @@ pub const GPT2_PATTERN_POSSESSIVE: &str =
     r"'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s";
 /// cl100k_base's split pattern (GPT-3.5 / GPT-4) as tiktoken 0.7+ writes it.
 pub const CL100K_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s";
+/// [`CL100K_PATTERN`] as a `tokenizer.json` must write it: Oniguruma (Hugging Face
+/// `tokenizers`) reads `\p{N}{1,3}+` as `(?:\p{N}{1,3})+`, so the digits' interval is written
+/// without its `+` (at the end of its alternative, possessive and greedy match the same).
+pub const CL100K_PATTERN_ONIG: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s";
 /// cl100k_base's split pattern as earlier tiktoken versions write it (no `\s++$`).
 pub const CL100K_PATTERN_OLD: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
 /// Llama 3's split pattern, as its tokenizer.json writes it.
@@ -167,7 +171,7 @@ impl Splitter {
         if [GPT2_PATTERN, GPT2_PATTERN_HF, GPT2_PATTERN_POSSESSIVE].contains(&pattern) {
             return Ok(Splitter::Gpt2);
         }
-        if pattern == CL100K_PATTERN {
+        if pattern == CL100K_PATTERN || pattern == CL100K_PATTERN_ONIG {
             return Ok(Splitter::Cl100k { ws_to_end: true });
         }
         if pattern == CL100K_PATTERN_OLD || pattern == LLAMA3_PATTERN {
@@ -246,6 +250,20 @@ fn compile(pattern: &str) -> std::result::Result<regex::Regex, regex::Error> {
 /// True when `pattern` has a possessive quantifier. The `regex` crate would read `x++` as
 /// `(x+)+`, which matches differently, so such patterns must be refused rather than compiled.
 fn has_possessive_quantifier(pattern: &str) -> bool {
+    !possessive_quantifiers(pattern).is_empty()
+}
+
+/// True when `pattern` has an interval followed by `+` (`x{1,3}+`): possessive for tiktoken's
+/// engine, but a repeated interval (`(?:x{1,3})+`) for Oniguruma, which Hugging Face
+/// `tokenizers` runs `Split` patterns on.
+pub fn has_interval_plus(pattern: &str) -> bool {
+    possessive_quantifiers(pattern).contains(&b'}')
+}
+
+/// The quantifier characters (`*`, `+`, `?` or `}`) that a possessive `+` follows in
+/// `pattern`, in order.
+fn possessive_quantifiers(pattern: &str) -> Vec<u8> {
+    let mut found = Vec::new();
     let b = pattern.as_bytes();
     let mut i = 0;
     let mut in_class = false;
@@ -271,13 +289,13 @@ fn has_possessive_quantifier(pattern: &str) -> bool {
                     && b.get(i + 1) == Some(&b'+')
                     && !(b[i] == b'?' && i > 0 && b[i - 1] == b'(') =>
             {
-                return true;
+                found.push(b[i]);
             }
             _ => {}
         }
         i += 1;
     }
-    false
+    found
 }
 
 /// The end of the run of `class` characters starting at byte `i`.
@@ -567,6 +585,14 @@ mod tests {
         assert!(has_possessive_quantifier(r"a*+|b"));
         assert!(has_possessive_quantifier(r"\p{N}{1,3}+"));
         assert!(!has_possessive_quantifier(r"\p{L}+|[+*?]+|\++| ?\p{N}+"));
+        assert!(has_interval_plus(CL100K_PATTERN));
+        assert!(!has_interval_plus(CL100K_PATTERN_ONIG));
+        assert!(!has_interval_plus(CL100K_PATTERN_OLD));
+        assert!(!has_interval_plus(r"\p{L}++|[}+]|x{2}"));
+        assert!(matches!(
+            Splitter::new(CL100K_PATTERN_ONIG).unwrap(),
+            Splitter::Cl100k { ws_to_end: true }
+        ));
     }
 
     /// The look-ahead rewrite, forced onto a pattern that also has a hand-written splitter.

@@ -17,7 +17,7 @@ use crate::tokenizer::byte_level;
 use crate::tokenizer::pipeline::{
     Decoder, HfTokenizer, Model, Normalizer, PreTokenizer, SplitKeep, TemplateItem,
 };
-use crate::tokenizer::split::Splitter;
+use crate::tokenizer::split::{self, Splitter};
 use crate::tokenizer::wordpiece::WordPiece;
 use crate::{Error, Result};
 
@@ -327,6 +327,12 @@ fn parse_pre_tokenizer(cx: &Ctx<'_>, p: &Value, out: &mut Vec<PreTokenizer>) -> 
         "Split" => {
             let pattern = cx.field(p, "pre_tokenizer", "pattern")?;
             let splitter = if let Some(re) = pattern.get("Regex").and_then(Value::as_str) {
+                if split::has_interval_plus(re) {
+                    return Err(Error::Unsupported(format!(
+                        "Split pattern {re:?}: tokenizers' regex engine (Oniguruma) reads \
+                         `{{n,m}}+` as a repeated interval, not as possessive"
+                    )));
+                }
                 Splitter::new(re)?
             } else if let Some(lit) = pattern.get("String").and_then(Value::as_str) {
                 Splitter::new(&regex::escape(lit))?
