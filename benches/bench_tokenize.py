@@ -6,12 +6,17 @@ Each figure is the median of N timed repetitions after a warm-up ([min..max] bes
 ratio is tiktoken's time over ferrolm's (above 1: ferrolm is faster). Both run the same GPT-2
 ranks (the file bundled with ferrolm) and the same split pattern. By default the corpora are
 ../shared/data/corpora/{en,zh}-fortunes.txt (when present) and the first 4 MB of CPython's sorted
-stdlib *.py files.
+stdlib *.py files. Adversarial inputs (one letter, spaces, random bytes decoded with
+replacement) run at 50 and 200 KB to show how time grows, against tiktoken and Hugging Face
+tokenizers (GPT-2 rebuilt from the same ranks); the resident memory that loading the
+tokenizer adds is measured in a fresh process for each.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -107,17 +112,96 @@ def main() -> int:
         per_call(lambda: peer.encode_ordinary(sentence), r, 20000),
         micros,
     )
-    for label, unit_text in (("one letter, no spaces", "a"), ("spaces", " ")):
+    growth = []
+    hf = hf_gpt2()
+    adversarial = Table("tokenizers")
+    rng = random.Random(0)
+    noise = rng.randbytes(200_000).decode("utf-8", errors="replace")
+    for label, make in (
+        ("one letter, no spaces", lambda n: "a" * n),
+        ("spaces", lambda n: " " * n),
+        ("random bytes decoded with replacement", lambda n: noise[: n // 2]),
+    ):
+        pair = []
         for n in (50_000, 200_000):
-            t = unit_text * n
-            table.add(
-                f"adversarial {label}, {n // 1000} KB",
-                timed(lambda t=t: ours.encode(t), 3),
-                timed(lambda t=t: peer.encode(t), 3),
+            t = make(n)
+            assert ours.encode(t) == peer.encode(t), label
+            timings = (timed(lambda t=t: ours.encode(t), r), timed(lambda t=t: peer.encode(t), r))
+            pair.append(timings)
+            size = len(t.encode()) // 1000
+            table.add(f"adversarial {label}, {size} KB", *timings, millis)
+            assert hf.encode(t).ids == peer.encode(t), label
+            adversarial.add(
+                f"adversarial {label}, {size} KB",
+                timings[0],
+                timed(lambda t=t: hf.encode(t).ids, min(r, 3)),
                 millis,
             )
+        growth.append(
+            f"{label}: ferrolm {pair[1][0][0] / pair[0][0][0]:.1f}x, "
+            f"tiktoken {pair[1][1][0] / pair[0][1][0]:.1f}x"
+        )
     table.print()
+    adversarial.print()
+    print("\ntime for 4x the adversarial input (linear: about 4x):")
+    for g in growth:
+        print("  " + g)
+    print("\nresident memory added by loading GPT-2 and encoding one sentence:")
+    for who in ("ferrolm", "tiktoken"):
+        print(f"  {who}: {rss_of_loading(who):.1f} MB")
     return 0
+
+
+_RSS_PROBE = """
+import sys
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+if sys.argv[1] == "ferrolm":
+    import ferrolm
+    from ferrolm._data import data_path
+    before = rss()
+    tok = ferrolm.Tokenizer.from_tiktoken(data_path("gpt2.tiktoken"))
+else:
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+    import ferrolm
+    from ferrolm._data import data_path
+    from ferrolm.tokenizer import GPT2_PATTERN
+    before = rss()
+    tok = tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN,
+        mergeable_ranks=load_tiktoken_bpe(str(data_path("gpt2.tiktoken"))), special_tokens={})
+tok.encode("The quick brown fox jumps over the lazy dog.")
+print((rss() - before) / 1e6)
+"""
+
+
+def hf_gpt2():  # type: ignore[no-untyped-def]
+    """GPT-2 in Hugging Face tokenizers, from vocab.json + merges.txt rebuilt offline from the
+    same bundled ranks (tests/gpt2_files.py)."""
+    import tempfile
+
+    import tokenizers
+    from gpt2_files import write_gpt2_files
+    from tokenizers import decoders, models, pre_tokenizers
+
+    folder = write_gpt2_files(Path(tempfile.mkdtemp(prefix="ferrolm-bench-")))
+    tok = tokenizers.Tokenizer(
+        models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    )
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def rss_of_loading(who: str) -> float:
+    """Resident memory (MB) that loading the GPT-2 tokenizer adds, in a fresh process (Linux)."""
+    if not Path("/proc/self/statm").exists():
+        return float("nan")
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_PROBE, who], check=True, capture_output=True, text=True
+    )
+    return float(out.stdout.strip())
 
 
 if __name__ == "__main__":

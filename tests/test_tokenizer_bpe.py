@@ -288,6 +288,17 @@ def test_long_inputs_are_not_quadratic(ours: Tokenizer) -> None:
     assert ours.encode("\u00e9" * 20_000) == _peer().encode("\u00e9" * 20_000)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.text(alphabet="abcdeéz", min_size=129, max_size=3000),
+    st.sampled_from(["", " ", "x"]),
+)
+def test_long_pieces_match_tiktoken(ours: Tokenizer, piece: str, prefix: str) -> None:
+    # Pieces over 128 bytes take the heap-based merge: the same ids as tiktoken.
+    text = prefix + piece
+    assert ours.encode(text) == _peer().encode(text)
+
+
 # ---------------------------------------------------------------- loading errors
 
 

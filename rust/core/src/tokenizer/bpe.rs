@@ -104,8 +104,9 @@ impl PairTable {
     }
 }
 
-/// A candidate merge in the heap: `(priority, left, right, left version, right version)`.
-type Candidate = Reverse<(u32, u32, u32, u32, u32)>;
+/// A candidate merge in the heap: `priority << 32 | left position` (smallest first: lowest
+/// priority, then leftmost).
+type Candidate = Reverse<u64>;
 
 /// Pieces of at most this many bytes whose merges give at most [`CACHED_IDS`] ids are cached.
 const CACHED_BYTES: usize = 16;
@@ -133,7 +134,6 @@ pub struct Scratch {
     ranks: Vec<u32>,
     next: Vec<u32>,
     prev: Vec<u32>,
-    version: Vec<u32>,
     heap: BinaryHeap<Candidate>,
 }
 
@@ -464,11 +464,15 @@ impl Bpe {
     }
 
     /// The same merges for long pieces: a min-heap of candidate pairs keyed by (priority,
-    /// position) over a doubly linked list of parts. An entry is stale when either part changed
-    /// since it was pushed (tracked by per-part versions) and is then skipped.
+    /// position) over a doubly linked list of parts. An entry is stale when its left part was
+    /// merged away or the pair that now starts there has another priority; it is then skipped.
+    /// (A priority names one pair of tokens, so an entry whose priority still matches is that
+    /// same merge, valid.) Entries are one `u64` each, which keeps the heap in cache.
     fn merge_large(&self, piece: &[u8], out: &mut Vec<u32>, s: &mut Scratch) {
         let n = piece.len();
         let none = u32::MAX;
+        let dead = u32::MAX - 1;
+        let entry = |rank: u32, left: u32| Reverse((u64::from(rank) << 32) | u64::from(left));
         s.ids.clear();
         s.ids
             .extend(piece.iter().map(|&b| self.byte_ids[b as usize]));
@@ -478,42 +482,44 @@ impl Bpe {
         s.prev.clear();
         s.prev
             .extend((0..n as u32).map(|i| if i == 0 { none } else { i - 1 }));
-        s.version.clear();
-        s.version.resize(n, 0);
-        s.heap.clear();
+        let mut initial: Vec<Candidate> = Vec::with_capacity(n);
         for i in 0..n - 1 {
             let (rank, _) = self.merge_of(s.ids[i], s.ids[i + 1]);
             if rank != NO_MERGE {
-                s.heap.push(Reverse((rank, i as u32, i as u32 + 1, 0, 0)));
+                initial.push(entry(rank, i as u32));
             }
         }
-        while let Some(Reverse((rank, left, right, vl, vr))) = s.heap.pop() {
-            let (l, r) = (left as usize, right as usize);
-            if s.version[l] != vl || s.version[r] != vr || s.next[l] != right {
+        // Heapify in O(n) rather than n pushes.
+        s.heap = BinaryHeap::from(initial);
+        while let Some(Reverse(key)) = s.heap.pop() {
+            let (rank, left) = ((key >> 32) as u32, key as u32);
+            let l = left as usize;
+            let right = s.next[l];
+            if right == none || right == dead {
+                continue;
+            }
+            let r = right as usize;
+            let (now, merged) = self.merge_of(s.ids[l], s.ids[r]);
+            if now != rank {
                 continue;
             }
             // Merge `right` into `left`.
-            let (_, merged) = self.merge_of(s.ids[l], s.ids[r]);
-            debug_assert_eq!(self.merge_of(s.ids[l], s.ids[r]).0, rank);
             s.ids[l] = merged;
-            s.version[l] = s.version[l].wrapping_add(1);
-            s.version[r] = s.version[r].wrapping_add(1);
             let after = s.next[r];
+            s.next[r] = dead;
             s.next[l] = after;
             if after != none {
                 s.prev[after as usize] = left;
                 let (rk, _) = self.merge_of(merged, s.ids[after as usize]);
                 if rk != NO_MERGE {
-                    let va = s.version[after as usize];
-                    s.heap.push(Reverse((rk, left, after, s.version[l], va)));
+                    s.heap.push(entry(rk, left));
                 }
             }
             let before = s.prev[l];
             if before != none {
                 let (rk, _) = self.merge_of(s.ids[before as usize], merged);
                 if rk != NO_MERGE {
-                    let vb = s.version[before as usize];
-                    s.heap.push(Reverse((rk, before, left, vb, s.version[l])));
+                    s.heap.push(entry(rk, before));
                 }
             }
         }
