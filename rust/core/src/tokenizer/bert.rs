@@ -153,8 +153,31 @@ fn nfd_aligned(chars: &[(char, u32)]) -> Vec<(char, u32)> {
 /// `BertPreTokenizer`: splits on white space (dropped) and around each punctuation character
 /// (kept as a word of its own). Calls `emit` with each word's byte range in `text`.
 pub fn pre_tokenize(text: &str, mut emit: impl FnMut(usize, usize)) {
+    let bytes = text.as_bytes();
     let mut start = None;
-    for (i, c) in text.char_indices() {
+    let mut i = 0;
+    while i < bytes.len() {
+        // ASCII without decoding or Unicode tables (the same classes: white space is
+        // 0x09..=0x0D and ' ', punctuation is ASCII punctuation).
+        let b = bytes[i];
+        if b < 0x80 {
+            if matches!(b, b' ' | 0x09..=0x0D) {
+                if let Some(s) = start.take() {
+                    emit(s, i);
+                }
+            } else if b.is_ascii_punctuation() {
+                if let Some(s) = start.take() {
+                    emit(s, i);
+                }
+                emit(i, i + 1);
+            } else if start.is_none() {
+                start = Some(i);
+            }
+            i += 1;
+            continue;
+        }
+        let c = text[i..].chars().next().unwrap_or(' ');
+        let len = c.len_utf8();
         if c.is_whitespace() {
             if let Some(s) = start.take() {
                 emit(s, i);
@@ -163,10 +186,11 @@ pub fn pre_tokenize(text: &str, mut emit: impl FnMut(usize, usize)) {
             if let Some(s) = start.take() {
                 emit(s, i);
             }
-            emit(i, i + c.len_utf8());
+            emit(i, i + len);
         } else if start.is_none() {
             start = Some(i);
         }
+        i += len;
     }
     if let Some(s) = start {
         emit(s, text.len());

@@ -164,6 +164,15 @@ impl WordPiece {
             }
             return;
         }
+        // Most words are tokens whole: one hash lookup instead of a walk (the longest prefix
+        // of a word that is a token is the word itself).
+        if let Some(&id) = self.lookup.get(word) {
+            out.push(id);
+            if let Some(s) = spans {
+                s.push((0, word.len()));
+            }
+            return;
+        }
         let before = out.len();
         let bytes = word.as_bytes();
         let mut start = 0;
