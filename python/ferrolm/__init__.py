@@ -9,6 +9,13 @@ from __future__ import annotations
 from ferrolm import _core
 from ferrolm._data import data_path
 from ferrolm._errors import FerrolmError, FormatError, InternalError
+from ferrolm.models import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CausalLMOutput,
+    GPT2LMHeadModel,
+    GPT2Tokenizer,
+)
 from ferrolm.tokenizer import BatchEncoding, Tokenizer
 from ferrolm.train import train_bpe, train_wordpiece
 
@@ -45,10 +52,18 @@ def set_num_threads(n: int) -> None:
     _core.set_num_threads(n)
 
 
+Cache = _core.Cache
+
 __all__ = [
+    "AutoModelForCausalLM",
+    "AutoTokenizer",
     "BatchEncoding",
+    "Cache",
+    "CausalLMOutput",
     "FerrolmError",
     "FormatError",
+    "GPT2LMHeadModel",
+    "GPT2Tokenizer",
     "InternalError",
     "Tokenizer",
     "__version__",

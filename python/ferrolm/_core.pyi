@@ -1,13 +1,17 @@
 # Type stubs for the Rust extension module ferrolm._core (checked by mypy.stubtest in the tests).
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from typing import Any, Literal, final
+from typing import Any, Literal, final, overload
 
 from typing_extensions import Self, disjoint_base
 
 __all__ = [
+    "Cache",
     "DecodeStream",
+    "Generation",
+    "Gpt2",
     "Tokenizer",
     "__version__",
     "_fail_for_tests",
@@ -76,6 +80,7 @@ class Tokenizer:
     def vocab_size(self) -> int: ...
     @property
     def special_tokens(self) -> dict[str, int]: ...
+    @overload
     def encode(
         self,
         text: str,
@@ -83,7 +88,18 @@ class Tokenizer:
         add_special_tokens: bool = True,
         allowed_special: Literal["all"] | AbstractSet[str] | Sequence[str] | None = None,
         disallowed_special: Literal["all"] | AbstractSet[str] | Sequence[str] | None = None,
+        return_tensors: None = None,
     ) -> list[int]: ...
+    @overload
+    def encode(
+        self,
+        text: str,
+        *,
+        add_special_tokens: bool = True,
+        allowed_special: Literal["all"] | AbstractSet[str] | Sequence[str] | None = None,
+        disallowed_special: Literal["all"] | AbstractSet[str] | Sequence[str] | None = None,
+        return_tensors: Literal["pt", "np"],
+    ) -> Any: ...
     def encode_with_offsets(
         self,
         text: str,
@@ -129,3 +145,77 @@ class Tokenizer:
 class DecodeStream:
     def step(self, id: int) -> str: ...
     def finish(self) -> str: ...
+
+@final
+class Cache:
+    @property
+    def batch(self) -> int: ...
+    @property
+    def lengths(self) -> list[int]: ...
+    @property
+    def nbytes(self) -> int: ...
+    def select(self, rows: Sequence[int]) -> Cache: ...
+
+@final
+class Generation:
+    def step(self) -> list[int | None] | None: ...
+    def output(self) -> tuple[bytes, int, int]: ...
+
+@final
+class Gpt2:
+    @staticmethod
+    def load(path: str | os.PathLike[str]) -> Gpt2: ...
+    @property
+    def config(self) -> dict[str, Any]: ...
+    @property
+    def weight_bytes(self) -> int: ...
+    def new_cache(self, batch: int) -> Cache: ...
+    def forward(
+        self,
+        cache: Cache,
+        tokens: Sequence[int],
+        mask: Sequence[int],
+        t: int,
+        *,
+        last_only: bool = False,
+    ) -> bytes: ...
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        min_new_tokens: int,
+        num_return_sequences: int,
+        do_sample: bool,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        min_p: float,
+        repetition_penalty: float,
+        no_repeat_ngram_size: int,
+        eos: Sequence[int],
+        pad: int,
+        seed: int,
+        stop: Sequence[str],
+        tokenizer: Tokenizer | None = None,
+    ) -> tuple[bytes, int, int]: ...
+    def start(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        min_new_tokens: int,
+        num_return_sequences: int,
+        do_sample: bool,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        min_p: float,
+        repetition_penalty: float,
+        no_repeat_ngram_size: int,
+        eos: Sequence[int],
+        pad: int,
+        seed: int,
+        stop: Sequence[str],
+        tokenizer: Tokenizer | None = None,
+    ) -> Generation: ...

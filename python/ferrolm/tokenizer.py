@@ -412,6 +412,19 @@ class Tokenizer(_core.Tokenizer):
         return f"<ferrolm.Tokenizer {self.name!r} {self.kind} vocab_size={self.vocab_size}>"
 
 
+def _as_tensor(ids: list[int], kind: str) -> Any:
+    """``[ids]`` as a ``[1, n]`` int64 tensor: ``"pt"`` (torch) or ``"np"`` (numpy)."""
+    if kind == "pt":
+        import torch
+
+        return torch.tensor([ids], dtype=torch.int64)
+    if kind == "np":
+        import numpy as np
+
+        return np.array([ids], dtype=np.int64)
+    raise ValueError(f"return_tensors must be None, 'np' or 'pt', not {kind!r}")
+
+
 def _rebuild(cls: type[Tokenizer], data: bytes, kind: str, opts: dict[str, Any]) -> Tokenizer:
     return cls(data, kind, **opts)
 

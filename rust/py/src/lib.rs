@@ -4,6 +4,7 @@
 
 mod convert;
 mod errors;
+mod model;
 mod runtime;
 mod tokenizer;
 mod train;
@@ -23,6 +24,9 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(train::train_bpe, m)?)?;
     m.add_function(wrap_pyfunction!(train::train_wordpiece, m)?)?;
     m.add_class::<tokenizer::PyTokenizer>()?;
+    m.add_class::<model::PyGpt2>()?;
+    m.add_class::<model::PyCache>()?;
+    m.add_class::<model::PyGeneration>()?;
     m.add_class::<tokenizer::PyDecodeStream>()?;
     Ok(())
 }

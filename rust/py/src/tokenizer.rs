@@ -72,6 +72,11 @@ enum SpecialArg {
 }
 
 impl PyTokenizer {
+    /// The core tokenizer, shared.
+    pub(crate) fn core(&self) -> Arc<Tokenizer> {
+        Arc::clone(&self.inner)
+    }
+
     fn special_arg(&self, arg: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<SpecialArg> {
         let Some(arg) = arg else {
             return Ok(SpecialArg::Ids(Vec::new()));
@@ -362,7 +367,10 @@ impl PyTokenizer {
     /// (by default "all" the others) raises ValueError; pass `disallowed_special=()` to encode
     /// them as ordinary text. WordPiece: special tokens in the text are recognised, as in
     /// Hugging Face tokenizers, and `add_special_tokens` adds [CLS] ... [SEP].
-    #[pyo3(signature = (text, *, add_special_tokens = true, allowed_special = None, disallowed_special = None))]
+    ///
+    /// `return_tensors="pt"` / `"np"` returns a `[1, n]` torch / numpy int64 tensor instead of
+    /// a list, as transformers' `tokenizer.encode(text, return_tensors="pt")` does.
+    #[pyo3(signature = (text, *, add_special_tokens = true, allowed_special = None, disallowed_special = None, return_tensors = None))]
     fn encode<'py>(
         &self,
         py: Python<'py>,
@@ -370,7 +378,8 @@ impl PyTokenizer {
         add_special_tokens: bool,
         allowed_special: Option<&Bound<'_, PyAny>>,
         disallowed_special: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Bound<'py, PyList>> {
+        return_tensors: Option<&str>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let text = text_of(text)?;
         self.check_special_args(allowed_special, disallowed_special)?;
         let allowed = self.special_arg(allowed_special, "allowed_special")?;
@@ -386,7 +395,13 @@ impl PyTokenizer {
         } else {
             detached(py, || Ok(inner.encode(&text, add_special_tokens, allowed)))?
         };
-        self.list(py, &ids)
+        let list = self.list(py, &ids)?;
+        match return_tensors {
+            None => Ok(list.into_any()),
+            Some(kind) => py
+                .import("ferrolm.tokenizer")?
+                .call_method1("_as_tensor", (list, kind)),
+        }
     }
 
     /// `encode`, also returning each id's character offsets `(start, end)` in `text`, as

@@ -266,7 +266,7 @@ fn learn_merges(
             }
         }
         let done = merges.len() as u64;
-        if done % step == 0 {
+        if done.is_multiple_of(step) {
             progress("merging", done, room);
         }
     }

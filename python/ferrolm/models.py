@@ -1,0 +1,436 @@
+"""Causal language models with the API ``transformers`` users already type.
+
+``ferrolm.AutoModelForCausalLM.from_pretrained(path)`` (or ``ferrolm.GPT2LMHeadModel``) loads a
+Hugging Face model folder (``config.json``, ``*.safetensors``, ``generation_config.json``, the
+tokenizer files) from a local path or the local Hugging Face cache, never the network. The
+forward pass, the KV cache, sampling and the generation loop run in Rust with the GIL released.
+
+- ``model(input_ids, attention_mask=None, past_key_values=None)`` -> ``.logits`` (numpy for
+  numpy or list input, torch for torch input) and ``.past_key_values`` (a ``ferrolm.Cache``,
+  updated in place by the next call it is passed to);
+- ``model.generate(input_ids, max_length=..., max_new_tokens=..., num_return_sequences=...,
+  do_sample=..., temperature=..., top_k=..., top_p=..., ...)`` with ``transformers``' meanings
+  and defaults, plus ``seed=`` (reproducible across runs and thread counts) and ``stop=``;
+- ``model.stream(prompt)`` yields text as it completes; ``model.generate_text(prompt)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ferrolm import _core
+from ferrolm.tokenizer import Tokenizer, _resolve_model_dir
+
+__all__ = [
+    "AutoModelForCausalLM",
+    "AutoTokenizer",
+    "CausalLMOutput",
+    "GPT2LMHeadModel",
+    "GPT2Tokenizer",
+]
+
+Cache = _core.Cache
+
+
+class CausalLMOutput(dict[str, Any]):
+    """What a forward call returns: ``logits`` ``[batch, seq, vocab]`` and ``past_key_values``;
+    keys also read as attributes, as in transformers."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _rows_of(input_ids: Any) -> tuple[list[list[int]], str]:
+    """Token ids as lists of rows, and the kind they came as: "pt", "np" or "list"."""
+    kind = "list"
+    mod = type(input_ids).__module__
+    if mod.startswith("torch"):
+        kind = "pt"
+        input_ids = input_ids.tolist()
+    elif mod.startswith("numpy"):
+        kind = "np"
+        input_ids = input_ids.tolist()
+    if isinstance(input_ids, (str, bytes)):
+        raise TypeError("input_ids must be token ids; encode the text with the tokenizer first")
+    rows = list(input_ids)
+    if rows and not isinstance(rows[0], (list, tuple)):
+        rows = [rows]
+    out = []
+    for r in rows:
+        row = [int(x) for x in r]
+        if any(x < 0 for x in row):
+            raise ValueError("input_ids must be non-negative token ids")
+        out.append(row)
+    return out, kind
+
+
+def _as_kind(rows: list[list[int]] | Any, kind: str, dtype: str = "int64") -> Any:
+    if kind == "pt":
+        import torch
+
+        return torch.tensor(rows, dtype=getattr(torch, dtype))
+    import numpy as np
+
+    arr = np.asarray(rows, dtype=dtype)
+    return arr if kind == "np" else arr.tolist()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _ids(value: Any) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, int):
+        return [value]
+    return [int(v) for v in value]
+
+
+class GPT2LMHeadModel:
+    """A GPT-2 language model run by ferrolm's Rust core (fp32)."""
+
+    def __init__(self, core: _core.Gpt2, folder: Path, tokenizer: Tokenizer | None) -> None:
+        self._core = core
+        self.name_or_path = str(folder)
+        self.config: dict[str, Any] = {
+            **_read_json(folder / "config.json"),
+            **core.config,
+        }
+        self.generation_config: dict[str, Any] = _read_json(folder / "generation_config.json")
+        self.tokenizer = tokenizer
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        dtype: str = "float32",
+        quantize: str | None = None,
+        torch_dtype: Any = None,
+    ) -> GPT2LMHeadModel:
+        """Loads a GPT-2 folder (``config.json`` + ``model.safetensors`` or shards), or a model
+        name found in the local Hugging Face cache (never the network).
+
+        Weights stored as f16 or bf16 are converted to f32 once; f32 weights are used in place
+        from the memory-mapped file. ``quantize`` (int8 / int4) is not implemented yet.
+        """
+        del torch_dtype  # accepted for transformers code; ferrolm computes in float32
+        if dtype not in ("float32", "auto"):
+            raise ValueError(f"dtype must be 'float32' (the only one implemented), not {dtype!r}")
+        if quantize is not None:
+            raise ValueError("quantize is not implemented yet: load with quantize=None")
+        folder = _resolve_model_dir(name_or_path)
+        config = _read_json(folder / "config.json")
+        model_type = config.get("model_type")
+        if config and model_type != "gpt2":
+            from ferrolm._errors import FormatError
+
+            raise FormatError(
+                f"{folder / 'config.json'}: unsupported architecture model_type={model_type!r}; "
+                "ferrolm runs gpt2"
+            )
+        core = _core.Gpt2.load(folder)
+        tokenizer = None
+        if any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json")):
+            tokenizer = Tokenizer.from_pretrained(folder)
+        return cls(core, folder, tokenizer)
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    def eval(self) -> GPT2LMHeadModel:
+        """No-op (ferrolm has no training mode); for code written for transformers."""
+        return self
+
+    def to(self, device: Any) -> GPT2LMHeadModel:
+        if str(device) != "cpu":
+            raise ValueError(f"ferrolm runs on the CPU; cannot move the model to {device!r}")
+        return self
+
+    def num_parameters(self) -> int:
+        return int(self._core.weight_bytes // 4)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"<ferrolm.GPT2LMHeadModel {self.name_or_path!r} n_layer={c['n_layer']} "
+            f"n_embd={c['n_embd']} vocab_size={c['vocab_size']}>"
+        )
+
+    # ------------------------------------------------------------------ forward
+
+    def __call__(
+        self,
+        input_ids: Any,
+        attention_mask: Any = None,
+        past_key_values: _core.Cache | None = None,
+        **_: Any,
+    ) -> CausalLMOutput:
+        """Logits of every position, ``[batch, seq, vocab]`` (float32), and the KV cache.
+
+        With ``past_key_values`` (a cache from an earlier call), ``input_ids`` are the new
+        tokens only and the cache is updated in place. ``attention_mask`` (``[batch, seq]`` for
+        the new tokens, or ``[batch, past + seq]`` as transformers takes it) marks padding
+        with 0; positions count real tokens only, so a left-padded row gets the logits it gets
+        alone.
+        """
+        rows, kind = _rows_of(input_ids)
+        batch = len(rows)
+        if batch == 0 or not rows[0]:
+            raise ValueError("input_ids is empty")
+        t = len(rows[0])
+        if any(len(r) != t for r in rows):
+            raise ValueError("input_ids rows must have equal lengths (pad them)")
+        if attention_mask is None:
+            mask = [1] * (batch * t)
+        else:
+            mrows, _kind = _rows_of(attention_mask)
+            if len(mrows) != batch or any(len(r) < t for r in mrows):
+                raise ValueError(
+                    f"attention_mask must be [batch, seq] with at least {t} columns per row"
+                )
+            mask = [1 if v else 0 for r in mrows for v in r[-t:]]
+        cache = past_key_values if past_key_values is not None else self._core.new_cache(batch)
+        if cache.batch != batch:
+            raise ValueError(
+                f"past_key_values holds {cache.batch} sequences; input_ids has {batch}"
+            )
+        flat = [x for r in rows for x in r]
+        raw = self._core.forward(cache, flat, mask, t)
+        import numpy as np
+
+        logits: Any = np.frombuffer(raw, dtype="<f4").reshape(batch, t, -1)
+        if kind == "pt":
+            import torch
+
+            logits = torch.from_numpy(logits.copy())
+        return CausalLMOutput(logits=logits, past_key_values=cache)
+
+    forward = __call__
+
+    # ------------------------------------------------------------------ generation
+
+    def _gen_args(self, prompt_len: int, kw: dict[str, Any]) -> dict[str, Any]:
+        """Resolves generate's arguments with transformers' meanings and defaults, those of
+        generation_config.json first."""
+        gc = self.generation_config
+
+        def pick(name: str, default: Any) -> Any:
+            v = kw.pop(name, None)
+            if v is None:
+                v = gc.get(name)
+            return default if v is None else v
+
+        max_new = kw.pop("max_new_tokens", None)
+        max_length = kw.pop("max_length", None)
+        if max_new is None:
+            if max_length is None:
+                max_new = gc.get("max_new_tokens")
+                if max_new is None:
+                    max_length = gc.get("max_length", 20)
+            if max_new is None:
+                max_new = int(max_length) - prompt_len
+                if max_new <= 0:
+                    warnings.warn(
+                        f"the prompt has {prompt_len} tokens, max_length is {max_length}: "
+                        "nothing to generate; pass max_new_tokens",
+                        stacklevel=3,
+                    )
+                    max_new = 0
+        min_new = kw.pop("min_new_tokens", None) or 0
+        min_length = kw.pop("min_length", None)
+        if min_length:
+            min_new = max(min_new, int(min_length) - prompt_len)
+        eos = _ids(pick("eos_token_id", self.config.get("eos_token_id")))
+        pad = kw.pop("pad_token_id", None)
+        if pad is None:
+            pad = gc.get("pad_token_id")
+        if pad is None:
+            pad = eos[0] if eos else 0
+        seed = kw.pop("seed", None)
+        if seed is None:
+            seed = secrets.randbits(64)
+        stop = kw.pop("stop", None) or []
+        if isinstance(stop, str):
+            stop = [stop]
+        top_k = pick("top_k", 50)
+        args: dict[str, Any] = dict(
+            max_new_tokens=int(max_new),
+            min_new_tokens=int(min_new),
+            num_return_sequences=int(kw.pop("num_return_sequences", None) or 1),
+            do_sample=bool(pick("do_sample", False)),
+            temperature=float(pick("temperature", 1.0)),
+            top_k=int(top_k or 0),
+            top_p=float(pick("top_p", 1.0)),
+            min_p=float(pick("min_p", 0.0)),
+            repetition_penalty=float(pick("repetition_penalty", 1.0)),
+            no_repeat_ngram_size=int(pick("no_repeat_ngram_size", 0)),
+            eos=eos,
+            pad=int(pad),
+            seed=int(seed) & (2**64 - 1),
+            stop=list(stop),
+        )
+        for key in ("use_cache", "return_dict_in_generate", "output_scores", "streamer"):
+            kw.pop(key, None)
+        if kw:
+            raise TypeError(f"generate() got unexpected arguments: {', '.join(sorted(kw))}")
+        for name in ("max_new_tokens", "min_new_tokens", "top_k", "no_repeat_ngram_size"):
+            if args[name] < 0:
+                raise ValueError(f"{name} must be >= 0, got {args[name]}")
+        if args["num_return_sequences"] < 1:
+            raise ValueError("num_return_sequences must be >= 1")
+        if args["stop"] and self.tokenizer is None:
+            raise ValueError("stop= needs the model folder's tokenizer")
+        return args
+
+    def _prompts(self, input_ids: Any, attention_mask: Any) -> tuple[list[list[int]], str]:
+        rows: list[list[int]]
+        if input_ids is None:
+            rows, kind = [[]], "list"
+        else:
+            rows, kind = _rows_of(input_ids)
+        if attention_mask is not None:
+            mrows, _ = _rows_of(attention_mask)
+            if len(mrows) != len(rows) or any(
+                len(m) != len(r) for m, r in zip(mrows, rows, strict=True)
+            ):
+                raise ValueError("attention_mask must have the shape of input_ids")
+            rows = [
+                [t for t, m in zip(r, mr, strict=True) if m]
+                for r, mr in zip(rows, mrows, strict=True)
+            ]
+        bos = self.config.get("bos_token_id")
+        fixed = []
+        for r in rows:
+            if not r:
+                if bos is None:
+                    raise ValueError("empty prompt and the config has no bos_token_id")
+                r = [int(bos)]
+            fixed.append(r)
+        return fixed, kind
+
+    def generate(self, input_ids: Any = None, attention_mask: Any = None, **kwargs: Any) -> Any:
+        """Generates continuations, as ``transformers``' ``generate``: returns
+        ``[batch * num_return_sequences, prompt + new]`` ids (the prompt left-padded to the
+        longest, ended sequences filled with the pad token), as a torch tensor for torch input,
+        a numpy array for numpy input, else lists.
+
+        Arguments (transformers' meanings and defaults, overridden by generation_config.json):
+        ``max_length`` (20, prompt included), ``max_new_tokens``, ``min_length``,
+        ``min_new_tokens``, ``num_return_sequences``, ``do_sample`` (False), ``temperature``
+        (1.0), ``top_k`` (50), ``top_p`` (1.0), ``min_p``, ``repetition_penalty`` (1.0),
+        ``no_repeat_ngram_size``, ``eos_token_id``, ``pad_token_id``; and ferrolm's ``seed``
+        (reproducible sampling; random when None) and ``stop`` (strings that end a sequence).
+        Runs in Rust with the GIL released; Ctrl-C raises KeyboardInterrupt within one step.
+        """
+        prompts, kind = self._prompts(input_ids, attention_mask)
+        args = self._gen_args(max(len(p) for p in prompts), dict(kwargs))
+        raw, rows, cols = self._core.generate(prompts, tokenizer=self.tokenizer, **args)
+        import numpy as np
+
+        out = np.frombuffer(raw, dtype="<u4").reshape(rows, cols).astype(np.int64)
+        return _as_kind(out, kind)
+
+    def stream(
+        self,
+        prompt: str | Any,
+        *,
+        skip_special_tokens: bool = True,
+        **kwargs: Any,
+    ) -> Iterator[str]:
+        """Yields the generated text piece by piece as each character completes (one
+        sequence). ``prompt`` is a text (encoded with the model's tokenizer) or token ids;
+        the other arguments are ``generate``'s."""
+        tok = self._need_tokenizer()
+        ids = tok.encode(prompt) if isinstance(prompt, str) else prompt
+        prompts, _ = self._prompts(ids, None)
+        if len(prompts) != 1:
+            raise ValueError("stream() takes one prompt")
+        args = self._gen_args(len(prompts[0]), dict(kwargs))
+        if args["num_return_sequences"] != 1:
+            raise ValueError("stream() generates one sequence (num_return_sequences=1)")
+        gen = self._core.start(prompts, tokenizer=tok, **args)
+        decoder = tok.decode_stream(skip_special_tokens=skip_special_tokens)
+        eos = set(args["eos"])
+        while True:
+            step = gen.step()
+            if step is None or step[0] is None:
+                break
+            token = step[0]
+            if token in eos and skip_special_tokens:
+                continue
+            piece = decoder.step(token)
+            if piece:
+                yield piece
+        tail = decoder.finish()
+        if tail:
+            yield tail
+
+    def generate_text(
+        self,
+        prompt: str | Sequence[str],
+        *,
+        return_full_text: bool = True,
+        skip_special_tokens: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """Text in, text out: the prompt and its continuation (or the continuation alone with
+        ``return_full_text=False``); a list when several prompts or sequences are asked for."""
+        tok = self._need_tokenizer()
+        texts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [tok.encode(t) for t in texts]
+        out = []
+        n = int(kwargs.get("num_return_sequences") or 1)
+        for i, p in enumerate(prompts):
+            ids = self.generate([p], **kwargs)
+            for row in ids:
+                new = row[len(p) :]
+                text = tok.decode(new, skip_special_tokens=skip_special_tokens)
+                out.append(texts[i] + text if return_full_text else text)
+        return out[0] if isinstance(prompt, str) and n == 1 else out
+
+    def _need_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise ValueError(
+                f"{self.name_or_path} has no tokenizer files (tokenizer.json or vocab.json)"
+            )
+        return self.tokenizer
+
+
+class AutoModelForCausalLM:
+    """``from_pretrained(path)`` picks the model class from ``config.json``'s ``model_type``."""
+
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike[str], **kwargs: Any) -> GPT2LMHeadModel:
+        return GPT2LMHeadModel.from_pretrained(name_or_path, **kwargs)
+
+
+class AutoTokenizer:
+    """``from_pretrained(path)``: the folder's tokenizer (``Tokenizer.from_pretrained``)."""
+
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike[str], **_: Any) -> Tokenizer:
+        return Tokenizer.from_pretrained(name_or_path)
+
+
+GPT2Tokenizer = AutoTokenizer
+GPT2TokenizerFast = AutoTokenizer

@@ -1,0 +1,11 @@
+"""Reference implementations in plain PyTorch, written from the math, that ferrolm's tests use to
+prove the Rust forward passes right: a second, readable opinion next to Hugging Face transformers.
+
+Importing this package needs torch (and safetensors for loading); ferrolm itself needs neither.
+"""
+
+from __future__ import annotations
+
+from ferrolm.torch_ref.gpt2 import GPT2Ref, GPT2RefConfig, Past, greedy, load_gpt2
+
+__all__ = ["GPT2Ref", "GPT2RefConfig", "Past", "greedy", "load_gpt2"]

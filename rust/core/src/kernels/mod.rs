@@ -1,0 +1,175 @@
+//! The f32 kernels of the forward passes, and THE dispatch point: the best implementation for
+//! this CPU is chosen once, at first use, from [`crate::runtime::cpu::features`] (or the
+//! environment variable `FERROLM_ISA` = `scalar` | `avx2` | `avx512`, for tests and benches),
+//! and every call goes through that one table of function pointers.
+//!
+//! [`scalar`] is the reference: plain loops, the same names and signatures as each ISA file
+//! ([`x86_avx2`], [`x86_avx512`]); the tests check each against it.
+//!
+//! Layouts (row-major everywhere):
+//! - `gemm`: `C[m×w] = A[m×k] · B[k×w]`, B a column block of a wider matrix (row stride `ldb`)
+//!   and C likewise (row stride `ldc`) — GPT-2's Conv1D weights are stored `[in, out]`, so the
+//!   weights are used in place as B. The work is split by columns across threads.
+//! - `gemm_nt`: `C[m×n] = A[m×k] · B[n×k]ᵀ` (each output a dot product) — for the tied LM head,
+//!   whose weight is the `[vocab, d]` embedding.
+//! - `dot`, `axpy`: attention over the KV cache.
+
+pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_avx512;
+
+use std::sync::OnceLock;
+
+/// `C[m×w] = A[m×k] · B[k×w]`. `a` is `m×k` contiguous; `b` starts at B's first element with row
+/// stride `ldb`; `c` at C's first element with row stride `ldc`.
+///
+/// # Safety
+/// `c` must be valid for writes of `m` rows of `w` elements at stride `ldc`, and no other thread
+/// may touch those elements during the call; `b` must hold `k` rows of `w` at stride `ldb`.
+pub type GemmFn = unsafe fn(
+    m: usize,
+    w: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+);
+
+/// `C[m×n] = A[m×k] · B[n×k]ᵀ`, `c` row stride `ldc`.
+///
+/// # Safety
+/// As [`GemmFn`]: `c` valid for `m` rows of `n` at stride `ldc`, not shared during the call.
+pub type GemmNtFn =
+    unsafe fn(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize);
+
+/// One implementation of every kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct Kernels {
+    pub name: &'static str,
+    pub gemm: GemmFn,
+    pub gemm_nt: GemmNtFn,
+    pub dot: fn(&[f32], &[f32]) -> f32,
+    /// `y += alpha * x`
+    pub axpy: fn(f32, &[f32], &mut [f32]),
+}
+
+/// The kernels for `isa` (`"scalar"`, `"avx2"`, `"avx512"`), if this CPU runs them.
+pub fn for_isa(isa: &str) -> Option<Kernels> {
+    let f = crate::runtime::cpu::features();
+    match isa {
+        "scalar" => Some(scalar::KERNELS),
+        #[cfg(target_arch = "x86_64")]
+        "avx2" if f.avx2 && f.fma => Some(x86_avx2::KERNELS),
+        #[cfg(target_arch = "x86_64")]
+        "avx512" if f.avx512f && f.avx2 && f.fma => Some(x86_avx512::KERNELS),
+        _ => {
+            let _ = f;
+            None
+        }
+    }
+}
+
+/// The ISAs this CPU runs, best last.
+pub fn available() -> Vec<&'static str> {
+    ["scalar", "avx2", "avx512"]
+        .into_iter()
+        .filter(|i| for_isa(i).is_some())
+        .collect()
+}
+
+/// The kernels every forward pass uses: chosen once.
+pub fn get() -> &'static Kernels {
+    static CHOSEN: OnceLock<Kernels> = OnceLock::new();
+    CHOSEN.get_or_init(|| {
+        if let Ok(want) = std::env::var("FERROLM_ISA") {
+            if let Some(k) = for_isa(want.trim()) {
+                return k;
+            }
+        }
+        let best = available().last().copied().unwrap_or("scalar");
+        for_isa(best).unwrap_or(scalar::KERNELS)
+    })
+}
+
+/// A raw pointer that may cross threads: for kernels writing disjoint blocks of one output.
+#[derive(Debug, Clone, Copy)]
+pub struct SendPtr(pub *mut f32);
+// SAFETY: used only to hand disjoint output blocks to pool threads, which finish before the
+// buffer is touched again (rayon's scope joins them).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer. (A method, so that closures capture the `SendPtr`, not its raw field.)
+    #[inline]
+    pub fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "at {i}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn every_isa_agrees_with_scalar() {
+        let reference = scalar::KERNELS;
+        for isa in available() {
+            let kern = for_isa(isa).unwrap();
+            for &(m, k, n) in &[
+                (1, 1, 1),
+                (1, 768, 2304),
+                (3, 17, 37),
+                (4, 64, 48),
+                (5, 300, 33),
+                (9, 257, 130),
+            ] {
+                let a = rand(m * k, 1);
+                let b = rand(k * (n + 3), 2);
+                // A column block starting at column 1 of a [k, n+3] matrix.
+                let (mut c0, mut c1) = (vec![9.0; m * (n + 2)], vec![9.0; m * (n + 2)]);
+                unsafe {
+                    (reference.gemm)(m, n, k, &a, &b[1..], n + 3, c0.as_mut_ptr().add(1), n + 2);
+                    (kern.gemm)(m, n, k, &a, &b[1..], n + 3, c1.as_mut_ptr().add(1), n + 2);
+                }
+                close(&c1, &c0, 1e-5);
+                let bt = rand(n * k, 3);
+                let (mut d0, mut d1) = (vec![0.0; m * n], vec![0.0; m * n]);
+                unsafe {
+                    (reference.gemm_nt)(m, n, k, &a, &bt, d0.as_mut_ptr(), n);
+                    (kern.gemm_nt)(m, n, k, &a, &bt, d1.as_mut_ptr(), n);
+                }
+                close(&d1, &d0, 1e-5);
+                let x = rand(k, 4);
+                assert!(((kern.dot)(&a[..k], &x) - (reference.dot)(&a[..k], &x)).abs() < 1e-4);
+                let (mut y0, mut y1) = (rand(k, 5), rand(k, 5));
+                (reference.axpy)(0.3, &x, &mut y0);
+                (kern.axpy)(0.3, &x, &mut y1);
+                close(&y1, &y0, 1e-6);
+            }
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! The reference kernels: plain loops, no SIMD. Every ISA file has the same functions with the
+//! same signatures, checked against these by the tests. Also the fallback on CPUs without AVX2.
+
+// BLAS-shaped signatures: sizes, operands and strides.
+#![allow(clippy::too_many_arguments)]
+
+use super::Kernels;
+
+pub const KERNELS: Kernels = Kernels {
+    name: "scalar",
+    gemm,
+    gemm_nt,
+    dot,
+    axpy,
+};
+
+/// `C[m×w] = A[m×k] · B[k×w]` (see [`super::GemmFn`]).
+///
+/// # Safety
+/// See [`super::GemmFn`].
+pub unsafe fn gemm(
+    m: usize,
+    w: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    for i in 0..m {
+        // SAFETY: the caller gives `m` rows of `w` writable elements at stride `ldc`.
+        let row = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), w) };
+        row.fill(0.0);
+        for p in 0..k {
+            let x = a[i * k + p];
+            let brow = &b[p * ldb..p * ldb + w];
+            for (o, &v) in row.iter_mut().zip(brow) {
+                *o += x * v;
+            }
+        }
+    }
+}
+
+/// `C[m×n] = A[m×k] · B[n×k]ᵀ` (see [`super::GemmNtFn`]).
+///
+/// # Safety
+/// See [`super::GemmNtFn`].
+pub unsafe fn gemm_nt(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize) {
+    for i in 0..m {
+        for j in 0..n {
+            let v = dot(&a[i * k..(i + 1) * k], &b[j * k..(j + 1) * k]);
+            // SAFETY: within the caller's `m × n` block at stride `ldc`.
+            unsafe { *c.add(i * ldc + j) = v };
+        }
+    }
+}
+
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o += alpha * v;
+    }
+}

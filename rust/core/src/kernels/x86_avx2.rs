@@ -1,0 +1,252 @@
+//! The kernels with AVX2 + FMA (8 f32 lanes). Same functions and signatures as [`super::scalar`].
+//!
+//! `gemm` is blocked for the caches: columns in panels of [`NC`], the shared dimension in slices
+//! of [`KC`] (a `KC × NC` panel of B, 256 KB, stays in L2 while every row block of A passes over
+//! it), and a register tile of up to 6 rows × 16 columns accumulated with FMA. For one row (a
+//! decoded token) this streams each weight once, which is what bounds decoding.
+
+// BLAS-shaped signatures: sizes, operands and strides.
+#![allow(clippy::too_many_arguments)]
+
+use std::arch::x86_64::*;
+
+use super::{scalar, Kernels};
+
+pub const KERNELS: Kernels = Kernels {
+    name: "avx2",
+    gemm,
+    gemm_nt,
+    dot,
+    axpy,
+};
+
+const KC: usize = 256;
+const NC: usize = 256;
+const NR: usize = 16;
+
+/// # Safety
+/// See [`super::GemmFn`]; the CPU must have AVX2 and FMA (checked by the dispatch point).
+pub unsafe fn gemm(
+    m: usize,
+    w: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: the dispatch point hands out these kernels only on CPUs with AVX2 and FMA.
+    unsafe { gemm_avx2(m, w, k, a, b, ldb, c, ldc) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_avx2(
+    m: usize,
+    w: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    assert!(a.len() >= m * k);
+    assert!(k == 0 || b.len() >= (k - 1) * ldb + w);
+    let full = w - w % NR;
+    let mut j0 = 0;
+    while j0 < full {
+        let j1 = (j0 + NC).min(full);
+        let mut p0 = 0;
+        while p0 < k || (p0 == 0 && k == 0) {
+            let p1 = (p0 + KC).min(k);
+            let mut i = 0;
+            while i < m {
+                let r = (m - i).min(6);
+                let mut j = j0;
+                while j < j1 {
+                    // SAFETY: rows i..i+r, columns j..j+16 of C; rows p0..p1 and the same
+                    // columns of B; all within the bounds asserted above and the caller's C.
+                    unsafe {
+                        let ap = a.as_ptr().add(i * k + p0);
+                        let bp = b.as_ptr().add(p0 * ldb + j);
+                        let cp = c.add(i * ldc + j);
+                        let acc = p0 > 0;
+                        match r {
+                            6 => tile::<6>(p1 - p0, ap, k, bp, ldb, cp, ldc, acc),
+                            5 => tile::<5>(p1 - p0, ap, k, bp, ldb, cp, ldc, acc),
+                            4 => tile::<4>(p1 - p0, ap, k, bp, ldb, cp, ldc, acc),
+                            3 => tile::<3>(p1 - p0, ap, k, bp, ldb, cp, ldc, acc),
+                            2 => tile::<2>(p1 - p0, ap, k, bp, ldb, cp, ldc, acc),
+                            _ => tile::<1>(p1 - p0, ap, k, bp, ldb, cp, ldc, acc),
+                        }
+                    }
+                    j += NR;
+                }
+                i += r;
+            }
+            if k == 0 {
+                break;
+            }
+            p0 = p1;
+        }
+        j0 = j1;
+    }
+    if full < w {
+        // The last columns (fewer than 16): the reference loop.
+        // SAFETY: the same block, shifted to its last `w - full` columns.
+        unsafe { scalar::gemm(m, w - full, k, a, &b[full..], ldb, c.add(full), ldc) }
+    }
+}
+
+/// `C[R×16] (+)= A[R×kc] · B[kc×16]` in registers.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const R: usize>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    // SAFETY: the caller's bounds: R rows of A (kc each), kc rows of 16 in B, R rows of 16 in C.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        if accumulate {
+            for (r, row) in acc.iter_mut().enumerate() {
+                row[0] = _mm256_loadu_ps(c.add(r * ldc));
+                row[1] = _mm256_loadu_ps(c.add(r * ldc + 8));
+            }
+        }
+        for p in 0..kc {
+            let b0 = _mm256_loadu_ps(b.add(p * ldb));
+            let b1 = _mm256_loadu_ps(b.add(p * ldb + 8));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let x = _mm256_broadcast_ss(&*a.add(r * lda + p));
+                row[0] = _mm256_fmadd_ps(x, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(x, b1, row[1]);
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            _mm256_storeu_ps(c.add(r * ldc), row[0]);
+            _mm256_storeu_ps(c.add(r * ldc + 8), row[1]);
+        }
+    }
+}
+
+/// # Safety
+/// See [`super::GemmNtFn`]; AVX2 and FMA required.
+pub unsafe fn gemm_nt(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize) {
+    // SAFETY: AVX2 + FMA checked by the dispatch point; bounds as the caller promises.
+    unsafe { gemm_nt_avx2(m, n, k, a, b, c, ldc) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemm_nt_avx2(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+) {
+    assert!(a.len() >= m * k && b.len() >= n * k);
+    let mut i = 0;
+    while i < m {
+        let r = (m - i).min(4);
+        for j in 0..n {
+            let brow = &b[j * k..(j + 1) * k];
+            for rr in 0..r {
+                let arow = &a[(i + rr) * k..(i + rr + 1) * k];
+                // SAFETY: row i + rr < m, column j < n of the caller's C.
+                unsafe { *c.add((i + rr) * ldc + j) = dot_avx2(arow, brow) };
+            }
+        }
+        i += r;
+    }
+}
+
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: AVX2 + FMA checked by the dispatch point.
+    unsafe { dot_avx2(a, b) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: every load reads 8 floats at i < n - 7 of both slices.
+    unsafe {
+        let mut s0 = _mm256_setzero_ps();
+        let mut s1 = _mm256_setzero_ps();
+        let mut s2 = _mm256_setzero_ps();
+        let mut s3 = _mm256_setzero_ps();
+        while i + 32 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+            s1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+                s1,
+            );
+            s2 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 16)),
+                _mm256_loadu_ps(pb.add(i + 16)),
+                s2,
+            );
+            s3 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 24)),
+                _mm256_loadu_ps(pb.add(i + 24)),
+                s3,
+            );
+            i += 32;
+        }
+        while i + 8 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+            i += 8;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+        let lo = _mm256_castps256_ps128(s);
+        let hi = _mm256_extractf128_ps::<1>(s);
+        let q = _mm_add_ps(lo, hi);
+        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        let q = _mm_add_ss(q, _mm_shuffle_ps::<1>(q, q));
+        let mut total = _mm_cvtss_f32(q);
+        while i < n {
+            total += a[i] * b[i];
+            i += 1;
+        }
+        total
+    }
+}
+
+pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    // SAFETY: AVX2 + FMA checked by the dispatch point.
+    unsafe { axpy_avx2(alpha, x, y) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn axpy_avx2(alpha: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let mut i = 0;
+    // SAFETY: every access is 8 floats at i < n - 7 of both slices.
+    unsafe {
+        let va = _mm256_set1_ps(alpha);
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        while i + 8 <= n {
+            let v = _mm256_fmadd_ps(va, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)));
+            _mm256_storeu_ps(py.add(i), v);
+            i += 8;
+        }
+    }
+    while i < n {
+        y[i] += alpha * x[i];
+        i += 1;
+    }
+}

@@ -1,0 +1,220 @@
+//! Generation: prefill the prompts once, then decode every sequence together, one token per
+//! step, each step reading the weights once for all of them.
+//!
+//! With `num_return_sequences = n`, each prompt's KV cache is filled once and copied to its `n`
+//! continuations. Output follows `transformers`: each row is the (left-padded) prompt, then the
+//! new tokens; a sequence that has ended is filled with the pad token while others go on.
+
+use std::sync::Arc;
+
+use crate::model::gpt2::{Cache, Gpt2};
+use crate::model::sampling::{self, Rng, Sampling};
+use crate::{Error, Result};
+
+/// The arguments of `generate` (already resolved from `max_length`, `generation_config.json`
+/// and the like by the caller).
+#[derive(Debug, Clone)]
+pub struct GenerateParams {
+    pub max_new_tokens: usize,
+    pub min_new_tokens: usize,
+    pub num_return_sequences: usize,
+    pub sampling: Sampling,
+    /// A sequence ends after any of these.
+    pub eos: Vec<u32>,
+    /// Fills the left padding of prompts and the tail of ended sequences.
+    pub pad: u32,
+    pub seed: u64,
+}
+
+/// A generation in progress: call [`Generation::step`] until it returns `None`.
+#[derive(Debug)]
+pub struct Generation {
+    model: Arc<Gpt2>,
+    params: GenerateParams,
+    cache: Cache,
+    /// Per output sequence: its prompt (unpadded) and the tokens generated so far.
+    history: Vec<Vec<u32>>,
+    prompt_len: Vec<usize>,
+    /// The padded prompt length shared by all rows.
+    width: usize,
+    new: Vec<Vec<u32>>,
+    finished: Vec<bool>,
+    /// `[sequences × vocab]`: the logits of each sequence's next token, when `fresh`.
+    logits: Vec<f32>,
+    fresh: bool,
+    steps: usize,
+    rng: Rng,
+    scratch: sampling::Scratch,
+    step_tokens: Vec<u32>,
+    step_mask: Vec<u8>,
+}
+
+impl Generation {
+    /// Prefills `prompts` (each non-empty) and prepares `num_return_sequences` continuations of
+    /// each.
+    pub fn new(model: Arc<Gpt2>, prompts: &[Vec<u32>], params: GenerateParams) -> Result<Self> {
+        params.sampling.validate()?;
+        if prompts.is_empty() {
+            return Err(Error::invalid("generate: no prompt given"));
+        }
+        if params.num_return_sequences == 0 {
+            return Err(Error::invalid("num_return_sequences must be at least 1"));
+        }
+        if prompts.iter().any(Vec::is_empty) {
+            return Err(Error::invalid(
+                "generate: an empty prompt (start it with the BOS token)",
+            ));
+        }
+        let n_pos = model.config.n_positions;
+        let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        if width > n_pos {
+            return Err(Error::invalid(format!(
+                "the prompt has {width} tokens; the model takes at most n_positions = {n_pos}"
+            )));
+        }
+        let b = prompts.len();
+        let mut tokens = vec![0u32; b * width];
+        let mut mask = vec![0u8; b * width];
+        for (i, p) in prompts.iter().enumerate() {
+            let off = width - p.len();
+            tokens[i * width + off..(i + 1) * width].copy_from_slice(p);
+            mask[i * width + off..(i + 1) * width].fill(1);
+        }
+        let mut cache = model.new_cache(b);
+        let mut logits = Vec::new();
+        model.forward_into(&mut cache, &tokens, &mask, width, true, &mut logits)?;
+        let n = params.num_return_sequences;
+        let vocab = model.config.vocab_size;
+        let (cache, logits) = if n == 1 {
+            (cache, logits)
+        } else {
+            let sources: Vec<usize> = (0..b).flat_map(|i| std::iter::repeat_n(i, n)).collect();
+            let mut rows = Vec::with_capacity(b * n * vocab);
+            for &s in &sources {
+                rows.extend_from_slice(&logits[s * vocab..(s + 1) * vocab]);
+            }
+            (cache.expand(&sources)?, rows)
+        };
+        let seqs = b * n;
+        let history: Vec<Vec<u32>> = (0..seqs).map(|i| prompts[i / n].clone()).collect();
+        Ok(Generation {
+            model,
+            cache,
+            prompt_len: history.iter().map(Vec::len).collect(),
+            history,
+            width,
+            new: vec![Vec::new(); seqs],
+            finished: vec![false; seqs],
+            logits,
+            fresh: true,
+            steps: 0,
+            rng: Rng::new(params.seed),
+            scratch: sampling::Scratch::default(),
+            step_tokens: vec![0; seqs],
+            step_mask: vec![1; seqs],
+            params,
+        })
+    }
+
+    /// The number of output sequences.
+    pub fn sequences(&self) -> usize {
+        self.history.len()
+    }
+
+    /// Steps taken (tokens generated per sequence, padding included).
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// True when no more steps will be taken.
+    pub fn done(&self) -> bool {
+        self.finished.iter().all(|&f| f)
+            || self.steps >= self.params.max_new_tokens
+            || (!self.fresh && self.cache.len(0) >= self.model.config.n_positions)
+    }
+
+    /// Generates one token for every sequence that has not ended. `stop(i, new_tokens)` may end
+    /// sequence `i` after its token (stop strings). Returns the token of each sequence (`None`
+    /// for those that had already ended), or `None` when generation is over.
+    pub fn step(
+        &mut self,
+        stop: &dyn Fn(usize, &[u32]) -> bool,
+    ) -> Result<Option<Vec<Option<u32>>>> {
+        if self.done() {
+            return Ok(None);
+        }
+        if !self.fresh {
+            let mut logits = std::mem::take(&mut self.logits);
+            self.model.forward_into(
+                &mut self.cache,
+                &self.step_tokens,
+                &self.step_mask,
+                1,
+                true,
+                &mut logits,
+            )?;
+            self.logits = logits;
+        }
+        let vocab = self.model.config.vocab_size;
+        let ban: &[u32] = if self.steps < self.params.min_new_tokens {
+            &self.params.eos
+        } else {
+            &[]
+        };
+        let mut out = Vec::with_capacity(self.history.len());
+        for i in 0..self.history.len() {
+            if self.finished[i] {
+                out.push(None);
+                self.step_tokens[i] = 0;
+                continue;
+            }
+            let row = &mut self.logits[i * vocab..(i + 1) * vocab];
+            let tok = sampling::choose(
+                row,
+                &self.history[i],
+                ban,
+                &self.params.sampling,
+                &mut self.rng,
+                &mut self.scratch,
+            );
+            self.history[i].push(tok);
+            self.new[i].push(tok);
+            self.step_tokens[i] = tok;
+            if self.params.eos.contains(&tok) || stop(i, &self.new[i]) {
+                self.finished[i] = true;
+            }
+            out.push(Some(tok));
+        }
+        self.steps += 1;
+        self.fresh = false;
+        Ok(Some(out))
+    }
+
+    /// Runs to the end.
+    pub fn run(&mut self, stop: &dyn Fn(usize, &[u32]) -> bool) -> Result<()> {
+        while self.step(stop)?.is_some() {}
+        Ok(())
+    }
+
+    /// The tokens generated so far for sequence `i` (no prompt, no padding).
+    pub fn new_tokens(&self, i: usize) -> &[u32] {
+        &self.new[i]
+    }
+
+    /// `[sequences × (width + steps)]`, row-major: left-padded prompt, then the new tokens, the
+    /// pad token after a sequence ended.
+    pub fn output(&self) -> (Vec<u32>, usize) {
+        let cols = self.width + self.steps;
+        let mut out = Vec::with_capacity(self.history.len() * cols);
+        for (i, h) in self.history.iter().enumerate() {
+            let pad_left = self.width - self.prompt_len[i];
+            out.extend(std::iter::repeat_n(self.params.pad, pad_left));
+            out.extend_from_slice(h);
+            out.extend(std::iter::repeat_n(
+                self.params.pad,
+                cols - pad_left - h.len(),
+            ));
+        }
+        (out, cols)
+    }
+}

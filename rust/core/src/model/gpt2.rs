@@ -1,0 +1,891 @@
+//! GPT-2: config, weights (memory-mapped safetensors, used in place), and the forward pass over
+//! a KV cache, batched over several sequences ("slots").
+//!
+//! One forward call advances every slot by the same number of tokens `t` (a left-padded prompt,
+//! or one decoded token each); a mask says which of them are real. Positions count real tokens
+//! only (as `transformers`' generate computes `position_ids` from the attention mask), so a
+//! left-padded sequence gets exactly the logits it gets alone.
+//!
+//! ```text
+//! x = wte[ids] + wpe[pos]                                 # [rows, d]
+//! for each layer:
+//!     h = ln_1(x); q, k, v = split(h @ c_attn + b)        # [rows, 3d]
+//!     a = softmax(q kᵀ / √hd + mask) v  (per head)        # [rows, d]
+//!     x = x + a @ c_proj + b
+//!     h = ln_2(x); x = x + gelu(h @ c_fc + b) @ mlp.c_proj + b
+//! logits = ln_f(x) @ wteᵀ                                 # [rows, vocab]
+//! ```
+
+use std::path::Path;
+
+use rayon::prelude::*;
+use serde_json::Value;
+
+use crate::io::safetensors::{Checkpoint, F32Tensor};
+use crate::kernels::{self, SendPtr};
+use crate::runtime::pool;
+use crate::{Error, Result};
+
+/// The activation of the MLP (`activation_function` in config.json).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: the tanh approximation.
+    GeluTanh,
+    /// `gelu`: the exact one, with erf.
+    Gelu,
+    Relu,
+    /// `quick_gelu`: `x * sigmoid(1.702 x)`.
+    QuickGelu,
+    /// `silu` / `swish`.
+    Silu,
+}
+
+impl Activation {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "gelu" => Activation::Gelu,
+            "relu" => Activation::Relu,
+            "quick_gelu" => Activation::QuickGelu,
+            "silu" | "swish" => Activation::Silu,
+            _ => return None,
+        })
+    }
+
+    #[inline]
+    fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::GeluTanh => {
+                const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+                0.5 * x * (1.0 + (C * (x + 0.044_715 * x * x * x)).tanh())
+            }
+            Activation::Gelu => 0.5 * x * (1.0 + erf(x / std::f32::consts::SQRT_2)),
+            Activation::Relu => x.max(0.0),
+            Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+            Activation::Silu => x / (1.0 + (-x).exp()),
+        }
+    }
+}
+
+/// erf to f32 precision (Abramowitz–Stegun 7.1.26 is too coarse; this is a minimax rational
+/// approximation evaluated in f64).
+fn erf(x: f32) -> f32 {
+    let x = f64::from(x);
+    let t = 1.0 / (1.0 + 0.5 * x.abs());
+    // Numerical Recipes' erfc, |error| < 1.2e-7.
+    let y = t
+        * (-x * x - 1.265_512_23
+            + t * (1.000_023_68
+                + t * (0.374_091_96
+                    + t * (0.096_784_18
+                        + t * (-0.186_288_06
+                            + t * (0.278_868_07
+                                + t * (-1.135_203_98
+                                    + t * (1.488_515_87
+                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+            .exp();
+    (if x >= 0.0 { 1.0 - y } else { y - 1.0 }) as f32
+}
+
+/// The fields of a GPT-2 `config.json` that the forward pass uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_positions: usize,
+    pub n_inner: usize,
+    pub layer_norm_epsilon: f32,
+    pub activation: Activation,
+    pub scale_attn_weights: bool,
+    pub scale_attn_by_inverse_layer_idx: bool,
+    pub tie_word_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+}
+
+impl Gpt2Config {
+    /// Reads a `config.json`; anything but GPT-2 is refused naming its `model_type`.
+    pub fn from_json(what: &str, data: &[u8]) -> Result<Self> {
+        let v: Value = serde_json::from_slice(data)
+            .map_err(|e| Error::format(what, format!("not JSON: {e}")))?;
+        let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
+        if model_type != "gpt2" {
+            return Err(Error::Unsupported(format!(
+                "architecture: {what} has model_type {model_type:?}; this loader reads \"gpt2\""
+            )));
+        }
+        let usize_of = |key: &str, default: Option<usize>| -> Result<usize> {
+            match v.get(key) {
+                None | Some(Value::Null) => {
+                    default.ok_or_else(|| Error::format(what, format!("`{key}` is missing")))
+                }
+                Some(x) => x
+                    .as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| {
+                        Error::format(what, format!("`{key}` must be a positive integer"))
+                    }),
+            }
+        };
+        let bool_of = |key: &str, default: bool| -> Result<bool> {
+            match v.get(key) {
+                None | Some(Value::Null) => Ok(default),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(_) => Err(Error::format(
+                    what,
+                    format!("`{key}` must be true or false"),
+                )),
+            }
+        };
+        let id_of = |key: &str| -> Option<u32> {
+            match v.get(key) {
+                Some(Value::Number(n)) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+                Some(Value::Array(a)) => a
+                    .first()
+                    .and_then(Value::as_u64)
+                    .and_then(|n| u32::try_from(n).ok()),
+                _ => None,
+            }
+        };
+        let n_embd = usize_of("n_embd", Some(768))?;
+        let n_head = usize_of("n_head", Some(12))?;
+        if n_embd % n_head != 0 {
+            return Err(Error::format(
+                what,
+                format!("n_embd {n_embd} is not a multiple of n_head {n_head}"),
+            ));
+        }
+        let act = v
+            .get("activation_function")
+            .and_then(Value::as_str)
+            .unwrap_or("gelu_new");
+        let activation = Activation::parse(act)
+            .ok_or_else(|| Error::Unsupported(format!("activation_function {act:?}")))?;
+        let eps = v
+            .get("layer_norm_epsilon")
+            .and_then(Value::as_f64)
+            .unwrap_or(1e-5);
+        Ok(Gpt2Config {
+            vocab_size: usize_of("vocab_size", Some(50257))?,
+            n_embd,
+            n_layer: usize_of("n_layer", Some(12))?,
+            n_head,
+            n_positions: usize_of("n_positions", Some(1024))?,
+            n_inner: usize_of("n_inner", Some(4 * n_embd))?,
+            layer_norm_epsilon: eps as f32,
+            activation,
+            scale_attn_weights: bool_of("scale_attn_weights", true)?,
+            scale_attn_by_inverse_layer_idx: bool_of("scale_attn_by_inverse_layer_idx", false)?,
+            tie_word_embeddings: bool_of("tie_word_embeddings", true)?,
+            bos_token_id: id_of("bos_token_id"),
+            eos_token_id: id_of("eos_token_id"),
+        })
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.n_embd / self.n_head
+    }
+}
+
+/// A linear layer stored as GPT-2's Conv1D: `y = x @ w + b`, `w` is `[in, out]`.
+#[derive(Debug, Clone)]
+struct Linear {
+    w: F32Tensor,
+    b: F32Tensor,
+    n_in: usize,
+    n_out: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Norm {
+    w: F32Tensor,
+    b: F32Tensor,
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    ln_1: Norm,
+    c_attn: Linear,
+    attn_proj: Linear,
+    ln_2: Norm,
+    c_fc: Linear,
+    mlp_proj: Linear,
+}
+
+/// A loaded GPT-2: immutable, shared across threads.
+#[derive(Debug)]
+pub struct Gpt2 {
+    pub config: Gpt2Config,
+    wte: F32Tensor,
+    wpe: F32Tensor,
+    blocks: Vec<Block>,
+    ln_f: Norm,
+    /// `None`: tied to `wte`.
+    lm_head: Option<F32Tensor>,
+    weight_bytes: usize,
+}
+
+impl Gpt2 {
+    /// Loads `config.json` and the safetensors checkpoint of a model folder.
+    pub fn load(folder: &Path) -> Result<Self> {
+        let cfg_path = folder.join("config.json");
+        let cfg_bytes = std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let config = Gpt2Config::from_json(&cfg_path.display().to_string(), &cfg_bytes)?;
+        let ck = Checkpoint::open_folder(folder)?;
+        Self::from_checkpoint(config, &ck)
+    }
+
+    /// Takes the weights from `ck`, checking every name and shape against `config`. Names may
+    /// carry the `transformer.` prefix (`GPT2LMHeadModel.save_pretrained`) or not (the original
+    /// checkpoints).
+    pub fn from_checkpoint(config: Gpt2Config, ck: &Checkpoint) -> Result<Self> {
+        let prefix = if ck.contains("transformer.wte.weight") {
+            "transformer."
+        } else {
+            ""
+        };
+        let (d, inner, vocab) = (config.n_embd, config.n_inner, config.vocab_size);
+        let get = |name: &str, shape: &[usize]| ck.f32(&format!("{prefix}{name}"), shape);
+        let norm = |name: &str| -> Result<Norm> {
+            Ok(Norm {
+                w: get(&format!("{name}.weight"), &[d])?,
+                b: get(&format!("{name}.bias"), &[d])?,
+            })
+        };
+        let linear = |name: &str, n_in: usize, n_out: usize| -> Result<Linear> {
+            Ok(Linear {
+                w: get(&format!("{name}.weight"), &[n_in, n_out])?,
+                b: get(&format!("{name}.bias"), &[n_out])?,
+                n_in,
+                n_out,
+            })
+        };
+        let mut blocks = Vec::with_capacity(config.n_layer);
+        for l in 0..config.n_layer {
+            let p = format!("h.{l}");
+            blocks.push(Block {
+                ln_1: norm(&format!("{p}.ln_1"))?,
+                c_attn: linear(&format!("{p}.attn.c_attn"), d, 3 * d)?,
+                attn_proj: linear(&format!("{p}.attn.c_proj"), d, d)?,
+                ln_2: norm(&format!("{p}.ln_2"))?,
+                c_fc: linear(&format!("{p}.mlp.c_fc"), d, inner)?,
+                mlp_proj: linear(&format!("{p}.mlp.c_proj"), inner, d)?,
+            });
+        }
+        if ck.contains(&format!("{prefix}h.{}.ln_1.weight", config.n_layer)) {
+            return Err(Error::format(
+                "checkpoint",
+                format!(
+                    "it has more layers than the config's n_layer = {}",
+                    config.n_layer
+                ),
+            ));
+        }
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(ck.f32("lm_head.weight", &[vocab, d])?)
+        };
+        let model = Gpt2 {
+            wte: get("wte.weight", &[vocab, d])?,
+            wpe: get("wpe.weight", &[config.n_positions, d])?,
+            blocks,
+            ln_f: norm("ln_f")?,
+            lm_head,
+            weight_bytes: ck.data_bytes(),
+            config,
+        };
+        Ok(model)
+    }
+
+    /// Bytes of weights read per decoded token (every matrix once, the embeddings' rows aside).
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+
+    /// An empty KV cache for `slots` sequences of up to `n_positions` tokens.
+    pub fn new_cache(&self, slots: usize) -> Cache {
+        Cache::new(&self.config, slots)
+    }
+
+    /// Advances every slot of `cache` by `t` tokens: `tokens` and `mask` are `[slots × t]`
+    /// (mask 1 = a real token, 0 = padding). Returns the logits `[slots × t × vocab]`, or with
+    /// `last_only` those of each slot's last position `[slots × vocab]`.
+    pub fn forward(
+        &self,
+        cache: &mut Cache,
+        tokens: &[u32],
+        mask: &[u8],
+        t: usize,
+        last_only: bool,
+    ) -> Result<Vec<f32>> {
+        let mut logits = Vec::new();
+        self.forward_into(cache, tokens, mask, t, last_only, &mut logits)?;
+        Ok(logits)
+    }
+
+    /// [`Gpt2::forward`] writing into `logits` (resized), reusing the cache's work buffers:
+    /// decoding allocates nothing per token once they have grown.
+    pub fn forward_into(
+        &self,
+        cache: &mut Cache,
+        tokens: &[u32],
+        mask: &[u8],
+        t: usize,
+        last_only: bool,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let slots = cache.slots;
+        if tokens.len() != slots * t || mask.len() != slots * t {
+            return Err(Error::invalid(format!(
+                "forward: {} tokens and {} mask values for {slots} sequences of {t}",
+                tokens.len(),
+                mask.len()
+            )));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
+            return Err(Error::OutOfRange(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                c.vocab_size
+            )));
+        }
+        for s in 0..slots {
+            if cache.len[s] + t > c.n_positions {
+                return Err(Error::invalid(format!(
+                    "sequence of {} tokens is longer than the model's n_positions = {}",
+                    cache.len[s] + t,
+                    c.n_positions
+                )));
+            }
+        }
+        let kern = kernels::get();
+        let (d, hd, nh) = (c.n_embd, c.head_dim(), c.n_head);
+        let rows = slots * t;
+        let ws = &mut cache.work;
+        ws.ensure(rows, c);
+        // Positions: real tokens count from the slot's next position; padding gets position 0.
+        let mut positions = Vec::with_capacity(rows);
+        for s in 0..slots {
+            let mut p = cache.next_pos[s];
+            for i in 0..t {
+                if mask[s * t + i] != 0 {
+                    positions.push(p);
+                    p += 1;
+                } else {
+                    positions.push(0);
+                }
+            }
+        }
+        pool::install(|| -> Result<()> {
+            // x = wte[ids] + wpe[pos]                                  [rows, d]
+            let (wte, wpe) = (self.wte.values(), self.wpe.values());
+            for (r, row) in ws.x[..rows * d].chunks_exact_mut(d).enumerate() {
+                let (tok, pos) = (tokens[r] as usize, positions[r]);
+                for ((o, &a), &b) in row
+                    .iter_mut()
+                    .zip(&wte[tok * d..(tok + 1) * d])
+                    .zip(&wpe[pos * d..(pos + 1) * d])
+                {
+                    *o = a + b;
+                }
+            }
+            for (l, blk) in self.blocks.iter().enumerate() {
+                // h = ln_1(x)                                           [rows, d]
+                layer_norm(&ws.x[..rows * d], &mut ws.h[..rows * d], &blk.ln_1, c);
+                // qkv = h @ c_attn + b                                  [rows, 3d]
+                linear(
+                    kern,
+                    &ws.h[..rows * d],
+                    rows,
+                    &blk.c_attn,
+                    &mut ws.qkv[..rows * 3 * d],
+                );
+                // k, v appended to the cache; attention per (slot, head)   [rows, d]
+                cache_append(
+                    cache_kv(&mut cache.k, &mut cache.v),
+                    &cache.geom,
+                    l,
+                    &cache.len,
+                    &ws.qkv,
+                    t,
+                    d,
+                );
+                let scale = {
+                    let mut s = if c.scale_attn_weights {
+                        1.0 / (hd as f32).sqrt()
+                    } else {
+                        1.0
+                    };
+                    if c.scale_attn_by_inverse_layer_idx {
+                        s /= (l + 1) as f32;
+                    }
+                    s
+                };
+                attention(
+                    kern,
+                    &AttnArgs {
+                        qkv: &ws.qkv[..rows * 3 * d],
+                        k: &cache.k,
+                        v: &cache.v,
+                        geom: &cache.geom,
+                        layer: l,
+                        len: &cache.len,
+                        valid: &cache.valid,
+                        mask,
+                        t,
+                        d,
+                        hd,
+                        nh,
+                        scale,
+                    },
+                    &mut ws.att[..rows * d],
+                    &mut ws.scores,
+                );
+                // x = x + att @ c_proj + b
+                linear(
+                    kern,
+                    &ws.att[..rows * d],
+                    rows,
+                    &blk.attn_proj,
+                    &mut ws.h[..rows * d],
+                );
+                add_in(&mut ws.x[..rows * d], &ws.h[..rows * d]);
+                // x = x + act(ln_2(x) @ c_fc + b) @ c_proj + b
+                layer_norm(&ws.x[..rows * d], &mut ws.h[..rows * d], &blk.ln_2, c);
+                let inner = c.n_inner;
+                linear(
+                    kern,
+                    &ws.h[..rows * d],
+                    rows,
+                    &blk.c_fc,
+                    &mut ws.mlp[..rows * inner],
+                );
+                let act = c.activation;
+                ws.mlp[..rows * inner]
+                    .par_chunks_mut(4096)
+                    .for_each(|ch| ch.iter_mut().for_each(|v| *v = act.apply(*v)));
+                linear(
+                    kern,
+                    &ws.mlp[..rows * inner],
+                    rows,
+                    &blk.mlp_proj,
+                    &mut ws.h[..rows * d],
+                );
+                add_in(&mut ws.x[..rows * d], &ws.h[..rows * d]);
+            }
+            // logits = ln_f(x) @ wteᵀ
+            let out_rows: Vec<usize> = if last_only {
+                (0..slots).map(|s| s * t + t - 1).collect()
+            } else {
+                (0..rows).collect()
+            };
+            for (i, &r) in out_rows.iter().enumerate() {
+                let (src, dst) = (&ws.x[r * d..(r + 1) * d], i * d);
+                ws.h[dst..dst + d].copy_from_slice(src);
+            }
+            let m = out_rows.len();
+            layer_norm_in_place(&mut ws.h[..m * d], &self.ln_f, c);
+            let head = self.lm_head.as_ref().unwrap_or(&self.wte).values();
+            logits.clear();
+            logits.resize(m * c.vocab_size, 0.0);
+            gemm_nt_parallel(kern, &ws.h[..m * d], m, d, head, c.vocab_size, logits);
+            Ok(())
+        })??;
+        // The new positions are now part of each slot's history.
+        for s in 0..slots {
+            for i in 0..t {
+                let real = mask[s * t + i] != 0;
+                let at = s * c.n_positions + cache.len[s] + i;
+                cache.valid[at] = u8::from(real);
+                if real {
+                    cache.next_pos[s] += 1;
+                }
+            }
+            cache.len[s] += t;
+        }
+        Ok(())
+    }
+}
+
+/// Where slot `s`, layer `l`, position `p` starts in the cache's `k` / `v` buffers.
+#[derive(Debug, Clone, Copy)]
+struct Geom {
+    n_ctx: usize,
+    n_layer: usize,
+    d: usize,
+}
+
+impl Geom {
+    #[inline]
+    fn at(&self, s: usize, l: usize, p: usize) -> usize {
+        ((s * self.n_layer + l) * self.n_ctx + p) * self.d
+    }
+}
+
+fn cache_kv<'a>(k: &'a mut [f32], v: &'a mut [f32]) -> (&'a mut [f32], &'a mut [f32]) {
+    (k, v)
+}
+
+/// Copies the new keys and values (columns d..2d and 2d..3d of `qkv`) into the cache.
+fn cache_append(
+    (k, v): (&mut [f32], &mut [f32]),
+    geom: &Geom,
+    l: usize,
+    len: &[usize],
+    qkv: &[f32],
+    t: usize,
+    d: usize,
+) {
+    for (s, &start) in len.iter().enumerate() {
+        for i in 0..t {
+            let row = &qkv[(s * t + i) * 3 * d..(s * t + i + 1) * 3 * d];
+            let at = geom.at(s, l, start + i);
+            k[at..at + d].copy_from_slice(&row[d..2 * d]);
+            v[at..at + d].copy_from_slice(&row[2 * d..3 * d]);
+        }
+    }
+}
+
+struct AttnArgs<'a> {
+    qkv: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    geom: &'a Geom,
+    layer: usize,
+    len: &'a [usize],
+    valid: &'a [u8],
+    mask: &'a [u8],
+    t: usize,
+    d: usize,
+    hd: usize,
+    nh: usize,
+    scale: f32,
+}
+
+/// Causal attention of the `t` new positions of every slot over that slot's cache, in parallel
+/// over (slot, head) pairs. `out` is `[rows, d]`; `scores` a scratch of at least
+/// `slots × heads × n_ctx`.
+fn attention(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
+    let slots = a.len.len();
+    let n_ctx = a.geom.n_ctx;
+    scores.resize(slots * a.nh * n_ctx, 0.0);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    scores
+        .par_chunks_mut(n_ctx)
+        .enumerate()
+        .for_each(|(job, sc)| {
+            let (s, h) = (job / a.nh, job % a.nh);
+            let base = a.len[s];
+            for i in 0..a.t {
+                let row = s * a.t + i;
+                let q = &a.qkv[row * 3 * a.d + h * a.hd..row * 3 * a.d + (h + 1) * a.hd];
+                let upto = base + i + 1; // positions 0..=base+i
+                let mut max = f32::NEG_INFINITY;
+                for (p, slot) in sc.iter_mut().enumerate().take(upto) {
+                    // A position is seen if it is a real token (the query's own always is, so
+                    // a padded query has something to attend to; its output is never used).
+                    let seen = if p < base {
+                        a.valid[s * n_ctx + p] != 0
+                    } else {
+                        p == base + i || a.mask[s * a.t + (p - base)] != 0
+                    };
+                    if seen {
+                        let at = a.geom.at(s, a.layer, p) + h * a.hd;
+                        let x = (kern.dot)(q, &a.k[at..at + a.hd]) * a.scale;
+                        *slot = x;
+                        max = max.max(x);
+                    } else {
+                        *slot = f32::NEG_INFINITY;
+                    }
+                }
+                let mut sum = 0.0;
+                for x in sc[..upto].iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                // SAFETY: each (slot, head) job writes only row `row`'s columns of head `h`,
+                // disjoint from every other job's; `out` outlives the parallel loop.
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(out_ptr.get().add(row * a.d + h * a.hd), a.hd)
+                };
+                o.fill(0.0);
+                let inv = 1.0 / sum;
+                for (p, &w) in sc[..upto].iter().enumerate() {
+                    if w != 0.0 {
+                        let at = a.geom.at(s, a.layer, p) + h * a.hd;
+                        (kern.axpy)(w * inv, &a.v[at..at + a.hd], o);
+                    }
+                }
+            }
+        });
+}
+
+fn layer_norm(x: &[f32], out: &mut [f32], n: &Norm, c: &Gpt2Config) {
+    let d = c.n_embd;
+    let (w, b) = (n.w.values(), n.b.values());
+    let eps = c.layer_norm_epsilon;
+    out.par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .for_each(|(o, row)| norm_row(row, o, w, b, eps));
+}
+
+fn layer_norm_in_place(x: &mut [f32], n: &Norm, c: &Gpt2Config) {
+    let d = c.n_embd;
+    let (w, b) = (n.w.values(), n.b.values());
+    let eps = c.layer_norm_epsilon;
+    let mut tmp = vec![0.0; d];
+    for row in x.chunks_exact_mut(d) {
+        norm_row(row, &mut tmp, w, b, eps);
+        row.copy_from_slice(&tmp);
+    }
+}
+
+#[inline]
+fn norm_row(row: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    for (((o, &v), &g), &bb) in out.iter_mut().zip(row).zip(w).zip(b) {
+        *o = (v - mean) * inv * g + bb;
+    }
+}
+
+fn add_in(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// Columns per parallel task of a matmul: a multiple of 32 (the widest register tile).
+fn column_chunk(n: usize, threads: usize) -> usize {
+    let per = n.div_ceil(threads.max(1) * 2);
+    per.div_ceil(32).max(1) * 32
+}
+
+/// `out[m × n_out] = x[m × n_in] @ w + b`, on the pool: split by columns for a few rows (each
+/// weight streamed once), by rows for many.
+fn linear(kern: &kernels::Kernels, x: &[f32], m: usize, lin: &Linear, out: &mut [f32]) {
+    let (k, n) = (lin.n_in, lin.n_out);
+    let w = lin.w.values();
+    let threads = rayon::current_num_threads();
+    if m >= 4 * threads {
+        let per = m.div_ceil(threads * 2).max(4);
+        out.par_chunks_mut(per * n)
+            .zip(x.par_chunks(per * k))
+            .for_each(|(o, a)| {
+                let rows = o.len() / n;
+                // SAFETY: `o` is exactly `rows × n`, owned by this task.
+                unsafe { (kern.gemm)(rows, n, k, a, w, n, o.as_mut_ptr(), n) };
+            });
+    } else {
+        let chunk = column_chunk(n, threads);
+        let ptr = SendPtr(out.as_mut_ptr());
+        (0..n.div_ceil(chunk)).into_par_iter().for_each(|ci| {
+            let j0 = ci * chunk;
+            let wid = chunk.min(n - j0);
+            // SAFETY: each task writes columns j0..j0+wid of the m rows, disjoint from the
+            // others'; `out` is m × n and outlives the loop.
+            unsafe { (kern.gemm)(m, wid, k, x, &w[j0..], n, ptr.get().add(j0), n) };
+        });
+    }
+    let b = lin.b.values();
+    for row in out.chunks_exact_mut(n) {
+        add_in(row, b);
+    }
+}
+
+/// `out[m × n] = x[m × k] · bᵀ` with `b` `[n × k]`, split by rows of `b` across the pool.
+fn gemm_nt_parallel(
+    kern: &kernels::Kernels,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    b: &[f32],
+    n: usize,
+    out: &mut [f32],
+) {
+    let chunk = column_chunk(n, rayon::current_num_threads()).max(256);
+    let ptr = SendPtr(out.as_mut_ptr());
+    (0..n.div_ceil(chunk)).into_par_iter().for_each(|ci| {
+        let j0 = ci * chunk;
+        let wid = chunk.min(n - j0);
+        // SAFETY: columns j0..j0+wid of the m rows of `out` (m × n), disjoint per task.
+        unsafe {
+            (kern.gemm_nt)(
+                m,
+                wid,
+                k,
+                x,
+                &b[j0 * k..(j0 + wid) * k],
+                ptr.get().add(j0),
+                n,
+            )
+        };
+    });
+}
+
+/// Work buffers of the forward pass, grown to the largest call and reused.
+#[derive(Debug, Default)]
+struct Work {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    mlp: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+impl Work {
+    fn ensure(&mut self, rows: usize, c: &Gpt2Config) {
+        let d = c.n_embd;
+        let grow = |v: &mut Vec<f32>, n: usize| {
+            if v.len() < n {
+                v.resize(n, 0.0);
+            }
+        };
+        grow(&mut self.x, rows * d);
+        grow(&mut self.h, rows * d);
+        grow(&mut self.qkv, rows * 3 * d);
+        grow(&mut self.att, rows * d);
+        grow(&mut self.mlp, rows * c.n_inner);
+    }
+}
+
+/// The KV cache of `slots` sequences: keys and values of every layer at every position so far,
+/// `[slot][layer][n_positions][d]` (heads side by side within `d`), preallocated.
+#[derive(Debug)]
+pub struct Cache {
+    slots: usize,
+    geom: Geom,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Positions filled per slot (padding included).
+    len: Vec<usize>,
+    /// `[slot][n_positions]`: 1 where the position holds a real token.
+    valid: Vec<u8>,
+    /// The position id of each slot's next real token.
+    next_pos: Vec<usize>,
+    work: Work,
+}
+
+impl Cache {
+    fn new(c: &Gpt2Config, slots: usize) -> Self {
+        let geom = Geom {
+            n_ctx: c.n_positions,
+            n_layer: c.n_layer,
+            d: c.n_embd,
+        };
+        let size = slots * c.n_layer * c.n_positions * c.n_embd;
+        Cache {
+            slots,
+            geom,
+            k: vec![0.0; size],
+            v: vec![0.0; size],
+            len: vec![0; slots],
+            valid: vec![0; slots * c.n_positions],
+            next_pos: vec![0; slots],
+            work: Work::default(),
+        }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Positions filled in slot `s` (padding included).
+    pub fn len(&self, s: usize) -> usize {
+        self.len[s]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len.iter().all(|&l| l == 0)
+    }
+
+    /// Bytes held by keys and values.
+    pub fn bytes(&self) -> usize {
+        (self.k.len() + self.v.len()) * 4
+    }
+
+    /// A cache of `sources.len()` slots, slot `i` a copy of this cache's slot `sources[i]`: a
+    /// prompt prefilled once, shared by several sampled continuations.
+    pub fn expand(&self, sources: &[usize]) -> Result<Cache> {
+        if let Some(&bad) = sources.iter().find(|&&s| s >= self.slots) {
+            return Err(Error::OutOfRange(format!(
+                "slot {bad} of a cache of {}",
+                self.slots
+            )));
+        }
+        let g = self.geom;
+        let per = g.n_layer * g.n_ctx * g.d;
+        let n = sources.len();
+        let mut k = vec![0.0; n * per];
+        let mut v = vec![0.0; n * per];
+        let mut valid = vec![0; n * g.n_ctx];
+        for (i, &s) in sources.iter().enumerate() {
+            // Only the filled positions of each layer need copying.
+            for l in 0..g.n_layer {
+                let (src, dst) = (g.at(s, l, 0), g.at(i, l, 0));
+                let used = self.len[s] * g.d;
+                k[dst..dst + used].copy_from_slice(&self.k[src..src + used]);
+                v[dst..dst + used].copy_from_slice(&self.v[src..src + used]);
+            }
+            valid[i * g.n_ctx..(i + 1) * g.n_ctx]
+                .copy_from_slice(&self.valid[s * g.n_ctx..(s + 1) * g.n_ctx]);
+        }
+        Ok(Cache {
+            slots: n,
+            geom: g,
+            k,
+            v,
+            len: sources.iter().map(|&s| self.len[s]).collect(),
+            valid,
+            next_pos: sources.iter().map(|&s| self.next_pos[s]).collect(),
+            work: Work::default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_and_activations() {
+        for (x, want) in [
+            (0.0, 0.0),
+            (0.5, 0.520_499_9),
+            (1.0, 0.842_700_8),
+            (-2.0, -0.995_322_3),
+        ] {
+            assert!((erf(x) - want).abs() < 2e-7, "erf({x})");
+        }
+        assert!((Activation::GeluTanh.apply(1.0) - 0.841_192).abs() < 1e-5);
+        assert!((Activation::Gelu.apply(1.0) - 0.841_344_7).abs() < 1e-6);
+        assert_eq!(Activation::Relu.apply(-3.0), 0.0);
+    }
+
+    #[test]
+    fn config_is_checked() {
+        let ok = br#"{"model_type": "gpt2", "n_embd": 64, "n_head": 4, "n_layer": 2,
+                      "n_positions": 128, "vocab_size": 100}"#;
+        let c = Gpt2Config::from_json("config.json", ok).unwrap();
+        assert_eq!(
+            (c.n_inner, c.head_dim(), c.activation),
+            (256, 16, Activation::GeluTanh)
+        );
+        let llama = br#"{"model_type": "llama"}"#;
+        assert!(Gpt2Config::from_json("c", llama)
+            .unwrap_err()
+            .to_string()
+            .contains("\"llama\""));
+        let bad = br#"{"model_type": "gpt2", "n_embd": 65, "n_head": 4}"#;
+        assert!(Gpt2Config::from_json("c", bad).is_err());
+        let act = br#"{"model_type": "gpt2", "activation_function": "mish"}"#;
+        assert!(Gpt2Config::from_json("c", act).is_err());
+    }
+}

@@ -1,0 +1,5 @@
+//! Forward passes and generation.
+
+pub mod generate;
+pub mod gpt2;
+pub mod sampling;

@@ -1,0 +1,350 @@
+//! Glue for `ferrolm_core::model`: the `Gpt2` class (forward pass over an explicit `Cache`,
+//! generation run entirely in Rust) and `Generation`, a step-by-step generation for streaming.
+//!
+//! Performance notes: token ids cross the boundary as lists of ints (small); logits come back as
+//! `bytes` of little-endian f32 that Python wraps with `numpy.frombuffer` without a copy.
+//! `generate` checks for Ctrl-C between steps (`PyErr_CheckSignals`, no Python code runs).
+
+use std::sync::Arc;
+
+use ferrolm_core::model::generate::{GenerateParams, Generation};
+use ferrolm_core::model::gpt2::{Cache, Gpt2};
+use ferrolm_core::model::sampling::Sampling;
+use ferrolm_core::tokenizer::Tokenizer;
+use ferrolm_core::Error;
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use crate::errors::{attached, detached};
+use crate::tokenizer::PyTokenizer;
+
+/// A KV cache for some number of sequences; pass it back to `forward` to continue them.
+#[derive(Debug)]
+#[pyclass(frozen, module = "ferrolm._core", name = "Cache")]
+pub struct PyCache {
+    inner: Mutex<Cache>,
+}
+
+#[pymethods]
+impl PyCache {
+    /// The number of sequences.
+    #[getter]
+    fn batch(&self) -> usize {
+        self.inner.lock().slots()
+    }
+
+    /// Positions filled in each sequence (padding included).
+    #[getter]
+    fn lengths(&self) -> Vec<usize> {
+        let c = self.inner.lock();
+        (0..c.slots()).map(|s| c.len(s)).collect()
+    }
+
+    /// Bytes held by keys and values.
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.inner.lock().bytes()
+    }
+
+    /// A cache of `len(rows)` sequences, each a copy of sequence `rows[i]` of this one.
+    fn select(&self, py: Python<'_>, rows: Vec<usize>) -> PyResult<PyCache> {
+        let guard = self.inner.lock();
+        let c: &Cache = &guard;
+        let out = detached(py, || c.expand(&rows))?;
+        Ok(PyCache {
+            inner: Mutex::new(out),
+        })
+    }
+}
+
+/// A GPT-2 model loaded from a folder (immutable; share it across threads).
+#[derive(Debug)]
+#[pyclass(frozen, module = "ferrolm._core", name = "Gpt2")]
+pub struct PyGpt2 {
+    model: Arc<Gpt2>,
+}
+
+/// The sampling and stopping arguments, as `generate` receives them from Python.
+#[derive(Debug, Clone)]
+struct GenArgs {
+    params: GenerateParams,
+    stop: Vec<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gen_args(
+    max_new_tokens: usize,
+    min_new_tokens: usize,
+    num_return_sequences: usize,
+    do_sample: bool,
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
+    min_p: f32,
+    repetition_penalty: f32,
+    no_repeat_ngram_size: usize,
+    eos: Vec<u32>,
+    pad: u32,
+    seed: u64,
+    stop: Vec<String>,
+) -> GenArgs {
+    GenArgs {
+        params: GenerateParams {
+            max_new_tokens,
+            min_new_tokens,
+            num_return_sequences,
+            sampling: Sampling {
+                do_sample,
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                repetition_penalty,
+                no_repeat_ngram_size,
+            },
+            eos,
+            pad,
+            seed,
+        },
+        stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+    }
+}
+
+/// `stop(i, new_tokens)`: true when the text of the last tokens contains a stop string.
+fn stop_check<'a>(
+    tokenizer: Option<&'a Tokenizer>,
+    stop: &'a [String],
+) -> impl Fn(usize, &[u32]) -> bool + 'a {
+    let window = stop.iter().map(String::len).max().unwrap_or(0) + 1;
+    move |_i, new| {
+        let Some(tok) = tokenizer else { return false };
+        if stop.is_empty() {
+            return false;
+        }
+        let tail = &new[new.len().saturating_sub(window)..];
+        match tok.decode_bytes(tail, false) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                stop.iter().any(|s| text.contains(s.as_str()))
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+#[pymethods]
+impl PyGpt2 {
+    /// Loads `config.json` and `model.safetensors` (or its shards) from a folder.
+    #[staticmethod]
+    fn load(py: Python<'_>, path: std::path::PathBuf) -> PyResult<PyGpt2> {
+        let model = detached(py, || Gpt2::load(&path))?;
+        Ok(PyGpt2 {
+            model: Arc::new(model),
+        })
+    }
+
+    /// The config fields the forward pass uses.
+    #[getter]
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = &self.model.config;
+        let d = PyDict::new(py);
+        d.set_item("vocab_size", c.vocab_size)?;
+        d.set_item("n_embd", c.n_embd)?;
+        d.set_item("n_layer", c.n_layer)?;
+        d.set_item("n_head", c.n_head)?;
+        d.set_item("n_positions", c.n_positions)?;
+        d.set_item("n_inner", c.n_inner)?;
+        d.set_item("bos_token_id", c.bos_token_id)?;
+        d.set_item("eos_token_id", c.eos_token_id)?;
+        d.set_item("tie_word_embeddings", c.tie_word_embeddings)?;
+        Ok(d)
+    }
+
+    /// Bytes of weight data in the checkpoint.
+    #[getter]
+    fn weight_bytes(&self) -> usize {
+        self.model.weight_bytes()
+    }
+
+    /// A new, empty cache for `batch` sequences.
+    fn new_cache(&self, batch: usize) -> PyCache {
+        PyCache {
+            inner: Mutex::new(self.model.new_cache(batch)),
+        }
+    }
+
+    /// Advances every sequence of `cache` by `t` tokens (`tokens`, `mask`: `batch × t`,
+    /// row-major). Returns the logits as little-endian f32 bytes, `[batch, t, vocab]` or with
+    /// `last_only` `[batch, vocab]`.
+    #[pyo3(signature = (cache, tokens, mask, t, *, last_only = false))]
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        cache: &PyCache,
+        tokens: Vec<u32>,
+        mask: Vec<u8>,
+        t: usize,
+        last_only: bool,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let mut guard = cache.inner.lock();
+        let c: &mut Cache = &mut guard;
+        let logits = detached(py, || self.model.forward(c, &tokens, &mask, t, last_only))?;
+        f32_bytes(py, &logits)
+    }
+
+    /// Generates continuations of `prompts` (lists of ids, none empty), entirely in Rust with
+    /// the GIL released. Returns `(ids as little-endian u32 bytes, rows, cols)`.
+    #[pyo3(signature = (prompts, *, max_new_tokens, min_new_tokens, num_return_sequences, do_sample, temperature, top_k, top_p, min_p, repetition_penalty, no_repeat_ngram_size, eos, pad, seed, stop, tokenizer = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate<'py>(
+        &self,
+        py: Python<'py>,
+        prompts: Vec<Vec<u32>>,
+        max_new_tokens: usize,
+        min_new_tokens: usize,
+        num_return_sequences: usize,
+        do_sample: bool,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: f32,
+        repetition_penalty: f32,
+        no_repeat_ngram_size: usize,
+        eos: Vec<u32>,
+        pad: u32,
+        seed: u64,
+        stop: Vec<String>,
+        tokenizer: Option<&PyTokenizer>,
+    ) -> PyResult<(Bound<'py, PyBytes>, usize, usize)> {
+        let args = gen_args(
+            max_new_tokens,
+            min_new_tokens,
+            num_return_sequences,
+            do_sample,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            no_repeat_ngram_size,
+            eos,
+            pad,
+            seed,
+            stop,
+        );
+        let tok = tokenizer.map(PyTokenizer::core);
+        let interrupted: Mutex<Option<PyErr>> = Mutex::new(None);
+        let model = Arc::clone(&self.model);
+        let result = detached(py, || {
+            let mut g = Generation::new(model, &prompts, args.params.clone())?;
+            let stop = stop_check(tok.as_deref(), &args.stop);
+            loop {
+                // Ctrl-C: checked between steps, in C (no Python code runs).
+                let signal = Python::attach(|py| py.check_signals());
+                if let Err(e) = signal {
+                    *interrupted.lock() = Some(e);
+                    return Err(Error::Internal("interrupted".into()));
+                }
+                if g.step(&stop)?.is_none() {
+                    break;
+                }
+            }
+            Ok(g.output())
+        });
+        if let Some(e) = interrupted.lock().take() {
+            return Err(e);
+        }
+        let (ids, cols) = result?;
+        let rows = ids.len().checked_div(cols).unwrap_or(0);
+        let bytes: Vec<u8> = ids.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Ok((PyBytes::new(py, &bytes), rows, cols))
+    }
+
+    /// A generation to run step by step (for streaming): see `Generation.step`.
+    #[pyo3(signature = (prompts, *, max_new_tokens, min_new_tokens, num_return_sequences, do_sample, temperature, top_k, top_p, min_p, repetition_penalty, no_repeat_ngram_size, eos, pad, seed, stop, tokenizer = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &self,
+        py: Python<'_>,
+        prompts: Vec<Vec<u32>>,
+        max_new_tokens: usize,
+        min_new_tokens: usize,
+        num_return_sequences: usize,
+        do_sample: bool,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: f32,
+        repetition_penalty: f32,
+        no_repeat_ngram_size: usize,
+        eos: Vec<u32>,
+        pad: u32,
+        seed: u64,
+        stop: Vec<String>,
+        tokenizer: Option<&PyTokenizer>,
+    ) -> PyResult<PyGeneration> {
+        let args = gen_args(
+            max_new_tokens,
+            min_new_tokens,
+            num_return_sequences,
+            do_sample,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            no_repeat_ngram_size,
+            eos,
+            pad,
+            seed,
+            stop,
+        );
+        let model = Arc::clone(&self.model);
+        let params = args.params.clone();
+        let g = detached(py, move || Generation::new(model, &prompts, params))?;
+        Ok(PyGeneration {
+            state: Mutex::new(g),
+            stop: args.stop,
+            tokenizer: tokenizer.map(PyTokenizer::core),
+        })
+    }
+}
+
+/// A generation in progress (from `Gpt2.start`): `step()` until it returns None.
+#[derive(Debug)]
+#[pyclass(frozen, module = "ferrolm._core", name = "Generation")]
+pub struct PyGeneration {
+    state: Mutex<Generation>,
+    stop: Vec<String>,
+    tokenizer: Option<Arc<Tokenizer>>,
+}
+
+#[pymethods]
+impl PyGeneration {
+    /// One token for each sequence (None for those that have ended), or None at the end.
+    fn step(&self, py: Python<'_>) -> PyResult<Option<Vec<Option<u32>>>> {
+        let mut guard = self.state.lock();
+        let g: &mut Generation = &mut guard;
+        let stop = stop_check(self.tokenizer.as_deref(), &self.stop);
+        detached(py, || g.step(&stop))
+    }
+
+    /// The output so far: `(ids as little-endian u32 bytes, rows, cols)`.
+    fn output<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyBytes>, usize, usize)> {
+        let g = self.state.lock();
+        let (ids, cols) = attached(py, || Ok(g.output()))?;
+        let rows = g.sequences();
+        let bytes: Vec<u8> = ids.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Ok((PyBytes::new(py, &bytes), rows, cols))
+    }
+}
+
+fn f32_bytes<'py>(py: Python<'py>, v: &[f32]) -> PyResult<Bound<'py, PyBytes>> {
+    PyBytes::new_with(py, v.len() * 4, |buf| {
+        for (chunk, x) in buf.chunks_exact_mut(4).zip(v) {
+            chunk.copy_from_slice(&x.to_le_bytes());
+        }
+        Ok(())
+    })
+}
