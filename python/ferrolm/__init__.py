@@ -16,6 +16,7 @@ from ferrolm.models import (
     GPT2LMHeadModel,
     GPT2Tokenizer,
 )
+from ferrolm.perplexity import perplexity
 from ferrolm.tokenizer import BatchEncoding, Tokenizer
 from ferrolm.train import train_bpe, train_wordpiece
 
@@ -70,6 +71,7 @@ __all__ = [
     "cpu_features",
     "data_path",
     "get_num_threads",
+    "perplexity",
     "set_num_threads",
     "train_bpe",
     "train_wordpiece",

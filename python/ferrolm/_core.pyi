@@ -16,6 +16,7 @@ __all__ = [
     "__version__",
     "_fail_for_tests",
     "_pool_workers",
+    "_read_bandwidth",
     "_sleep_detached",
     "cpu_features",
     "get_num_threads",
@@ -55,6 +56,7 @@ def train_wordpiece(
 def _pool_workers() -> int: ...
 def _fail_for_tests(kind: str) -> None: ...
 def _sleep_detached(seconds: float) -> None: ...
+def _read_bandwidth(bytes: int) -> float: ...
 
 @disjoint_base
 class Tokenizer:

@@ -1,8 +1,10 @@
 """The ``ferrolm`` command line (also ``python -m ferrolm``).
 
 Subcommands:
-  info      version, CPU features, threads and bundled data of this installation
-  tokenize  token ids (or tokens) of text, with a built-in tokenizer or a tokenizer file
+  info        version, CPU features, threads and bundled data of this installation
+  tokenize    token ids (or tokens) of text, with a built-in tokenizer or a tokenizer file
+  generate    text from a causal language model folder, streamed to the terminal
+  perplexity  perplexity of a model on a text file (the transformers sliding-window recipe)
 """
 
 from __future__ import annotations
@@ -79,6 +81,75 @@ def _tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gen_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kw: dict[str, Any] = {
+        "max_new_tokens": args.max_new_tokens,
+        "num_return_sequences": args.num_return_sequences,
+        "do_sample": args.do_sample,
+        "seed": args.seed,
+    }
+    for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty"):
+        value = getattr(args, name)
+        if value is not None:
+            kw[name] = value
+    if args.stop:
+        kw["stop"] = args.stop
+    return kw
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import time
+
+    if args.threads:
+        ferrolm.set_num_threads(args.threads)
+    model = ferrolm.AutoModelForCausalLM.from_pretrained(args.model)
+    tok = model._need_tokenizer()
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    kw = _gen_kwargs(args)
+    ids = tok.encode(prompt) if prompt else []
+    if args.num_return_sequences == 1:
+        stats: dict[str, float] = {}
+        sys.stdout.write(prompt)
+        for piece in model.stream(ids or None, stats=stats, **kw):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        if args.stats:
+            # The first token comes from the prefill's logits: decode counts the others.
+            pre, dec, n = stats["prefill_s"], stats.get("decode_s", 0.0), stats["new_tokens"]
+            print(
+                f"prompt: {stats['prompt_tokens']:.0f} tokens in {pre * 1e3:.1f} ms "
+                f"({stats['prompt_tokens'] / pre:.1f} tok/s); decode: {n:.0f} tokens in "
+                f"{dec:.2f} s ({max(n - 1, 0) / dec if dec else 0.0:.1f} tok/s)",
+                file=sys.stderr,
+            )
+        return 0
+    t0 = time.perf_counter()
+    out = model.generate([ids] if ids else None, **kw)
+    elapsed = time.perf_counter() - t0
+    new_tokens = 0
+    for i, row in enumerate(out):
+        print(f"--- sequence {i + 1}\n{tok.decode(row, skip_special_tokens=True)}")
+        new_tokens += len(row) - max(len(ids), 1)
+    if args.stats:
+        print(
+            f"{len(out)} sequences, {new_tokens} new tokens in {elapsed:.2f} s "
+            f"({new_tokens / elapsed:.1f} tok/s aggregate, prompt prefilled once)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _perplexity(args: argparse.Namespace) -> int:
+    if args.threads:
+        ferrolm.set_num_threads(args.threads)
+    model = ferrolm.AutoModelForCausalLM.from_pretrained(args.model)
+    tok = model._need_tokenizer()
+    ppl = ferrolm.perplexity(model, tok, Path(args.file), stride=args.stride)
+    print(f"{ppl:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ferrolm",
@@ -128,6 +199,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("text", nargs="+", metavar="TEXT", help='text to tokenize, or "-" for stdin')
     p.set_defaults(func=_tokenize, output="ids")
+
+    p = sub.add_parser(
+        "generate",
+        help="generate text with a model folder, streamed to the terminal",
+        description="Continue PROMPT with the causal language model in --model (a Hugging Face "
+        "folder with config.json, *.safetensors and tokenizer files). One sequence streams as "
+        "it is generated; several are printed one after another. Greedy unless --do-sample.",
+    )
+    p.add_argument("--model", "-m", required=True, metavar="DIR", help="the model folder")
+    p.add_argument("prompt", metavar="PROMPT", help='the prompt, or "-" for stdin')
+    p.add_argument("--max-new-tokens", type=int, default=50, metavar="N", help="default: 50")
+    p.add_argument("--num-return-sequences", type=int, default=1, metavar="N")
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--min-p", type=float)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--seed", type=int, help="for reproducible sampling")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="stop at TEXT (repeatable)")
+    p.add_argument("--threads", type=int, help="threads (default: all cores)")
+    p.add_argument("--stats", action="store_true", help="print prompt and decode speed")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser(
+        "perplexity",
+        help="perplexity of a model on a text file",
+        description="Perplexity of the model in --model on FILE, by the sliding-window recipe "
+        "of the transformers documentation (windows of n_positions tokens moved by --stride).",
+    )
+    p.add_argument("--model", "-m", required=True, metavar="DIR", help="the model folder")
+    p.add_argument("file", metavar="FILE", help="a UTF-8 text file")
+    p.add_argument("--stride", type=int, default=512, help="default: 512")
+    p.add_argument("--threads", type=int, help="threads (default: all cores)")
+    p.set_defaults(func=_perplexity)
     return parser
 
 

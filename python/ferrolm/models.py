@@ -94,6 +94,11 @@ def _read_json(path: Path) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
+def _or(value: Any, default: Any) -> Any:
+    """``value`` unless it is None (``0`` stays ``0``, unlike ``value or default``)."""
+    return default if value is None else value
+
+
 def _ids(value: Any) -> list[int]:
     if value is None:
         return []
@@ -256,7 +261,7 @@ class GPT2LMHeadModel:
                         stacklevel=3,
                     )
                     max_new = 0
-        min_new = kw.pop("min_new_tokens", None) or 0
+        min_new = _or(kw.pop("min_new_tokens", None), 0)
         min_length = kw.pop("min_length", None)
         if min_length:
             min_new = max(min_new, int(min_length) - prompt_len)
@@ -276,7 +281,7 @@ class GPT2LMHeadModel:
         args: dict[str, Any] = dict(
             max_new_tokens=int(max_new),
             min_new_tokens=int(min_new),
-            num_return_sequences=int(kw.pop("num_return_sequences", None) or 1),
+            num_return_sequences=int(_or(kw.pop("num_return_sequences", None), 1)),
             do_sample=bool(pick("do_sample", False)),
             temperature=float(pick("temperature", 1.0)),
             top_k=int(top_k or 0),
@@ -298,6 +303,20 @@ class GPT2LMHeadModel:
                 raise ValueError(f"{name} must be >= 0, got {args[name]}")
         if args["num_return_sequences"] < 1:
             raise ValueError("num_return_sequences must be >= 1")
+        n_positions = int(self.config["n_positions"])
+        if prompt_len > n_positions:
+            raise ValueError(
+                f"the prompt has {prompt_len} tokens; the model takes at most "
+                f"n_positions = {n_positions}"
+            )
+        room = n_positions + 1 - prompt_len
+        if args["max_new_tokens"] > room:
+            warnings.warn(
+                f"{args['max_new_tokens']} new tokens do not fit after a {prompt_len}-token "
+                f"prompt in n_positions = {self.config['n_positions']}: generating {max(room, 0)}",
+                stacklevel=3,
+            )
+            args["max_new_tokens"] = max(room, 0)
         if args["stop"] and self.tokenizer is None:
             raise ValueError("stop= needs the model folder's tokenizer")
         return args
@@ -355,11 +374,15 @@ class GPT2LMHeadModel:
         prompt: str | Any,
         *,
         skip_special_tokens: bool = True,
+        stats: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> Iterator[str]:
         """Yields the generated text piece by piece as each character completes (one
-        sequence). ``prompt`` is a text (encoded with the model's tokenizer) or token ids;
-        the other arguments are ``generate``'s."""
+        sequence). ``prompt`` is a text (encoded with the model's tokenizer) or token ids
+        (None: start from BOS); the other arguments are ``generate``'s. A ``stats`` dict is
+        filled with ``prompt_tokens``, ``new_tokens``, ``prefill_s`` and ``decode_s``."""
+        import time
+
         tok = self._need_tokenizer()
         ids = tok.encode(prompt) if isinstance(prompt, str) else prompt
         prompts, _ = self._prompts(ids, None)
@@ -368,14 +391,22 @@ class GPT2LMHeadModel:
         args = self._gen_args(len(prompts[0]), dict(kwargs))
         if args["num_return_sequences"] != 1:
             raise ValueError("stream() generates one sequence (num_return_sequences=1)")
+        t0 = time.perf_counter()
         gen = self._core.start(prompts, tokenizer=tok, **args)
+        t1 = time.perf_counter()
         decoder = tok.decode_stream(skip_special_tokens=skip_special_tokens)
         eos = set(args["eos"])
+        if stats is not None:
+            stats.update(prompt_tokens=len(prompts[0]), new_tokens=0, prefill_s=t1 - t0)
         while True:
             step = gen.step()
+            if stats is not None:
+                stats["decode_s"] = time.perf_counter() - t1
             if step is None or step[0] is None:
                 break
             token = step[0]
+            if stats is not None:
+                stats["new_tokens"] += 1
             if token in eos and skip_special_tokens:
                 continue
             piece = decoder.step(token)
@@ -399,7 +430,7 @@ class GPT2LMHeadModel:
         texts = [prompt] if isinstance(prompt, str) else list(prompt)
         prompts = [tok.encode(t) for t in texts]
         out = []
-        n = int(kwargs.get("num_return_sequences") or 1)
+        n = int(_or(kwargs.get("num_return_sequences"), 1))
         for i, p in enumerate(prompts):
             ids = self.generate([p], **kwargs)
             for row in ids:

@@ -21,6 +21,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(runtime::_pool_workers, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_fail_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_sleep_detached, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime::_read_bandwidth, m)?)?;
     m.add_function(wrap_pyfunction!(train::train_bpe, m)?)?;
     m.add_function(wrap_pyfunction!(train::train_wordpiece, m)?)?;
     m.add_class::<tokenizer::PyTokenizer>()?;

@@ -14,7 +14,7 @@ use ferrolm_core::tokenizer::Tokenizer;
 use ferrolm_core::Error;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyByteArray, PyBytes, PyDict};
 
 use crate::errors::{attached, detached};
 use crate::tokenizer::PyTokenizer;
@@ -175,7 +175,7 @@ impl PyGpt2 {
     }
 
     /// Advances every sequence of `cache` by `t` tokens (`tokens`, `mask`: `batch × t`,
-    /// row-major). Returns the logits as little-endian f32 bytes, `[batch, t, vocab]` or with
+    /// row-major). Returns the logits as a `bytearray` of little-endian f32, `[batch, t, vocab]` or with
     /// `last_only` `[batch, vocab]`.
     #[pyo3(signature = (cache, tokens, mask, t, *, last_only = false))]
     fn forward<'py>(
@@ -186,7 +186,7 @@ impl PyGpt2 {
         mask: Vec<u8>,
         t: usize,
         last_only: bool,
-    ) -> PyResult<Bound<'py, PyBytes>> {
+    ) -> PyResult<Bound<'py, PyByteArray>> {
         let mut guard = cache.inner.lock();
         let c: &mut Cache = &mut guard;
         let logits = detached(py, || self.model.forward(c, &tokens, &mask, t, last_only))?;
@@ -340,8 +340,9 @@ impl PyGeneration {
     }
 }
 
-fn f32_bytes<'py>(py: Python<'py>, v: &[f32]) -> PyResult<Bound<'py, PyBytes>> {
-    PyBytes::new_with(py, v.len() * 4, |buf| {
+/// A `bytearray` (so that numpy arrays over it are writable, as torch logits are).
+fn f32_bytes<'py>(py: Python<'py>, v: &[f32]) -> PyResult<Bound<'py, PyByteArray>> {
+    PyByteArray::new_with(py, v.len() * 4, |buf| {
         for (chunk, x) in buf.chunks_exact_mut(4).zip(v) {
             chunk.copy_from_slice(&x.to_le_bytes());
         }

@@ -86,3 +86,9 @@ pub fn _sleep_detached(py: Python<'_>, seconds: f64) -> PyResult<()> {
         Ok(())
     })
 }
+
+/// Bench support: the bytes/s the pool reads from a buffer of `bytes` (memory bandwidth).
+#[pyfunction]
+pub fn _read_bandwidth(py: Python<'_>, bytes: usize) -> PyResult<f64> {
+    detached(py, || ferrolm_core::kernels::read_bandwidth(bytes))
+}

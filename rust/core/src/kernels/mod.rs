@@ -95,6 +95,26 @@ pub fn get() -> &'static Kernels {
     })
 }
 
+/// The rate (bytes/s) at which the global pool's threads read a `bytes`-sized buffer with
+/// these kernels: the memory-bandwidth ceiling that decoding is measured against. Best of 5.
+pub fn read_bandwidth(bytes: usize) -> crate::Result<f64> {
+    use rayon::prelude::*;
+    let n = (bytes / 4).max(1 << 16);
+    let buf = vec![1.0f32; n];
+    let kern = get();
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let t0 = std::time::Instant::now();
+        let total: f32 = crate::runtime::pool::install(|| {
+            buf.par_chunks(1 << 16).map(|c| (kern.dot)(c, c)).sum()
+        })?;
+        let secs = t0.elapsed().as_secs_f64();
+        std::hint::black_box(total);
+        best = best.max((n * 4) as f64 / secs);
+    }
+    Ok(best)
+}
+
 /// A raw pointer that may cross threads: for kernels writing disjoint blocks of one output.
 #[derive(Debug, Clone, Copy)]
 pub struct SendPtr(pub *mut f32);

@@ -700,6 +700,11 @@ fn linear(kern: &kernels::Kernels, x: &[f32], m: usize, lin: &Linear, out: &mut 
 }
 
 /// `out[m × n] = x[m × k] · bᵀ` with `b` `[n × k]`, split by rows of `b` across the pool.
+///
+/// For a few rows (decoding) each output is a dot product and `b` streams once. For many rows
+/// (a prompt's logits) each task transposes blocks of [`NT_BLOCK`] rows of `b` into a `[k ×
+/// NT_BLOCK]` panel and runs the register-tiled `gemm` on it: the packing is paid once per
+/// block and amortized over all `m` rows.
 fn gemm_nt_parallel(
     kern: &kernels::Kernels,
     x: &[f32],
@@ -711,23 +716,43 @@ fn gemm_nt_parallel(
 ) {
     let chunk = column_chunk(n, rayon::current_num_threads()).max(256);
     let ptr = SendPtr(out.as_mut_ptr());
+    let packed = m >= 8;
     (0..n.div_ceil(chunk)).into_par_iter().for_each(|ci| {
         let j0 = ci * chunk;
         let wid = chunk.min(n - j0);
-        // SAFETY: columns j0..j0+wid of the m rows of `out` (m × n), disjoint per task.
-        unsafe {
-            (kern.gemm_nt)(
-                m,
-                wid,
-                k,
-                x,
-                &b[j0 * k..(j0 + wid) * k],
-                ptr.get().add(j0),
-                n,
-            )
-        };
+        if !packed {
+            // SAFETY: columns j0..j0+wid of the m rows of `out` (m × n), disjoint per task.
+            unsafe {
+                (kern.gemm_nt)(
+                    m,
+                    wid,
+                    k,
+                    x,
+                    &b[j0 * k..(j0 + wid) * k],
+                    ptr.get().add(j0),
+                    n,
+                )
+            };
+            return;
+        }
+        let mut panel = vec![0.0f32; k * NT_BLOCK];
+        let mut j = j0;
+        while j < j0 + wid {
+            let w = NT_BLOCK.min(j0 + wid - j);
+            for (r, row) in b[j * k..(j + w) * k].chunks_exact(k).enumerate() {
+                for (p, &v) in row.iter().enumerate() {
+                    panel[p * w + r] = v;
+                }
+            }
+            // SAFETY: columns j..j+w of the m rows of `out`, within this task's block.
+            unsafe { (kern.gemm)(m, w, k, x, &panel[..k * w], w, ptr.get().add(j), n) };
+            j += w;
+        }
     });
 }
+
+/// Rows of the LM head transposed per packed panel.
+const NT_BLOCK: usize = 128;
 
 /// Work buffers of the forward pass, grown to the largest call and reused.
 #[derive(Debug, Default)]

@@ -179,14 +179,19 @@ pub fn choose(
     };
     let mut keep = v;
     if p.top_k > 0 && p.top_k < v {
+        // The k best in O(vocab), then only those sorted.
         order.select_nth_unstable_by(p.top_k - 1, by_logit);
-        // As transformers: everything at least as large as the k-th value stays.
+        // As transformers: everything at least as large as the k-th value stays, so ties of
+        // the k-th value left in the tail join the head.
         let kth = logits[order[p.top_k - 1] as usize];
-        keep = order.iter().filter(|&&t| logits[t as usize] >= kth).count();
-        order.sort_by(|a, b| {
-            let (xa, xb) = (logits[*a as usize] >= kth, logits[*b as usize] >= kth);
-            xb.cmp(&xa).then_with(|| by_logit(a, b))
-        });
+        keep = p.top_k;
+        for i in p.top_k..v {
+            if logits[order[i] as usize] >= kth {
+                order.swap(keep, i);
+                keep += 1;
+            }
+        }
+        order[..keep].sort_by(by_logit);
     } else {
         order.sort_by(by_logit);
     }
