@@ -848,3 +848,41 @@ def test_cli_generate_and_perplexity(tmp_path: Path) -> None:
     assert float(out.stdout) == pytest.approx(
         ferrolm.perplexity(model, tok, text, stride=64), rel=1e-4
     )
+
+
+def test_logits_processor_runs_each_step_and_matches_transformers() -> None:
+    import torch
+    from transformers import GPT2LMHeadModel as Peer
+    from transformers import LogitsProcessorList, NoBadWordsLogitsProcessor
+
+    folder = gpt2_model(**SMALL)
+    model = ferrolm.AutoModelForCausalLM.from_pretrained(folder)
+    ids = torch.tensor([[464, 3290, 318, 257]])
+    plain = model.generate(ids, max_new_tokens=12)
+    banned = int(plain[0, 6])
+    procs = LogitsProcessorList([NoBadWordsLogitsProcessor([[banned]], eos_token_id=50256)])
+    ours = model.generate(ids, max_new_tokens=12, logits_processor=procs)
+    assert banned not in ours[0, 4:].tolist()
+    with torch.no_grad():
+        want = (
+            Peer.from_pretrained(folder)
+            .eval()
+            .generate(
+                ids, max_new_tokens=12, do_sample=False, pad_token_id=50256, logits_processor=procs
+            )
+        )
+    assert torch.equal(ours, want)
+    calls = []
+
+    def spy(input_ids: Any, scores: Any) -> Any:
+        calls.append((tuple(input_ids.shape), tuple(scores.shape)))
+        return scores
+
+    model.generate([[464, 3290]], max_new_tokens=3, logits_processor=spy)
+    assert calls == [((1, 2), (1, 50257)), ((1, 3), (1, 50257)), ((1, 4), (1, 50257))]
+
+    def broken(input_ids: Any, scores: Any) -> Any:
+        raise RuntimeError("from the processor")
+
+    with pytest.raises(RuntimeError, match="from the processor"):
+        model.generate([[464]], max_new_tokens=3, logits_processor=broken)

@@ -200,6 +200,7 @@ class Gpt2:
         seed: int,
         stop: Sequence[str],
         tokenizer: Tokenizer | None = None,
+        logits_hook: Callable[[bytes, int, int, bytearray], Any] | None = None,
     ) -> tuple[bytes, int, int]: ...
     def start(
         self,

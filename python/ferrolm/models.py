@@ -107,6 +107,28 @@ def _ids(value: Any) -> list[int]:
     return [int(v) for v in value]
 
 
+def _logits_hook(processors: Any, kind: str) -> Any:
+    """The Rust generation loop's per-step hook running the user's logits processors."""
+    import numpy as np
+
+    procs = list(processors) if isinstance(processors, (list, tuple)) else [processors]
+
+    def hook(ids_raw: bytes, rows: int, cols: int, scores_raw: bytearray) -> bytes:
+        ids: Any = np.frombuffer(ids_raw, dtype="<u4").reshape(rows, cols).astype(np.int64)
+        scores: Any = np.frombuffer(scores_raw, dtype="<f4").reshape(rows, -1)
+        if kind == "pt":
+            import torch
+
+            ids, scores = torch.from_numpy(ids), torch.from_numpy(scores)
+        for proc in procs:
+            scores = proc(ids, scores)
+        if kind == "pt":
+            scores = scores.detach().cpu().numpy()
+        return np.ascontiguousarray(scores, dtype="<f4").tobytes()
+
+    return hook
+
+
 class GPT2LMHeadModel:
     """A GPT-2 language model run by ferrolm's Rust core (fp32)."""
 
@@ -357,13 +379,22 @@ class GPT2LMHeadModel:
         ``max_length`` (20, prompt included), ``max_new_tokens``, ``min_length``,
         ``min_new_tokens``, ``num_return_sequences``, ``do_sample`` (False), ``temperature``
         (1.0), ``top_k`` (50), ``top_p`` (1.0), ``min_p``, ``repetition_penalty`` (1.0),
-        ``no_repeat_ngram_size``, ``eos_token_id``, ``pad_token_id``; and ferrolm's ``seed``
-        (reproducible sampling; random when None) and ``stop`` (strings that end a sequence).
-        Runs in Rust with the GIL released; Ctrl-C raises KeyboardInterrupt within one step.
+        ``no_repeat_ngram_size``, ``eos_token_id``, ``pad_token_id``, ``logits_processor`` (a
+        callable or list of callables ``(input_ids, scores) -> scores``, as transformers'
+        LogitsProcessor: torch tensors for torch input, else numpy; run before ferrolm's own
+        processing on every step); and ferrolm's ``seed`` (reproducible sampling; random when
+        None) and ``stop`` (strings that end a sequence).
+        Runs in Rust with the GIL released (no Python runs per token unless a
+        logits_processor is given); Ctrl-C raises KeyboardInterrupt within one step.
         """
         prompts, kind = self._prompts(input_ids, attention_mask)
-        args = self._gen_args(max(len(p) for p in prompts), dict(kwargs))
-        raw, rows, cols = self._core.generate(prompts, tokenizer=self.tokenizer, **args)
+        kwargs = dict(kwargs)
+        processors = kwargs.pop("logits_processor", None)
+        args = self._gen_args(max(len(p) for p in prompts), kwargs)
+        hook = _logits_hook(processors, kind) if processors else None
+        raw, rows, cols = self._core.generate(
+            prompts, tokenizer=self.tokenizer, logits_hook=hook, **args
+        )
         import numpy as np
 
         out = np.frombuffer(raw, dtype="<u4").reshape(rows, cols).astype(np.int64)

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use ferrolm_core::model::generate::{GenerateParams, Generation};
+use ferrolm_core::model::generate::{Adjust, GenerateParams, Generation};
 use ferrolm_core::model::gpt2::{Cache, Gpt2};
 use ferrolm_core::model::sampling::Sampling;
 use ferrolm_core::tokenizer::Tokenizer;
@@ -195,7 +195,10 @@ impl PyGpt2 {
 
     /// Generates continuations of `prompts` (lists of ids, none empty), entirely in Rust with
     /// the GIL released. Returns `(ids as little-endian u32 bytes, rows, cols)`.
-    #[pyo3(signature = (prompts, *, max_new_tokens, min_new_tokens, num_return_sequences, do_sample, temperature, top_k, top_p, min_p, repetition_penalty, no_repeat_ngram_size, eos, pad, seed, stop, tokenizer = None))]
+    ///
+    /// `logits_hook(ids: bytes, rows, cols, logits: bytearray) -> bytes-like` (optional) is
+    /// called with the GIL on every step and returns the adjusted logits (f32, same size).
+    #[pyo3(signature = (prompts, *, max_new_tokens, min_new_tokens, num_return_sequences, do_sample, temperature, top_k, top_p, min_p, repetition_penalty, no_repeat_ngram_size, eos, pad, seed, stop, tokenizer = None, logits_hook = None))]
     #[allow(clippy::too_many_arguments)]
     fn generate<'py>(
         &self,
@@ -216,6 +219,7 @@ impl PyGpt2 {
         seed: u64,
         stop: Vec<String>,
         tokenizer: Option<&PyTokenizer>,
+        logits_hook: Option<Py<PyAny>>,
     ) -> PyResult<(Bound<'py, PyBytes>, usize, usize)> {
         let args = gen_args(
             max_new_tokens,
@@ -234,25 +238,38 @@ impl PyGpt2 {
             stop,
         );
         let tok = tokenizer.map(PyTokenizer::core);
-        let interrupted: Mutex<Option<PyErr>> = Mutex::new(None);
+        // A Python error raised inside the Rust loop (Ctrl-C, the hook's), re-raised as is.
+        let raised: Mutex<Option<PyErr>> = Mutex::new(None);
+        let keep = |e: PyErr| {
+            *raised.lock() = Some(e);
+            Error::Internal("interrupted by a Python exception".into())
+        };
         let model = Arc::clone(&self.model);
         let result = detached(py, || {
             let mut g = Generation::new(model, &prompts, args.params.clone())?;
             let stop = stop_check(tok.as_deref(), &args.stop);
+            let mut hook =
+                |ids: &[u32], cols: usize, logits: &mut [f32]| -> ferrolm_core::Result<()> {
+                    let Some(h) = &logits_hook else {
+                        return Ok(());
+                    };
+                    Python::attach(|py| call_hook(py, h, ids, cols, logits)).map_err(keep)
+                };
             loop {
                 // Ctrl-C: checked between steps, in C (no Python code runs).
-                let signal = Python::attach(|py| py.check_signals());
-                if let Err(e) = signal {
-                    *interrupted.lock() = Some(e);
-                    return Err(Error::Internal("interrupted".into()));
-                }
-                if g.step(&stop)?.is_none() {
+                Python::attach(|py| py.check_signals()).map_err(keep)?;
+                let adjust: Option<Adjust<'_>> = if logits_hook.is_some() {
+                    Some(&mut hook)
+                } else {
+                    None
+                };
+                if g.step_with(&stop, adjust)?.is_none() {
                     break;
                 }
             }
             Ok(g.output())
         });
-        if let Some(e) = interrupted.lock().take() {
+        if let Some(e) = raised.lock().take() {
             return Err(e);
         }
         let (ids, cols) = result?;
@@ -348,4 +365,30 @@ fn f32_bytes<'py>(py: Python<'py>, v: &[f32]) -> PyResult<Bound<'py, PyByteArray
         }
         Ok(())
     })
+}
+
+/// Calls a `logits_hook` and copies the logits it returns back.
+fn call_hook(
+    py: Python<'_>,
+    hook: &Py<PyAny>,
+    ids: &[u32],
+    cols: usize,
+    logits: &mut [f32],
+) -> PyResult<()> {
+    let id_bytes: Vec<u8> = ids.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let rows = ids.len().checked_div(cols).unwrap_or(0);
+    let scores = f32_bytes(py, logits)?;
+    let out = hook.call1(py, (PyBytes::new(py, &id_bytes), rows, cols, scores))?;
+    let raw: Vec<u8> = out.extract(py)?;
+    if raw.len() != logits.len() * 4 {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "logits_processor returned {} values for {} logits",
+            raw.len() / 4,
+            logits.len()
+        )));
+    }
+    for (o, c) in logits.iter_mut().zip(raw.chunks_exact(4)) {
+        *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
+    Ok(())
 }

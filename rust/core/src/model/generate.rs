@@ -26,6 +26,9 @@ pub struct GenerateParams {
     pub seed: u64,
 }
 
+/// A hook on each step's logits: `(ids [sequences × cols], cols, logits [sequences × vocab])`.
+pub type Adjust<'a> = &'a mut dyn FnMut(&[u32], usize, &mut [f32]) -> Result<()>;
+
 /// A generation in progress: call [`Generation::step`] until it returns `None`.
 #[derive(Debug)]
 pub struct Generation {
@@ -140,6 +143,17 @@ impl Generation {
         &mut self,
         stop: &dyn Fn(usize, &[u32]) -> bool,
     ) -> Result<Option<Vec<Option<u32>>>> {
+        self.step_with(stop, None)
+    }
+
+    /// [`Generation::step`] with an `adjust(ids, cols, logits)` hook run on every step's
+    /// logits (`[sequences × vocab]`) before the token is chosen, given the output so far
+    /// (`[sequences × cols]`, as [`Generation::output`]): a user's logits processor.
+    pub fn step_with(
+        &mut self,
+        stop: &dyn Fn(usize, &[u32]) -> bool,
+        adjust: Option<Adjust<'_>>,
+    ) -> Result<Option<Vec<Option<u32>>>> {
         if self.done() {
             return Ok(None);
         }
@@ -154,6 +168,10 @@ impl Generation {
                 &mut logits,
             )?;
             self.logits = logits;
+        }
+        if let Some(f) = adjust {
+            let (ids, cols) = self.output();
+            f(&ids, cols, &mut self.logits)?;
         }
         let vocab = self.model.config.vocab_size;
         let ban: &[u32] = if self.steps < self.params.min_new_tokens {
