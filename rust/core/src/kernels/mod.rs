@@ -12,6 +12,8 @@
 //!   weights are used in place as B. The work is split by columns across threads.
 //! - `gemm_nt`: `C[m×n] = A[m×k] · B[n×k]ᵀ` (each output a dot product) — for the tied LM head,
 //!   whose weight is the `[vocab, d]` embedding.
+//! - `gemv_acc`: `y += x · B` over rows of B in order — one token's matmul split by rows across
+//!   threads, each streaming a contiguous block of the weights.
 //! - `dot`, `axpy`: attention over the KV cache.
 
 pub mod scalar;
@@ -52,6 +54,10 @@ pub struct Kernels {
     pub name: &'static str,
     pub gemm: GemmFn,
     pub gemm_nt: GemmNtFn,
+    /// `Y[m×n] += X[m×k] · B[k×n]` (`X` rows at stride `ldx`), B contiguous and read front to
+    /// back once for all `m` rows: decoding a few tokens. Arguments: `(m, x, ldx, b, y)`, `k` =
+    /// `b.len() / n`, `n` = `y.len() / m`.
+    pub gemv_acc: fn(usize, &[f32], usize, &[f32], &mut [f32]),
     pub dot: fn(&[f32], &[f32]) -> f32,
     /// `y += alpha * x`
     pub axpy: fn(f32, &[f32], &mut [f32]),
@@ -183,6 +189,13 @@ mod tests {
                     (kern.gemm_nt)(m, n, k, &a, &bt, d1.as_mut_ptr(), n);
                 }
                 close(&d1, &d0, 1e-5);
+                // X: m rows of k at stride k + 2.
+                let xk = rand(m * (k + 2), 6);
+                let bk = rand(k * n, 7);
+                let (mut g0, mut g1) = (rand(m * n, 8), rand(m * n, 8));
+                (reference.gemv_acc)(m, &xk, k + 2, &bk, &mut g0);
+                (kern.gemv_acc)(m, &xk, k + 2, &bk, &mut g1);
+                close(&g1, &g0, 1e-5);
                 let x = rand(k, 4);
                 assert!(((kern.dot)(&a[..k], &x) - (reference.dot)(&a[..k], &x)).abs() < 1e-4);
                 let (mut y0, mut y1) = (rand(k, 5), rand(k, 5));

@@ -16,6 +16,7 @@ pub const KERNELS: Kernels = Kernels {
     name: "avx2",
     gemm,
     gemm_nt,
+    gemv_acc,
     dot,
     axpy,
 };
@@ -169,6 +170,104 @@ unsafe fn gemm_nt_avx2(
             }
         }
         i += r;
+    }
+}
+
+pub fn gemv_acc(m: usize, x: &[f32], ldx: usize, b: &[f32], y: &mut [f32]) {
+    // SAFETY: the dispatch point hands out these kernels only on CPUs that run them.
+    unsafe { gemv_acc_avx2(m, x, ldx, b, y) }
+}
+
+/// Four rows of B at a time, held in registers while each of the `m` rows of `Y` takes them:
+/// `Y[r] += X[r,p] B[p] + X[r,p+1] B[p+1] + ...`. B is read once, in order.
+#[target_feature(enable = "avx2,fma")]
+fn gemv_acc_avx2(m: usize, x: &[f32], ldx: usize, b: &[f32], y: &mut [f32]) {
+    if m == 0 || y.is_empty() {
+        return;
+    }
+    let n = y.len() / m;
+    let k = b.len() / n;
+    assert!(b.len() == k * n && y.len() == m * n);
+    assert!(k == 0 || x.len() >= (m - 1) * ldx + k);
+    let full = n - n % 8;
+    let pb = b.as_ptr();
+    let py = y.as_mut_ptr();
+    let mut p = 0;
+    // SAFETY: rows p..p+4 < k of B and columns j..j+8 <= full <= n; row r < m of Y.
+    unsafe {
+        while p + 4 <= k {
+            let (r0, r1, r2, r3) = (
+                pb.add(p * n),
+                pb.add((p + 1) * n),
+                pb.add((p + 2) * n),
+                pb.add((p + 3) * n),
+            );
+            let mut j = 0;
+            if m == 1 {
+                // One row: its four coefficients stay in registers across the whole row.
+                let (x0, x1, x2, x3) = (
+                    _mm256_set1_ps(x[p]),
+                    _mm256_set1_ps(x[p + 1]),
+                    _mm256_set1_ps(x[p + 2]),
+                    _mm256_set1_ps(x[p + 3]),
+                );
+                while j < full {
+                    let mut acc = _mm256_loadu_ps(py.add(j));
+                    acc = _mm256_fmadd_ps(x0, _mm256_loadu_ps(r0.add(j)), acc);
+                    acc = _mm256_fmadd_ps(x1, _mm256_loadu_ps(r1.add(j)), acc);
+                    acc = _mm256_fmadd_ps(x2, _mm256_loadu_ps(r2.add(j)), acc);
+                    acc = _mm256_fmadd_ps(x3, _mm256_loadu_ps(r3.add(j)), acc);
+                    _mm256_storeu_ps(py.add(j), acc);
+                    j += 8;
+                }
+            }
+            while j < full {
+                let (b0, b1, b2, b3) = (
+                    _mm256_loadu_ps(r0.add(j)),
+                    _mm256_loadu_ps(r1.add(j)),
+                    _mm256_loadu_ps(r2.add(j)),
+                    _mm256_loadu_ps(r3.add(j)),
+                );
+                for r in 0..m {
+                    let xr = x.as_ptr().add(r * ldx + p);
+                    let yp = py.add(r * n + j);
+                    let mut acc = _mm256_loadu_ps(yp);
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(*xr), b0, acc);
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(*xr.add(1)), b1, acc);
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(*xr.add(2)), b2, acc);
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(*xr.add(3)), b3, acc);
+                    _mm256_storeu_ps(yp, acc);
+                }
+                j += 8;
+            }
+            p += 4;
+        }
+        while p < k {
+            let rp = pb.add(p * n);
+            let mut j = 0;
+            while j < full {
+                let bv = _mm256_loadu_ps(rp.add(j));
+                for r in 0..m {
+                    let yp = py.add(r * n + j);
+                    _mm256_storeu_ps(
+                        yp,
+                        _mm256_fmadd_ps(_mm256_set1_ps(x[r * ldx + p]), bv, _mm256_loadu_ps(yp)),
+                    );
+                }
+                j += 8;
+            }
+            p += 1;
+        }
+    }
+    if full < n {
+        for r in 0..m {
+            for p in 0..k {
+                let xp = x[r * ldx + p];
+                for j in full..n {
+                    y[r * n + j] += xp * b[p * n + j];
+                }
+            }
+        }
     }
 }
 

@@ -403,6 +403,7 @@ impl Gpt2 {
                     rows,
                     &blk.c_attn,
                     &mut ws.qkv[..rows * 3 * d],
+                    &mut ws.part,
                 );
                 // k, v appended to the cache; attention per (slot, head)   [rows, d]
                 cache_append(
@@ -452,6 +453,7 @@ impl Gpt2 {
                     rows,
                     &blk.attn_proj,
                     &mut ws.h[..rows * d],
+                    &mut ws.part,
                 );
                 add_in(&mut ws.x[..rows * d], &ws.h[..rows * d]);
                 // x = x + act(ln_2(x) @ c_fc + b) @ c_proj + b
@@ -463,17 +465,23 @@ impl Gpt2 {
                     rows,
                     &blk.c_fc,
                     &mut ws.mlp[..rows * inner],
+                    &mut ws.part,
                 );
                 let act = c.activation;
-                ws.mlp[..rows * inner]
-                    .par_chunks_mut(4096)
-                    .for_each(|ch| ch.iter_mut().for_each(|v| *v = act.apply(*v)));
+                let h = &mut ws.mlp[..rows * inner];
+                if h.len() <= SERIAL_ELEMS {
+                    h.iter_mut().for_each(|v| *v = act.apply(*v));
+                } else {
+                    h.par_chunks_mut(4096)
+                        .for_each(|ch| ch.iter_mut().for_each(|v| *v = act.apply(*v)));
+                }
                 linear(
                     kern,
                     &ws.mlp[..rows * inner],
                     rows,
                     &blk.mlp_proj,
                     &mut ws.h[..rows * d],
+                    &mut ws.part,
                 );
                 add_in(&mut ws.x[..rows * d], &ws.h[..rows * d]);
             }
@@ -574,64 +582,80 @@ fn attention(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32], scores:
     let n_ctx = a.geom.n_ctx;
     scores.resize(slots * a.nh * n_ctx, 0.0);
     let out_ptr = SendPtr(out.as_mut_ptr());
-    scores
-        .par_chunks_mut(n_ctx)
-        .enumerate()
-        .for_each(|(job, sc)| {
-            let (s, h) = (job / a.nh, job % a.nh);
-            let base = a.len[s];
-            for i in 0..a.t {
-                let row = s * a.t + i;
-                let q = &a.qkv[row * 3 * a.d + h * a.hd..row * 3 * a.d + (h + 1) * a.hd];
-                let upto = base + i + 1; // positions 0..=base+i
-                let mut max = f32::NEG_INFINITY;
-                for (p, slot) in sc.iter_mut().enumerate().take(upto) {
-                    // A position is seen if it is a real token (the query's own always is, so
-                    // a padded query has something to attend to; its output is never used).
-                    let seen = if p < base {
-                        a.valid[s * n_ctx + p] != 0
-                    } else {
-                        p == base + i || a.mask[s * a.t + (p - base)] != 0
-                    };
-                    if seen {
-                        let at = a.geom.at(s, a.layer, p) + h * a.hd;
-                        let x = (kern.dot)(q, &a.k[at..at + a.hd]) * a.scale;
-                        *slot = x;
-                        max = max.max(x);
-                    } else {
-                        *slot = f32::NEG_INFINITY;
-                    }
-                }
-                let mut sum = 0.0;
-                for x in sc[..upto].iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                // SAFETY: each (slot, head) job writes only row `row`'s columns of head `h`,
-                // disjoint from every other job's; `out` outlives the parallel loop.
-                let o = unsafe {
-                    std::slice::from_raw_parts_mut(out_ptr.get().add(row * a.d + h * a.hd), a.hd)
+    // Work in multiply-adds: small (a decoded token over a short context) runs on this thread,
+    // since waking the pool costs more than it saves.
+    let work: usize = a.len.iter().map(|&l| (l + a.t) * a.t).sum::<usize>() * a.nh * a.hd;
+    let job = |(job, sc): (usize, &mut [f32])| {
+        let (s, h) = (job / a.nh, job % a.nh);
+        let base = a.len[s];
+        for i in 0..a.t {
+            let row = s * a.t + i;
+            let q = &a.qkv[row * 3 * a.d + h * a.hd..row * 3 * a.d + (h + 1) * a.hd];
+            let upto = base + i + 1; // positions 0..=base+i
+            let mut max = f32::NEG_INFINITY;
+            for (p, slot) in sc.iter_mut().enumerate().take(upto) {
+                // A position is seen if it is a real token (the query's own always is, so
+                // a padded query has something to attend to; its output is never used).
+                let seen = if p < base {
+                    a.valid[s * n_ctx + p] != 0
+                } else {
+                    p == base + i || a.mask[s * a.t + (p - base)] != 0
                 };
-                o.fill(0.0);
-                let inv = 1.0 / sum;
-                for (p, &w) in sc[..upto].iter().enumerate() {
-                    if w != 0.0 {
-                        let at = a.geom.at(s, a.layer, p) + h * a.hd;
-                        (kern.axpy)(w * inv, &a.v[at..at + a.hd], o);
-                    }
+                if seen {
+                    let at = a.geom.at(s, a.layer, p) + h * a.hd;
+                    let x = (kern.dot)(q, &a.k[at..at + a.hd]) * a.scale;
+                    *slot = x;
+                    max = max.max(x);
+                } else {
+                    *slot = f32::NEG_INFINITY;
                 }
             }
-        });
+            let mut sum = 0.0;
+            for x in sc[..upto].iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            // SAFETY: each (slot, head) job writes only row `row`'s columns of head `h`,
+            // disjoint from every other job's; `out` outlives the parallel loop.
+            let o = unsafe {
+                std::slice::from_raw_parts_mut(out_ptr.get().add(row * a.d + h * a.hd), a.hd)
+            };
+            o.fill(0.0);
+            let inv = 1.0 / sum;
+            for (p, &w) in sc[..upto].iter().enumerate() {
+                if w != 0.0 {
+                    let at = a.geom.at(s, a.layer, p) + h * a.hd;
+                    (kern.axpy)(w * inv, &a.v[at..at + a.hd], o);
+                }
+            }
+        }
+    };
+    if work <= SERIAL_ELEMS * 16 {
+        scores.chunks_mut(n_ctx).enumerate().for_each(job);
+    } else {
+        scores.par_chunks_mut(n_ctx).enumerate().for_each(job);
+    }
 }
 
 fn layer_norm(x: &[f32], out: &mut [f32], n: &Norm, c: &Gpt2Config) {
     let d = c.n_embd;
     let (w, b) = (n.w.values(), n.b.values());
     let eps = c.layer_norm_epsilon;
-    out.par_chunks_mut(d)
-        .zip(x.par_chunks(d))
-        .for_each(|(o, row)| norm_row(row, o, w, b, eps));
+    if x.len() <= SERIAL_ELEMS {
+        for (o, row) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            norm_row(row, o, w, b, eps);
+        }
+    } else {
+        out.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .for_each(|(o, row)| norm_row(row, o, w, b, eps));
+    }
 }
+
+/// Element-wise work up to this size runs on the calling thread: waking the pool's other
+/// threads (a futex wake and a steal, tens of microseconds) costs more than it saves, and a
+/// decoded token has a dozen such steps per layer.
+const SERIAL_ELEMS: usize = 1 << 14;
 
 fn layer_norm_in_place(x: &mut [f32], n: &Norm, c: &Gpt2Config) {
     let d = c.n_embd;
@@ -667,12 +691,49 @@ fn column_chunk(n: usize, threads: usize) -> usize {
     per.div_ceil(32).max(1) * 32
 }
 
-/// `out[m × n_out] = x[m × n_in] @ w + b`, on the pool: split by columns for a few rows (each
-/// weight streamed once), by rows for many.
-fn linear(kern: &kernels::Kernels, x: &[f32], m: usize, lin: &Linear, out: &mut [f32]) {
+/// `out[m × n_out] = x[m × n_in] @ w + b`, on the pool. A few rows (decoded tokens): the weight
+/// rows are split across threads, each streaming a contiguous block into its own partial sum
+/// (`part`, reused), then summed. A few rows: split by columns (each weight read once). Many
+/// rows: split by rows of `x`, each task running the cache-blocked `gemm`.
+fn linear(
+    kern: &kernels::Kernels,
+    x: &[f32],
+    m: usize,
+    lin: &Linear,
+    out: &mut [f32],
+    part: &mut Vec<f32>,
+) {
     let (k, n) = (lin.n_in, lin.n_out);
     let w = lin.w.values();
     let threads = rayon::current_num_threads();
+    if m <= GEMV_ROWS {
+        let tasks = threads.min(k.div_ceil(64)).max(1);
+        let rows = k.div_ceil(tasks).div_ceil(4) * 4;
+        let size = m * n;
+        if part.len() < tasks * size {
+            part.resize(tasks * size, 0.0);
+        }
+        let part = &mut part[..tasks * size];
+        let run = |(t, acc): (usize, &mut [f32])| {
+            acc.fill(0.0);
+            let (p0, p1) = ((t * rows).min(k), ((t + 1) * rows).min(k));
+            if p0 < p1 {
+                (kern.gemv_acc)(m, &x[p0..], k, &w[p0 * n..p1 * n], acc);
+            }
+        };
+        if tasks == 1 {
+            part.chunks_mut(size).enumerate().for_each(run);
+        } else {
+            part.par_chunks_mut(size).enumerate().for_each(run);
+        }
+        for row in out[..size].chunks_exact_mut(n) {
+            row.copy_from_slice(lin.b.values());
+        }
+        for acc in part.chunks_exact(size) {
+            add_in(&mut out[..size], acc);
+        }
+        return;
+    }
     if m >= 4 * threads {
         let per = m.div_ceil(threads * 2).max(4);
         out.par_chunks_mut(per * n)
@@ -751,6 +812,9 @@ fn gemm_nt_parallel(
     });
 }
 
+/// Up to this many rows (tokens decoded together), a matmul streams the weights by rows.
+const GEMV_ROWS: usize = 8;
+
 /// Rows of the LM head transposed per packed panel.
 const NT_BLOCK: usize = 128;
 
@@ -763,6 +827,8 @@ struct Work {
     att: Vec<f32>,
     mlp: Vec<f32>,
     scores: Vec<f32>,
+    /// Per-thread partial sums of a one-row matmul.
+    part: Vec<f32>,
 }
 
 impl Work {
