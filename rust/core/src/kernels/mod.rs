@@ -58,6 +58,10 @@ pub struct Kernels {
     /// back once for all `m` rows: decoding a few tokens. Arguments: `(m, x, ldx, b, y)`, `k` =
     /// `b.len() / n`, `n` = `y.len() / m`.
     pub gemv_acc: fn(usize, &[f32], usize, &[f32], &mut [f32]),
+    /// `x = exp(x)` element-wise (within 2 ulp of the reference).
+    pub exp: fn(&mut [f32]),
+    /// GPT-2's `gelu_new`: `x = 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`, element-wise.
+    pub gelu_tanh: fn(&mut [f32]),
     pub dot: fn(&[f32], &[f32]) -> f32,
     /// `y += alpha * x`
     pub axpy: fn(f32, &[f32], &mut [f32]),
@@ -196,6 +200,16 @@ mod tests {
                 (reference.gemv_acc)(m, &xk, k + 2, &bk, &mut g0);
                 (kern.gemv_acc)(m, &xk, k + 2, &bk, &mut g1);
                 close(&g1, &g0, 1e-5);
+                let mut e0: Vec<f32> = rand(k + 5, 9).iter().map(|v| v * 40.0).collect();
+                let mut e1 = e0.clone();
+                let mut g0: Vec<f32> = rand(k + 5, 10).iter().map(|v| v * 12.0).collect();
+                let mut g1 = g0.clone();
+                (reference.exp)(&mut e0);
+                (kern.exp)(&mut e1);
+                close(&e1, &e0, 1e-6);
+                (reference.gelu_tanh)(&mut g0);
+                (kern.gelu_tanh)(&mut g1);
+                close(&g1, &g0, 1e-6);
                 let x = rand(k, 4);
                 assert!(((kern.dot)(&a[..k], &x) - (reference.dot)(&a[..k], &x)).abs() < 1e-4);
                 let (mut y0, mut y1) = (rand(k, 5), rand(k, 5));

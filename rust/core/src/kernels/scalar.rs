@@ -11,6 +11,8 @@ pub const KERNELS: Kernels = Kernels {
     gemm,
     gemm_nt,
     gemv_acc,
+    exp,
+    gelu_tanh,
     dot,
     axpy,
 };
@@ -65,6 +67,18 @@ pub fn gemv_acc(m: usize, x: &[f32], ldx: usize, b: &[f32], y: &mut [f32]) {
         for p in 0..k {
             axpy(x[r * ldx + p], &b[p * n..(p + 1) * n], yr);
         }
+    }
+}
+
+pub fn exp(x: &mut [f32]) {
+    x.iter_mut().for_each(|v| *v = v.exp());
+}
+
+pub fn gelu_tanh(x: &mut [f32]) {
+    const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+    for v in x.iter_mut() {
+        let u = *v;
+        *v = 0.5 * u * (1.0 + (C * (u + 0.044_715 * u * u * u)).tanh());
     }
 }
 

@@ -17,6 +17,8 @@ pub const KERNELS: Kernels = Kernels {
     gemm,
     gemm_nt,
     gemv_acc,
+    exp,
+    gelu_tanh,
     dot,
     axpy,
 };
@@ -158,18 +160,82 @@ unsafe fn gemm_nt_avx2(
     ldc: usize,
 ) {
     assert!(a.len() >= m * k && b.len() >= n * k);
+    const BR: usize = 2;
     let mut i = 0;
     while i < m {
-        let r = (m - i).min(4);
-        for j in 0..n {
-            let brow = &b[j * k..(j + 1) * k];
-            for rr in 0..r {
-                let arow = &a[(i + rr) * k..(i + rr + 1) * k];
-                // SAFETY: row i + rr < m, column j < n of the caller's C.
-                unsafe { *c.add((i + rr) * ldc + j) = dot_avx2(arow, brow) };
+        let r = (m - i).min(6);
+        let mut j = 0;
+        // SAFETY: rows i..i+r of A, rows j..j+BR (or j) of B, and that block of C, all within
+        // the bounds asserted above and the caller's C.
+        unsafe {
+            let ap = a.as_ptr().add(i * k);
+            while j + BR <= n {
+                let (bp, cp) = (b.as_ptr().add(j * k), c.add(i * ldc + j));
+                match r {
+                    6 => nt_tile::<6, BR>(k, ap, bp, cp, ldc),
+                    5 => nt_tile::<5, BR>(k, ap, bp, cp, ldc),
+                    4 => nt_tile::<4, BR>(k, ap, bp, cp, ldc),
+                    3 => nt_tile::<3, BR>(k, ap, bp, cp, ldc),
+                    2 => nt_tile::<2, BR>(k, ap, bp, cp, ldc),
+                    _ => nt_tile::<1, BR>(k, ap, bp, cp, ldc),
+                }
+                j += BR;
+            }
+            while j < n {
+                let (bp, cp) = (b.as_ptr().add(j * k), c.add(i * ldc + j));
+                match r {
+                    6 => nt_tile::<6, 1>(k, ap, bp, cp, ldc),
+                    5 => nt_tile::<5, 1>(k, ap, bp, cp, ldc),
+                    4 => nt_tile::<4, 1>(k, ap, bp, cp, ldc),
+                    3 => nt_tile::<3, 1>(k, ap, bp, cp, ldc),
+                    2 => nt_tile::<2, 1>(k, ap, bp, cp, ldc),
+                    _ => nt_tile::<1, 1>(k, ap, bp, cp, ldc),
+                }
+                j += 1;
             }
         }
         i += r;
+    }
+}
+
+/// `C[R×BR] = A[R×k] · B[BR×k]ᵀ`: R·BR dot products side by side, each row of B loaded once
+/// per step for all R rows of A, reduced once at the end.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn nt_tile<const R: usize, const BR: usize>(
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: R rows of A and BR rows of B of k floats each; R × BR outputs of C at stride ldc.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); BR]; R];
+        let full = k - k % 8;
+        let mut p = 0;
+        while p < full {
+            let mut bv = [_mm256_setzero_ps(); BR];
+            for (q, v) in bv.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(b.add(q * k + p));
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_loadu_ps(a.add(r * k + p));
+                for (q, x) in row.iter_mut().enumerate() {
+                    *x = _mm256_fmadd_ps(av, bv[q], *x);
+                }
+            }
+            p += 8;
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (q, x) in row.iter().enumerate() {
+                let mut s = hsum256(*x);
+                for t in full..k {
+                    s += *a.add(r * k + t) * *b.add(q * k + t);
+                }
+                *c.add(r * ldc + q) = s;
+            }
+        }
     }
 }
 
@@ -269,6 +335,118 @@ fn gemv_acc_avx2(m: usize, x: &[f32], ldx: usize, b: &[f32], y: &mut [f32]) {
             }
         }
     }
+}
+
+/// The sum of the 8 lanes.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn hsum256(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps::<1>(v);
+    let q = _mm_add_ps(lo, hi);
+    let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    let q = _mm_add_ss(q, _mm_shuffle_ps::<1>(q, q));
+    _mm_cvtss_f32(q)
+}
+
+// exp(x) = 2^n · e^r, n = round(x / ln 2), r = x − n ln 2 (ln 2 split in two, Cody–Waite), e^r
+// by Cephes' degree-6 polynomial on [−ln2/2, ln2/2].
+const EXP_HI: f32 = 88.376_26;
+const EXP_LO: f32 = -87.336_55;
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+const P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+const GELU_C: f32 = 0.797_884_6;
+const GELU_A: f32 = 0.044_715;
+
+/// e^x for one vector.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn exp_v(x: __m256) -> __m256 {
+    let x = _mm256_min_ps(
+        _mm256_max_ps(x, _mm256_set1_ps(EXP_LO)),
+        _mm256_set1_ps(EXP_HI),
+    );
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(LOG2E),
+    ));
+    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_HI), x);
+    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_LO), r);
+    let mut p = _mm256_set1_ps(P[0]);
+    for &c in &P[1..] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let poly = _mm256_add_ps(
+        _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
+        _mm256_set1_ps(1.0),
+    );
+    _mm256_mul_ps(
+        poly,
+        _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ))),
+    )
+}
+
+pub fn exp(x: &mut [f32]) {
+    // SAFETY: the dispatch point hands out these kernels only on CPUs that run them.
+    unsafe { exp_avx2(x) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn exp_avx2(x: &mut [f32]) {
+    let n = x.len();
+    let full = n - n % 8;
+    let px = x.as_mut_ptr();
+    let mut i = 0;
+    // SAFETY: 8 floats at i < full <= n.
+    unsafe {
+        while i < full {
+            _mm256_storeu_ps(px.add(i), exp_v(_mm256_loadu_ps(px.add(i))));
+            i += 8;
+        }
+    }
+    super::scalar::exp(&mut x[full..]);
+}
+
+pub fn gelu_tanh(x: &mut [f32]) {
+    // SAFETY: the dispatch point hands out these kernels only on CPUs that run them.
+    unsafe { gelu_tanh_avx2(x) }
+}
+
+/// `0.5 x (1 + tanh(u))` as `x − x / (1 + e^{2u})`: one exp, one division.
+#[target_feature(enable = "avx2,fma")]
+fn gelu_tanh_avx2(x: &mut [f32]) {
+    let n = x.len();
+    let full = n - n % 8;
+    let px = x.as_mut_ptr();
+    let mut i = 0;
+    // SAFETY: 8 floats at i < full <= n.
+    unsafe {
+        while i < full {
+            let v = _mm256_loadu_ps(px.add(i));
+            let v3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
+            let u = _mm256_mul_ps(
+                _mm256_set1_ps(GELU_C),
+                _mm256_fmadd_ps(_mm256_set1_ps(GELU_A), v3, v),
+            );
+            let e = exp_v(_mm256_add_ps(u, u));
+            let g = _mm256_sub_ps(v, _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0), e)));
+            _mm256_storeu_ps(px.add(i), g);
+            i += 8;
+        }
+    }
+    super::scalar::gelu_tanh(&mut x[full..]);
 }
 
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -13,6 +13,8 @@ pub const KERNELS: Kernels = Kernels {
     gemm,
     gemm_nt,
     gemv_acc,
+    exp,
+    gelu_tanh,
     dot,
     axpy,
 };
@@ -154,18 +156,82 @@ unsafe fn gemm_nt_avx512(
     ldc: usize,
 ) {
     assert!(a.len() >= m * k && b.len() >= n * k);
+    const BR: usize = 4;
     let mut i = 0;
     while i < m {
-        let r = (m - i).min(4);
-        for j in 0..n {
-            let brow = &b[j * k..(j + 1) * k];
-            for rr in 0..r {
-                let arow = &a[(i + rr) * k..(i + rr + 1) * k];
-                // SAFETY: row i + rr < m, column j < n of the caller's C.
-                unsafe { *c.add((i + rr) * ldc + j) = dot_avx512(arow, brow) };
+        let r = (m - i).min(6);
+        let mut j = 0;
+        // SAFETY: rows i..i+r of A, rows j..j+BR (or j) of B, and that block of C, all within
+        // the bounds asserted above and the caller's C.
+        unsafe {
+            let ap = a.as_ptr().add(i * k);
+            while j + BR <= n {
+                let (bp, cp) = (b.as_ptr().add(j * k), c.add(i * ldc + j));
+                match r {
+                    6 => nt_tile::<6, BR>(k, ap, bp, cp, ldc),
+                    5 => nt_tile::<5, BR>(k, ap, bp, cp, ldc),
+                    4 => nt_tile::<4, BR>(k, ap, bp, cp, ldc),
+                    3 => nt_tile::<3, BR>(k, ap, bp, cp, ldc),
+                    2 => nt_tile::<2, BR>(k, ap, bp, cp, ldc),
+                    _ => nt_tile::<1, BR>(k, ap, bp, cp, ldc),
+                }
+                j += BR;
+            }
+            while j < n {
+                let (bp, cp) = (b.as_ptr().add(j * k), c.add(i * ldc + j));
+                match r {
+                    6 => nt_tile::<6, 1>(k, ap, bp, cp, ldc),
+                    5 => nt_tile::<5, 1>(k, ap, bp, cp, ldc),
+                    4 => nt_tile::<4, 1>(k, ap, bp, cp, ldc),
+                    3 => nt_tile::<3, 1>(k, ap, bp, cp, ldc),
+                    2 => nt_tile::<2, 1>(k, ap, bp, cp, ldc),
+                    _ => nt_tile::<1, 1>(k, ap, bp, cp, ldc),
+                }
+                j += 1;
             }
         }
         i += r;
+    }
+}
+
+/// `C[R×BR] = A[R×k] · B[BR×k]ᵀ`: R·BR dot products side by side, each row of B loaded once
+/// per step for all R rows of A, reduced once at the end.
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn nt_tile<const R: usize, const BR: usize>(
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: R rows of A and BR rows of B of k floats each; R × BR outputs of C at stride ldc.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); BR]; R];
+        let full = k - k % 16;
+        let mut p = 0;
+        while p < full {
+            let mut bv = [_mm512_setzero_ps(); BR];
+            for (q, v) in bv.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(b.add(q * k + p));
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm512_loadu_ps(a.add(r * k + p));
+                for (q, x) in row.iter_mut().enumerate() {
+                    *x = _mm512_fmadd_ps(av, bv[q], *x);
+                }
+            }
+            p += 16;
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (q, x) in row.iter().enumerate() {
+                let mut s = _mm512_reduce_add_ps(*x);
+                for t in full..k {
+                    s += *a.add(r * k + t) * *b.add(q * k + t);
+                }
+                *c.add(r * ldc + q) = s;
+            }
+        }
     }
 }
 
@@ -199,23 +265,17 @@ fn gemv_acc_avx512(m: usize, x: &[f32], ldx: usize, b: &[f32], y: &mut [f32]) {
                 pb.add((p + 3) * n),
             );
             let mut j = 0;
-            if m == 1 {
-                // One row: its four coefficients stay in registers across the whole row.
-                let (x0, x1, x2, x3) = (
-                    _mm512_set1_ps(x[p]),
-                    _mm512_set1_ps(x[p + 1]),
-                    _mm512_set1_ps(x[p + 2]),
-                    _mm512_set1_ps(x[p + 3]),
-                );
-                while j < full {
-                    let mut acc = _mm512_loadu_ps(py.add(j));
-                    acc = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r0.add(j)), acc);
-                    acc = _mm512_fmadd_ps(x1, _mm512_loadu_ps(r1.add(j)), acc);
-                    acc = _mm512_fmadd_ps(x2, _mm512_loadu_ps(r2.add(j)), acc);
-                    acc = _mm512_fmadd_ps(x3, _mm512_loadu_ps(r3.add(j)), acc);
-                    _mm512_storeu_ps(py.add(j), acc);
-                    j += 16;
-                }
+            // Up to 6 rows of Y: their 4 coefficients each stay in registers across the row.
+            let xp = x.as_ptr().add(p);
+            let rows = [r0, r1, r2, r3];
+            match m {
+                1 => j = hoisted::<1>(xp, ldx, rows, py, n, full),
+                2 => j = hoisted::<2>(xp, ldx, rows, py, n, full),
+                3 => j = hoisted::<3>(xp, ldx, rows, py, n, full),
+                4 => j = hoisted::<4>(xp, ldx, rows, py, n, full),
+                5 => j = hoisted::<5>(xp, ldx, rows, py, n, full),
+                6 => j = hoisted::<6>(xp, ldx, rows, py, n, full),
+                _ => {}
             }
             while j < full {
                 let (b0, b1, b2, b3) = (
@@ -265,6 +325,145 @@ fn gemv_acc_avx512(m: usize, x: &[f32], ldx: usize, b: &[f32], y: &mut [f32]) {
             }
         }
     }
+}
+
+/// Four rows of B into R rows of Y, the `4 × R` coefficients broadcast once into registers;
+/// returns the columns done (`full`).
+///
+/// # Safety
+/// `x` points at X[0, p] (rows at stride `ldx`, 4 values each); `rows` at B[p..p+4, 0]; `y` at
+/// Y (R rows of `n`); `full` ≤ `n`, a multiple of 16.
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn hoisted<const R: usize>(
+    x: *const f32,
+    ldx: usize,
+    rows: [*const f32; 4],
+    y: *mut f32,
+    n: usize,
+    full: usize,
+) -> usize {
+    // SAFETY: as the caller promises.
+    unsafe {
+        let mut xs = [[_mm512_setzero_ps(); 4]; R];
+        for (r, xr) in xs.iter_mut().enumerate() {
+            for (q, v) in xr.iter_mut().enumerate() {
+                *v = _mm512_set1_ps(*x.add(r * ldx + q));
+            }
+        }
+        let mut j = 0;
+        while j < full {
+            let bv = [
+                _mm512_loadu_ps(rows[0].add(j)),
+                _mm512_loadu_ps(rows[1].add(j)),
+                _mm512_loadu_ps(rows[2].add(j)),
+                _mm512_loadu_ps(rows[3].add(j)),
+            ];
+            for (r, xr) in xs.iter().enumerate() {
+                let yp = y.add(r * n + j);
+                let mut acc = _mm512_loadu_ps(yp);
+                for q in 0..4 {
+                    acc = _mm512_fmadd_ps(xr[q], bv[q], acc);
+                }
+                _mm512_storeu_ps(yp, acc);
+            }
+            j += 16;
+        }
+        j
+    }
+}
+
+// exp(x) = 2^n · e^r, n = round(x / ln 2), r = x − n ln 2 (ln 2 split in two, Cody–Waite), e^r
+// by Cephes' degree-6 polynomial on [−ln2/2, ln2/2].
+const EXP_HI: f32 = 88.376_26;
+const EXP_LO: f32 = -87.336_55;
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+const P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+const GELU_C: f32 = 0.797_884_6;
+const GELU_A: f32 = 0.044_715;
+
+/// e^x for one vector.
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+fn exp_v(x: __m512) -> __m512 {
+    let x = _mm512_min_ps(
+        _mm512_max_ps(x, _mm512_set1_ps(EXP_LO)),
+        _mm512_set1_ps(EXP_HI),
+    );
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
+    );
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_HI), x);
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_LO), r);
+    let mut p = _mm512_set1_ps(P[0]);
+    for &c in &P[1..] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let poly = _mm512_add_ps(
+        _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r),
+        _mm512_set1_ps(1.0),
+    );
+    _mm512_scalef_ps(poly, n)
+}
+
+pub fn exp(x: &mut [f32]) {
+    // SAFETY: the dispatch point hands out these kernels only on CPUs that run them.
+    unsafe { exp_avx512(x) }
+}
+
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn exp_avx512(x: &mut [f32]) {
+    let n = x.len();
+    let full = n - n % 16;
+    let px = x.as_mut_ptr();
+    let mut i = 0;
+    // SAFETY: 16 floats at i < full <= n.
+    unsafe {
+        while i < full {
+            _mm512_storeu_ps(px.add(i), exp_v(_mm512_loadu_ps(px.add(i))));
+            i += 16;
+        }
+    }
+    super::scalar::exp(&mut x[full..]);
+}
+
+pub fn gelu_tanh(x: &mut [f32]) {
+    // SAFETY: the dispatch point hands out these kernels only on CPUs that run them.
+    unsafe { gelu_tanh_avx512(x) }
+}
+
+/// `0.5 x (1 + tanh(u))` as `x − x / (1 + e^{2u})`: one exp, one division.
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn gelu_tanh_avx512(x: &mut [f32]) {
+    let n = x.len();
+    let full = n - n % 16;
+    let px = x.as_mut_ptr();
+    let mut i = 0;
+    // SAFETY: 16 floats at i < full <= n.
+    unsafe {
+        while i < full {
+            let v = _mm512_loadu_ps(px.add(i));
+            let v3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
+            let u = _mm512_mul_ps(
+                _mm512_set1_ps(GELU_C),
+                _mm512_fmadd_ps(_mm512_set1_ps(GELU_A), v3, v),
+            );
+            let e = exp_v(_mm512_add_ps(u, u));
+            let g = _mm512_sub_ps(v, _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0), e)));
+            _mm512_storeu_ps(px.add(i), g);
+            i += 16;
+        }
+    }
+    super::scalar::gelu_tanh(&mut x[full..]);
 }
 
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -469,11 +469,17 @@ impl Gpt2 {
                 );
                 let act = c.activation;
                 let h = &mut ws.mlp[..rows * inner];
+                let apply = |ch: &mut [f32]| {
+                    if act == Activation::GeluTanh {
+                        (kern.gelu_tanh)(ch);
+                    } else {
+                        ch.iter_mut().for_each(|v| *v = act.apply(*v));
+                    }
+                };
                 if h.len() <= SERIAL_ELEMS {
-                    h.iter_mut().for_each(|v| *v = act.apply(*v));
+                    apply(h);
                 } else {
-                    h.par_chunks_mut(4096)
-                        .for_each(|ch| ch.iter_mut().for_each(|v| *v = act.apply(*v)));
+                    h.par_chunks_mut(4096).for_each(apply);
                 }
                 linear(
                     kern,
@@ -593,6 +599,7 @@ fn attention(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32], scores:
             let q = &a.qkv[row * 3 * a.d + h * a.hd..row * 3 * a.d + (h + 1) * a.hd];
             let upto = base + i + 1; // positions 0..=base+i
             let mut max = f32::NEG_INFINITY;
+            let mut any_masked = false;
             for (p, slot) in sc.iter_mut().enumerate().take(upto) {
                 // A position is seen if it is a real token (the query's own always is, so
                 // a padded query has something to attend to; its output is never used).
@@ -608,13 +615,26 @@ fn attention(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32], scores:
                     max = max.max(x);
                 } else {
                     *slot = f32::NEG_INFINITY;
+                    any_masked = true;
                 }
             }
-            let mut sum = 0.0;
+            // softmax: exp(x - max) vectorized; masked positions weigh exactly 0.
             for x in sc[..upto].iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
+                *x -= max;
             }
+            let probs = &mut sc[..upto];
+            if any_masked {
+                let masked: Vec<bool> = probs.iter().map(|x| *x == f32::NEG_INFINITY).collect();
+                (kern.exp)(probs);
+                for (x, m) in probs.iter_mut().zip(masked) {
+                    if m {
+                        *x = 0.0;
+                    }
+                }
+            } else {
+                (kern.exp)(probs);
+            }
+            let sum: f32 = probs.iter().sum();
             // SAFETY: each (slot, head) job writes only row `row`'s columns of head `h`,
             // disjoint from every other job's; `out` outlives the parallel loop.
             let o = unsafe {
