@@ -886,3 +886,38 @@ def test_logits_processor_runs_each_step_and_matches_transformers() -> None:
 
     with pytest.raises(RuntimeError, match="from the processor"):
         model.generate([[464]], max_new_tokens=3, logits_processor=broken)
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+def test_every_kernel_set_gives_the_same_logits(isa: str, tmp_path: Path) -> None:
+    """FERROLM_ISA picks the kernels at start-up: each set this CPU runs matches the default."""
+    import os
+    import subprocess
+    import sys
+
+    flags = ferrolm.cpu_features()
+    if isa == "avx2" and not (flags["avx2"] and flags["fma"]):
+        pytest.skip("this CPU has no AVX2+FMA")
+    if isa == "avx512" and not flags["avx512f"]:
+        pytest.skip("this CPU has no AVX-512")
+    folder = gpt2_model(**SMALL)
+    ids = [[(i * 7919) % 50257 for i in range(40)]]
+    probe = (
+        "import sys, json, numpy as np, ferrolm\n"
+        "m = ferrolm.AutoModelForCausalLM.from_pretrained(sys.argv[1])\n"
+        "ids = json.loads(sys.argv[2])\n"
+        "np.save(sys.argv[3], m(ids).logits)\n"
+        "print(json.dumps(m.generate(ids, max_new_tokens=8, do_sample=True, seed=3)))\n"
+    )
+    out = tmp_path / "logits.npy"
+    env = {**os.environ, "FERROLM_ISA": isa}
+    res = subprocess.run(
+        [sys.executable, "-c", probe, str(folder), json.dumps(ids), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    model = ferrolm.AutoModelForCausalLM.from_pretrained(folder)
+    assert np.abs(np.load(out) - model(ids).logits).max() <= 1e-4
+    assert json.loads(res.stdout) == model.generate(ids, max_new_tokens=8, do_sample=True, seed=3)
