@@ -6,10 +6,11 @@
 The model defaults to GPT-2 124M shapes with random weights (transformers' GPT2Config(),
 torch.manual_seed(0)), built once into ~/.cache/ferrolm-bench/gpt2-124m; ``--model`` takes any
 GPT-2 folder. Both engines use the same thread count (``torch.set_num_threads``). Rows:
-- decode: a 32-token prompt, 128 new tokens, greedy (tokens/s of the 128);
+- decode: a 32-token prompt, 128 new tokens, greedy: the decode steps alone (the time of 128
+  new tokens less that of 1, i.e. less the prefill), tokens/s of the 127;
 - prefill: the logits of every position of a 512-token prompt (``model(ids).logits``), and
   the time to the first new token (only the last position's logits, as llama.cpp computes);
-- the seeds' call, ``num_return_sequences=5, do_sample=True``: aggregate tokens/s, against
+- the seeds' call, ``num_return_sequences=5, do_sample=True``: aggregate decode tokens/s, against
   ferrolm's own single-sequence rate (transformers' is printed too);
 - the memory-bandwidth ceiling of decoding (weight bytes per token / measured read bandwidth);
 - peak RSS of a process that loads the model and generates, against weights + KV cache.
@@ -21,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from common import Table, machine, timed
+from common import Table, Timing, machine, timed
 
 import ferrolm
 
@@ -50,6 +54,22 @@ def build_gpt2(folder: Path) -> Path:
 
     write_gpt2_files(folder)
     return folder
+
+
+def decode_only(full: Callable[[], object], first: Callable[[], object], repeat: int) -> Timing:
+    """The time of the decode steps alone: a generation of NEW tokens less one of 1 token (the
+    prefill and the first token), run alternately; median, min and max of the differences."""
+    full()
+    first()
+    diffs = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        full()
+        t1 = time.perf_counter()
+        first()
+        t2 = time.perf_counter()
+        diffs.append((t1 - t0) - (t2 - t1))
+    return statistics.median(diffs), min(diffs), max(diffs)
 
 
 def read_bandwidth() -> float:
@@ -139,10 +159,24 @@ def main() -> int:
     def tps(n: int):
         return lambda s: f"{n / s:.1f} tok/s"
 
+    one = dict(max_new_tokens=1, min_new_tokens=1, do_sample=False)
     with torch.no_grad():
-        t_ours = timed(lambda: ours.generate(prompt, eos_token_id=[], **greedy), args.repeat)
-        t_peer = timed(lambda: peer.generate(pt_prompt, pad_token_id=0, **greedy), args.repeat)
-        table.add(f"decode, {PROMPT}-token prompt + {NEW} new, greedy", t_ours, t_peer, tps(NEW))
+        t_ours = decode_only(
+            lambda: ours.generate(prompt, eos_token_id=[], **greedy),
+            lambda: ours.generate(prompt, eos_token_id=[], **one),
+            args.repeat,
+        )
+        t_peer = decode_only(
+            lambda: peer.generate(pt_prompt, pad_token_id=0, **greedy),
+            lambda: peer.generate(pt_prompt, pad_token_id=0, **one),
+            args.repeat,
+        )
+        table.add(
+            f"decode, {PROMPT}-token prompt, {NEW} new tokens, greedy (decode steps only)",
+            t_ours,
+            t_peer,
+            tps(NEW - 1),
+        )
         t_pre = timed(lambda: ours(long_prompt), args.repeat)
         table.add(
             f"prefill, {PREFILL}-token prompt (logits of every position)",
@@ -159,21 +193,28 @@ def main() -> int:
             tps(PREFILL),
         )
         sample = dict(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=True)
-        t5 = timed(
-            lambda: ours.generate(
-                prompt, num_return_sequences=SEQS, seed=0, eos_token_id=[], **sample
-            ),
+        sample1 = dict(sample, max_new_tokens=1, min_new_tokens=1)
+        kw5 = dict(num_return_sequences=SEQS)
+        t5 = decode_only(
+            lambda: ours.generate(prompt, seed=0, eos_token_id=[], **kw5, **sample),
+            lambda: ours.generate(prompt, seed=0, eos_token_id=[], **kw5, **sample1),
             args.repeat,
         )
-        p5 = timed(
-            lambda: peer.generate(pt_prompt, num_return_sequences=SEQS, pad_token_id=0, **sample),
+        p5 = decode_only(
+            lambda: peer.generate(pt_prompt, pad_token_id=0, **kw5, **sample),
+            lambda: peer.generate(pt_prompt, pad_token_id=0, **kw5, **sample1),
             args.repeat,
         )
-        table.add(f"num_return_sequences={SEQS}, do_sample (aggregate)", t5, p5, tps(NEW * SEQS))
+        table.add(
+            f"num_return_sequences={SEQS}, do_sample, aggregate (decode steps only)",
+            t5,
+            p5,
+            tps((NEW - 1) * SEQS),
+        )
     table.print()
 
-    single = NEW / t_ours[0]
-    aggregate = NEW * SEQS / t5[0]
+    single = (NEW - 1) / t_ours[0]
+    aggregate = (NEW - 1) * SEQS / t5[0]
     print(
         f"\n{SEQS} sequences together: {aggregate:.1f} tok/s aggregate = "
         f"{aggregate / single:.2f}x ferrolm's single-sequence rate ({single:.1f} tok/s)"
