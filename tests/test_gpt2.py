@@ -680,6 +680,48 @@ def test_pytorch_bin_only_asks_for_a_conversion(tiny: Path, tmp_path: Path) -> N
     torch.save(load_file(tiny / "model.safetensors"), folder / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match=r"(?i)convert"):
         ferrolm.AutoModelForCausalLM.from_pretrained(folder)
+    # The conversion the message names, then the model loads and matches the original.
+    from ferrolm.torch_ref import convert_to_safetensors
+
+    assert convert_to_safetensors(folder) == folder / "model.safetensors"
+    ids = random_ids(9, vocab=1000, seed=5)
+    got = ferrolm.AutoModelForCausalLM.from_pretrained(folder)(ids).logits
+    want = ferrolm.AutoModelForCausalLM.from_pretrained(tiny)(ids).logits
+    assert np.array_equal(got, want)
+
+
+def test_ctrl_c_stops_generation_with_keyboard_interrupt() -> None:
+    # One generate call of about a second (2,000 tokens): SIGINT lands inside the Rust loop,
+    # which must stop within a step and raise KeyboardInterrupt.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = gpt2_model(n_embd=128, n_layer=4, n_head=4, n_positions=2048, vocab_size=2000)
+    probe = (
+        "import sys, ferrolm\n"
+        "m = ferrolm.AutoModelForCausalLM.from_pretrained(sys.argv[1])\n"
+        "m.generate([[1, 2, 3]], max_new_tokens=4)\n"
+        "print('ready', flush=True)\n"
+        "try:\n"
+        "    m.generate([[1, 2, 3]], max_new_tokens=2000, do_sample=True, eos_token_id=[])\n"
+        "    print('finished', flush=True)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", probe, str(folder)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    sent = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert out.split() == ["interrupted"], out
+    assert time.perf_counter() - sent < 5.0
+    assert proc.returncode == 0
 
 
 def test_prompt_longer_than_n_positions(tiny: Path) -> None:

@@ -6,6 +6,14 @@ Importing this package needs torch (and safetensors for loading); ferrolm itself
 
 from __future__ import annotations
 
+from ferrolm.torch_ref.convert import convert_to_safetensors
 from ferrolm.torch_ref.gpt2 import GPT2Ref, GPT2RefConfig, Past, greedy, load_gpt2
 
-__all__ = ["GPT2Ref", "GPT2RefConfig", "Past", "greedy", "load_gpt2"]
+__all__ = [
+    "GPT2Ref",
+    "GPT2RefConfig",
+    "Past",
+    "convert_to_safetensors",
+    "greedy",
+    "load_gpt2",
+]
