@@ -368,7 +368,8 @@ impl Gpt2 {
         let ws = &mut cache.work;
         ws.ensure(rows, c);
         // Positions: real tokens count from the slot's next position; padding gets position 0.
-        let mut positions = Vec::with_capacity(rows);
+        let positions = &mut ws.positions;
+        positions.clear();
         for s in 0..slots {
             let mut p = cache.next_pos[s];
             for i in 0..t {
@@ -384,7 +385,7 @@ impl Gpt2 {
             // x = wte[ids] + wpe[pos]                                  [rows, d]
             let (wte, wpe) = (self.wte.values(), self.wpe.values());
             for (r, row) in ws.x[..rows * d].chunks_exact_mut(d).enumerate() {
-                let (tok, pos) = (tokens[r] as usize, positions[r]);
+                let (tok, pos) = (tokens[r] as usize, ws.positions[r]);
                 for ((o, &a), &b) in row
                     .iter_mut()
                     .zip(&wte[tok * d..(tok + 1) * d])
@@ -492,17 +493,13 @@ impl Gpt2 {
                 add_in(&mut ws.x[..rows * d], &ws.h[..rows * d]);
             }
             // logits = ln_f(x) @ wteᵀ
-            let out_rows: Vec<usize> = if last_only {
-                (0..slots).map(|s| s * t + t - 1).collect()
-            } else {
-                (0..rows).collect()
-            };
-            for (i, &r) in out_rows.iter().enumerate() {
-                let (src, dst) = (&ws.x[r * d..(r + 1) * d], i * d);
-                ws.h[dst..dst + d].copy_from_slice(src);
+            // The rows whose logits are wanted (each slot's last, or all), gathered into `att`.
+            let m = if last_only { slots } else { rows };
+            for i in 0..m {
+                let r = if last_only { i * t + t - 1 } else { i };
+                ws.att[i * d..(i + 1) * d].copy_from_slice(&ws.x[r * d..(r + 1) * d]);
             }
-            let m = out_rows.len();
-            layer_norm_in_place(&mut ws.h[..m * d], &self.ln_f, c);
+            layer_norm(&ws.att[..m * d], &mut ws.h[..m * d], &self.ln_f, c);
             let head = self.lm_head.as_ref().unwrap_or(&self.wte).values();
             logits.clear();
             logits.resize(m * c.vocab_size, 0.0);
@@ -677,17 +674,6 @@ fn layer_norm(x: &[f32], out: &mut [f32], n: &Norm, c: &Gpt2Config) {
 /// decoded token has a dozen such steps per layer.
 const SERIAL_ELEMS: usize = 1 << 14;
 
-fn layer_norm_in_place(x: &mut [f32], n: &Norm, c: &Gpt2Config) {
-    let d = c.n_embd;
-    let (w, b) = (n.w.values(), n.b.values());
-    let eps = c.layer_norm_epsilon;
-    let mut tmp = vec![0.0; d];
-    for row in x.chunks_exact_mut(d) {
-        norm_row(row, &mut tmp, w, b, eps);
-        row.copy_from_slice(&tmp);
-    }
-}
-
 #[inline]
 fn norm_row(row: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     let n = row.len() as f32;
@@ -849,6 +835,8 @@ struct Work {
     scores: Vec<f32>,
     /// Per-thread partial sums of a one-row matmul.
     part: Vec<f32>,
+    /// The position id of each row.
+    positions: Vec<usize>,
 }
 
 impl Work {
