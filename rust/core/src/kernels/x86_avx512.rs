@@ -1,5 +1,5 @@
 //! The kernels with AVX-512F (16 f32 lanes). Same functions and signatures as [`super::scalar`];
-//! the same blocking as [`super::x86_avx2`], with a register tile of up to 6 rows × 32 columns.
+//! the same blocking as [`super::x86_avx2`], with a register tile of up to 6 rows × 64 columns.
 
 // BLAS-shaped signatures: sizes, operands and strides.
 #![allow(clippy::too_many_arguments)]
@@ -21,7 +21,7 @@ pub const KERNELS: Kernels = Kernels {
 
 const KC: usize = 256;
 const NC: usize = 256;
-const NR: usize = 32;
+const NR: usize = 64;
 
 /// # Safety
 /// See [`super::GemmFn`]; the CPU must have AVX-512F (checked by the dispatch point).
@@ -65,7 +65,7 @@ unsafe fn gemm_avx512(
                 let r = (m - i).min(6);
                 let mut j = j0;
                 while j < j1 {
-                    // SAFETY: rows i..i+r, columns j..j+32 of C; rows p0..p1 and the same
+                    // SAFETY: rows i..i+r, columns j..j+64 of C; rows p0..p1 and the same
                     // columns of B; all within the bounds asserted above and the caller's C.
                     unsafe {
                         let ap = a.as_ptr().add(i * k + p0);
@@ -93,13 +93,14 @@ unsafe fn gemm_avx512(
         j0 = j1;
     }
     if full < w {
-        // The last columns (fewer than 32): the reference loop.
+        // The last columns (fewer than 64): the reference loop.
         // SAFETY: the same block, shifted to its last `w - full` columns.
         unsafe { scalar::gemm(m, w - full, k, a, &b[full..], ldb, c.add(full), ldc) }
     }
 }
 
-/// `C[R×32] (+)= A[R×kc] · B[kc×32]` in registers.
+/// `C[R×64] (+)= A[R×kc] · B[kc×64]` in registers: 4 vectors of B per step, shared by the R
+/// rows (R ≤ 6: 24 accumulators, 4 B vectors and one broadcast of the 32 registers).
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
@@ -113,27 +114,35 @@ unsafe fn tile<const R: usize>(
     ldc: usize,
     accumulate: bool,
 ) {
-    // SAFETY: the caller's bounds: R rows of A (kc each), kc rows of 32 in B, R rows of 32 in C.
+    // SAFETY: the caller's bounds: R rows of A (kc each), kc rows of 64 in B, R rows of 64 in C.
     unsafe {
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
         if accumulate {
             for (r, row) in acc.iter_mut().enumerate() {
-                row[0] = _mm512_loadu_ps(c.add(r * ldc));
-                row[1] = _mm512_loadu_ps(c.add(r * ldc + 16));
+                for (v, x) in row.iter_mut().enumerate() {
+                    *x = _mm512_loadu_ps(c.add(r * ldc + 16 * v));
+                }
             }
         }
         for p in 0..kc {
-            let b0 = _mm512_loadu_ps(b.add(p * ldb));
-            let b1 = _mm512_loadu_ps(b.add(p * ldb + 16));
+            let bp = b.add(p * ldb);
+            let bv = [
+                _mm512_loadu_ps(bp),
+                _mm512_loadu_ps(bp.add(16)),
+                _mm512_loadu_ps(bp.add(32)),
+                _mm512_loadu_ps(bp.add(48)),
+            ];
             for (r, row) in acc.iter_mut().enumerate() {
                 let x = _mm512_set1_ps(*a.add(r * lda + p));
-                row[0] = _mm512_fmadd_ps(x, b0, row[0]);
-                row[1] = _mm512_fmadd_ps(x, b1, row[1]);
+                for (v, y) in row.iter_mut().enumerate() {
+                    *y = _mm512_fmadd_ps(x, bv[v], *y);
+                }
             }
         }
         for (r, row) in acc.iter().enumerate() {
-            _mm512_storeu_ps(c.add(r * ldc), row[0]);
-            _mm512_storeu_ps(c.add(r * ldc + 16), row[1]);
+            for (v, x) in row.iter().enumerate() {
+                _mm512_storeu_ps(c.add(r * ldc + 16 * v), *x);
+            }
         }
     }
 }

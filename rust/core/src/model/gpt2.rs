@@ -691,10 +691,10 @@ fn add_in(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// Columns per parallel task of a matmul: a multiple of 32 (the widest register tile).
+/// Columns per parallel task of a matmul: a multiple of 64 (the widest register tile).
 fn column_chunk(n: usize, threads: usize) -> usize {
     let per = n.div_ceil(threads.max(1) * 2);
-    per.div_ceil(32).max(1) * 32
+    per.div_ceil(64).max(1) * 64
 }
 
 /// `out[m × n_out] = x[m × n_in] @ w + b`, on the pool. A few rows (decoded tokens): the weight
