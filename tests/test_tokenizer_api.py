@@ -78,8 +78,8 @@ def test_call_options_and_errors(ours: Tokenizer) -> None:
         ours(BATCH, return_tensors="tf")
     with pytest.raises(TypeError):
         ours([1, 2])  # type: ignore[list-item]
-    with pytest.raises(NotImplementedError, match="pairs"):
-        ours("a", "b")
+    with pytest.raises(ValueError, match="truncation must be"):
+        ours("a", "b", truncation="sideways")
     no_mask = ours(BATCH, return_attention_mask=False, return_token_type_ids=False)
     assert list(no_mask) == ["input_ids"]
     left = pickle.loads(pickle.dumps(ours))

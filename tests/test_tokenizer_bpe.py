@@ -476,3 +476,12 @@ def test_cl100k_family_on_generated_text(name: str, parts: list[str]) -> None:
 def test_cl100k_family_on_arbitrary_text(name: str, text: str) -> None:
     ours, peer = _pair(name)
     assert ours.encode(text, disallowed_special=()) == peer.encode(text, disallowed_special=())
+
+
+def test_pairs_concatenate_for_gpt2(ours: Tokenizer) -> None:
+    # longest_first (tokenizers' rule): the shorter side kept whole within half the budget.
+    got = ours("Hello there", " world", truncation=True, max_length=2)
+    assert got["input_ids"] == [15496, 995]
+    assert "token_type_ids" not in got
+    full = ours(["Hello there"], [" world"])
+    assert full["input_ids"] == [ours.encode("Hello there") + ours.encode(" world")]

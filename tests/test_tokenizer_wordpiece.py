@@ -204,3 +204,53 @@ def test_long_input_is_fine(ours: Tokenizer) -> None:
     ids = ours.encode(big)
     assert len(ids) == 200_000 + 3  # each word, one [UNK] for the 1M-char word, [CLS], [SEP]
     assert ids[-2] == 100
+
+
+# ---------------------------------------------------------------- sentence pairs
+
+PAIRS = [
+    ("How old are you?", "I am six years old."),
+    ("A short one", "and a much longer second sentence that goes on and on for a while"),
+    ("The first sentence is the long one here, with many words in it", "tiny"),
+    ("équal length ok", "equal length ok"),
+    ("", "only the second"),
+]
+
+
+@pytest.mark.parametrize("max_length", [None, 8, 11, 12, 17, 64])
+@pytest.mark.parametrize("strategy", ["longest_first", "only_first", "only_second"])
+def test_pairs_match_tokenizers(ours: Tokenizer, max_length: int | None, strategy: str) -> None:
+    peer = _peer()
+    if max_length is not None:
+        peer.enable_truncation(max_length=max_length, strategy=strategy)
+    for a, b in PAIRS:
+        try:
+            want = peer.encode(a, b)
+        except Exception:
+            # tokenizers refuses a side too short to take the cut: so must we.
+            with pytest.raises(ValueError, match="too short"):
+                ours(a, b, truncation=strategy, max_length=max_length)
+            continue
+        got = ours(a, b, truncation=strategy if max_length else False, max_length=max_length)
+        assert got["input_ids"] == want.ids, (a, b, max_length, strategy)
+        assert got["token_type_ids"] == want.type_ids
+        assert got["attention_mask"] == want.attention_mask
+
+
+def test_pair_batches_pad_and_make_tensors(ours: Tokenizer) -> None:
+    np = pytest.importorskip("numpy")
+    a = [p[0] for p in PAIRS]
+    b = [p[1] for p in PAIRS]
+    batch = ours(a, b, padding=True, return_tensors="np")
+    peer = _peer()
+    peer.enable_padding(pad_id=0, pad_token="[PAD]")
+    want = peer.encode_batch(list(zip(a, b, strict=True)))
+    assert np.array_equal(batch["input_ids"], np.array([e.ids for e in want]))
+    assert np.array_equal(batch["token_type_ids"], np.array([e.type_ids for e in want]))
+    assert np.array_equal(batch["attention_mask"], np.array([e.attention_mask for e in want]))
+    assert ours.num_special_tokens_to_add(pair=True) == 3
+    assert ours.post_process_pair([7], [8]) == ([101, 7, 102, 8, 102], [0, 0, 0, 1, 1])
+    with pytest.raises(ValueError, match="must match"):
+        ours(["x", "y"], ["z"])
+    with pytest.raises(TypeError):
+        ours("x", 5)  # type: ignore[arg-type]

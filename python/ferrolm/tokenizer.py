@@ -197,10 +197,6 @@ class Tokenizer(_core.Tokenizer):
           need equal lengths, hence padding.
         Returns ``input_ids``, ``attention_mask`` and, for WordPiece, ``token_type_ids``.
         """
-        if text_pair is not None:
-            raise NotImplementedError(
-                "sentence pairs (text_pair) are not supported yet; encode single texts"
-            )
         single = isinstance(text, str)
         texts: list[str] = [text] if isinstance(text, str) else list(text)
         if not all(isinstance(t, str) for t in texts):
@@ -219,14 +215,16 @@ class Tokenizer(_core.Tokenizer):
         if truncation is None:
             # transformers: a max_length with neither padding nor truncation truncates.
             truncate = max_length is not None and pad_mode is None
-        elif truncation in (True, "longest_first", "only_first"):
+        elif truncation in (True, "longest_first", "only_first", "only_second"):
             truncate = True
         elif truncation in (False, "do_not_truncate"):
             truncate = False
         else:
             raise ValueError(
-                f"truncation must be True, False or 'longest_first', not {truncation!r}"
+                "truncation must be True, False, 'longest_first', 'only_first' or "
+                f"'only_second', not {truncation!r}"
             )
+        strategy = truncation if isinstance(truncation, str) else "longest_first"
         limit = max_length if max_length is not None else self.model_max_length
         if (truncate or pad_mode == "max_length") and limit >= NO_LIMIT:
             raise ValueError(
@@ -245,6 +243,34 @@ class Tokenizer(_core.Tokenizer):
             )
         if return_tensors not in (None, "np", "pt"):
             raise ValueError(f"return_tensors must be None, 'np' or 'pt', not {return_tensors!r}")
+        want_types = (
+            return_token_type_ids
+            if return_token_type_ids is not None
+            else (self.kind == "wordpiece")
+        )
+        if text_pair is not None:
+            pairs: list[str] = [text_pair] if isinstance(text_pair, str) else list(text_pair)
+            if not all(isinstance(t, str) for t in pairs):
+                raise TypeError("text_pair must be a str or a list of str")
+            if len(pairs) != len(texts):
+                raise ValueError(
+                    f"text has {len(texts)} texts and text_pair {len(pairs)}: they must match"
+                )
+            if strategy == "only_second" and not truncate:
+                strategy = "longest_first"
+            return self._call_pairs(
+                texts,
+                pairs,
+                single=single and isinstance(text_pair, str),
+                add_special_tokens=add_special_tokens,
+                truncate_to=limit if truncate else None,
+                strategy=strategy,
+                pad_to=pad_to,
+                pad_id=pad_id or 0,
+                return_tensors=return_tensors,
+                want_types=want_types,
+                want_mask=return_attention_mask is not False,
+            )
 
         result = self._encode_for_call(
             texts,
@@ -260,11 +286,6 @@ class Tokenizer(_core.Tokenizer):
         ids: Any
         mask: Any
         types: Any
-        want_types = (
-            return_token_type_ids
-            if return_token_type_ids is not None
-            else (self.kind == "wordpiece")
-        )
         want_mask = return_attention_mask is not False
         if return_tensors is None:
             ids, mask = result
@@ -288,6 +309,126 @@ class Tokenizer(_core.Tokenizer):
             out["token_type_ids"] = types
         if want_mask:
             out["attention_mask"] = mask
+        return out
+
+    def _call_pairs(
+        self,
+        texts: list[str],
+        pairs: list[str],
+        *,
+        single: bool,
+        add_special_tokens: bool,
+        truncate_to: int | None,
+        strategy: str,
+        pad_to: int | None,
+        pad_id: int,
+        return_tensors: str | None,
+        want_types: bool,
+        want_mask: bool,
+    ) -> BatchEncoding:
+        """``__call__`` for sentence pairs: both sides encoded in parallel, truncated as
+        Hugging Face tokenizers does (``longest_first``: the shorter side whole if it fits in
+        half the budget, else half each; ``only_first`` / ``only_second``: from one side),
+        joined by the post-processor's pair template (``[CLS] a [SEP] b [SEP]`` with token type
+        ids 0 / 1 for BERT), then padded."""
+
+        def bodies(batch: list[str]) -> list[list[int]]:
+            rows: list[list[int]] = self._encode_for_call(
+                batch,
+                add_special_tokens=False,
+                truncate_to=None,
+                truncate_left=False,
+                pad_to=None,
+                pad_id=0,
+                pad_left=False,
+                as_bytes=False,
+            )[0]
+            return rows
+
+        left = self.truncation_side == "left"
+        n_special = self.num_special_tokens_to_add(pair=True) if add_special_tokens else 0
+        all_ids: list[list[int]] = []
+        all_types: list[list[int]] = []
+        for a, b in zip(bodies(texts), bodies(pairs), strict=True):
+            if truncate_to is not None:
+                excess = len(a) + len(b) + n_special - truncate_to
+                if excess > 0:
+                    n1, n2 = len(a), len(b)
+                    if strategy == "only_first":
+                        n1 -= excess
+                    elif strategy == "only_second":
+                        n2 -= excess
+                    else:
+                        # tokenizers' LongestFirst: the shorter side is kept whole if it fits
+                        # in half the budget, else both get half (the longer the odd one).
+                        budget = truncate_to - n_special
+                        swap = n1 > n2
+                        if swap:
+                            n1, n2 = n2, n1
+                        n2 = n1 if n1 > budget else min(n2, max(budget - n1, n1))
+                        if n1 + n2 > budget:
+                            n1 = budget // 2
+                            n2 = n1 + budget % 2
+                        if swap:
+                            n1, n2 = n2, n1
+                    # As tokenizers: the side that one-sided truncation cuts must keep a token.
+                    short = (strategy == "only_first" and n1 < 1) or (
+                        strategy == "only_second" and n2 < 1
+                    )
+                    if short or n1 < 0 or n2 < 0:
+                        raise ValueError(
+                            f"cannot truncate with {strategy!r} to max_length={truncate_to}: "
+                            "the sequence to truncate is too short"
+                        )
+                    a = a[len(a) - n1 :] if left else a[:n1]
+                    b = b[len(b) - n2 :] if left else b[:n2]
+            if add_special_tokens:
+                ids, types = self.post_process_pair(a, b)
+            else:
+                second = 1 if self.kind == "wordpiece" else 0
+                ids, types = a + b, [0] * len(a) + [second] * len(b)
+            all_ids.append(ids)
+            all_types.append(types)
+        width = 0
+        if pad_to is not None:
+            width = max(len(r) for r in all_ids) if pad_to == 0 else pad_to
+        masks = []
+        for i, row in enumerate(all_ids):
+            fill = max(width - len(row), 0)
+            mask = [1] * len(row)
+            if fill:
+                if self.padding_side == "left":
+                    all_ids[i] = [pad_id] * fill + row
+                    all_types[i] = [0] * fill + all_types[i]
+                    mask = [0] * fill + mask
+                else:
+                    all_ids[i] = row + [pad_id] * fill
+                    all_types[i] = all_types[i] + [0] * fill
+                    mask = mask + [0] * fill
+            masks.append(mask)
+        out = BatchEncoding()
+        parts = [("input_ids", all_ids)]
+        if want_types:
+            parts.append(("token_type_ids", all_types))
+        if want_mask:
+            parts.append(("attention_mask", masks))
+        for key, rows in parts:
+            if return_tensors is None:
+                out[key] = rows[0] if single else rows
+                continue
+            if len({len(r) for r in rows}) > 1:
+                raise ValueError(
+                    "Unable to create a tensor: the sequences have different lengths; use "
+                    'padding=True (or padding="max_length") and/or truncation=True'
+                )
+            import numpy as np
+
+            arr: Any = np.array(rows, dtype=np.int64)
+            if return_tensors == "pt":
+                import torch
+
+                arr = torch.from_numpy(arr)
+            out[key] = arr
         return out
 
     @classmethod

@@ -211,6 +211,12 @@ impl PyTokenizer {
         self.inner.post_process(&ids)
     }
 
+    /// Two sequences' ids joined by the post-processor's pair template (BERT: [CLS] a [SEP] b
+    /// [SEP]; others one after the other): `(ids, token_type_ids)`.
+    fn post_process_pair(&self, a: Vec<u32>, b: Vec<u32>) -> (Vec<u32>, Vec<u32>) {
+        self.inner.post_process_pair(&a, &b)
+    }
+
     /// The batch behind `Tokenizer.__call__`: encode `texts` in parallel; with
     /// `add_special_tokens`, truncate the body so the sequence with its special tokens fits
     /// `truncate_to`; pad to the longest (`pad_to == 0`) or to `pad_to`. With `as_bytes`, the
@@ -324,9 +330,15 @@ impl PyTokenizer {
         self.inner.kind()
     }
 
-    /// How many ids `encode(text)` adds around the text's own (2 for BERT's [CLS] ... [SEP]).
-    fn num_special_tokens_to_add(&self) -> usize {
-        self.inner.num_special_tokens_to_add()
+    /// How many ids `encode(text)` adds around the text's own (2 for BERT's [CLS] ... [SEP]),
+    /// or with `pair=True` around a pair of texts (3 for BERT).
+    #[pyo3(signature = (pair = false))]
+    fn num_special_tokens_to_add(&self, pair: bool) -> usize {
+        if pair {
+            self.inner.num_special_tokens_to_add_pair()
+        } else {
+            self.inner.num_special_tokens_to_add()
+        }
     }
 
     /// The name given at construction (a built-in's name or a file name).

@@ -30,7 +30,9 @@ pub use pipeline::HfTokenizer;
 
 use crate::tokenizer::added::{AddedToken, AddedTokens};
 use crate::tokenizer::bert::BertNormalizer;
-use crate::tokenizer::pipeline::{Decoder, Model, Normalizer, PreTokenizer, TemplateItem};
+use crate::tokenizer::pipeline::{
+    Decoder, Model, Normalizer, PairItem, PreTokenizer, TemplateItem,
+};
 use crate::tokenizer::wordpiece::WordPiece;
 use crate::Result;
 
@@ -91,10 +93,18 @@ impl Tokenizer {
                 crate::Error::format(what, format!("the vocabulary has no {name} token"))
             })
         };
+        let (cls, sep) = (id_of("[CLS]")?, id_of("[SEP]")?);
         let template = vec![
-            TemplateItem::Special(vec![id_of("[CLS]")?]),
+            TemplateItem::Special(vec![cls]),
             TemplateItem::Sequence,
-            TemplateItem::Special(vec![id_of("[SEP]")?]),
+            TemplateItem::Special(vec![sep]),
+        ];
+        let pair = vec![
+            PairItem::Special(vec![cls], 0),
+            PairItem::A(0),
+            PairItem::Special(vec![sep], 0),
+            PairItem::B(1),
+            PairItem::Special(vec![sep], 1),
         ];
         Ok(Tokenizer::Hf(Box::new(HfTokenizer {
             normalizer: Some(Normalizer::Bert(BertNormalizer {
@@ -105,6 +115,7 @@ impl Tokenizer {
             model: Model::WordPiece(model),
             added: AddedTokens::new(added)?,
             template: Some(template),
+            pair_template: Some(pair),
             decoder: Some(Decoder::WordPiece {
                 prefix: "##".to_owned(),
                 cleanup: true,
@@ -255,6 +266,27 @@ impl Tokenizer {
         match self {
             Tokenizer::Bpe(_) => ids.to_vec(),
             Tokenizer::Hf(t) => t.apply_template(ids.to_vec()),
+        }
+    }
+
+    /// `a` and `b` joined as a pair (`[CLS] a [SEP] b [SEP]` for BERT; one after the other
+    /// for BPE): the ids and their type ids.
+    pub fn post_process_pair(&self, a: &[u32], b: &[u32]) -> (Vec<u32>, Vec<u32>) {
+        match self {
+            Tokenizer::Bpe(_) => {
+                let ids = [a, b].concat();
+                let types = vec![0; ids.len()];
+                (ids, types)
+            }
+            Tokenizer::Hf(t) => t.apply_pair_template(a, b),
+        }
+    }
+
+    /// How many ids a pair's template adds.
+    pub fn num_special_tokens_to_add_pair(&self) -> usize {
+        match self {
+            Tokenizer::Bpe(_) => 0,
+            Tokenizer::Hf(t) => t.num_special_tokens_to_add_pair(),
         }
     }
 

@@ -109,6 +109,16 @@ pub enum TemplateItem {
     Sequence,
 }
 
+/// One item of a post-processing template for a pair of sequences, with its type id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairItem {
+    Special(Vec<u32>, u32),
+    /// The first sequence.
+    A(u32),
+    /// The second sequence.
+    B(u32),
+}
+
 /// A tokenizer as Hugging Face `tokenizers` describes it.
 #[derive(Debug, Clone)]
 pub struct HfTokenizer {
@@ -117,6 +127,8 @@ pub struct HfTokenizer {
     pub(crate) model: Model,
     pub(crate) added: AddedTokens,
     pub(crate) template: Option<Vec<TemplateItem>>,
+    /// The pair template; `None`: the two sequences one after the other, type ids 0.
+    pub(crate) pair_template: Option<Vec<PairItem>>,
     pub(crate) decoder: Option<Decoder>,
 }
 
@@ -469,6 +481,44 @@ impl HfTokenizer {
             }
         }
         out
+    }
+
+    /// `a` and `b` joined by the pair template: the ids and each one's type id.
+    pub fn apply_pair_template(&self, a: &[u32], b: &[u32]) -> (Vec<u32>, Vec<u32>) {
+        let mut ids = Vec::with_capacity(a.len() + b.len() + 4);
+        let mut types = Vec::with_capacity(a.len() + b.len() + 4);
+        match &self.pair_template {
+            None => {
+                ids.extend_from_slice(a);
+                ids.extend_from_slice(b);
+                types.resize(ids.len(), 0);
+            }
+            Some(items) => {
+                for item in items {
+                    let (part, t): (&[u32], u32) = match item {
+                        PairItem::Special(s, t) => (s, *t),
+                        PairItem::A(t) => (a, *t),
+                        PairItem::B(t) => (b, *t),
+                    };
+                    ids.extend_from_slice(part);
+                    types.extend(std::iter::repeat_n(t, part.len()));
+                }
+            }
+        }
+        (ids, types)
+    }
+
+    /// The number of ids the pair template adds around two sequences.
+    pub fn num_special_tokens_to_add_pair(&self) -> usize {
+        self.pair_template.as_ref().map_or(0, |items| {
+            items
+                .iter()
+                .map(|i| match i {
+                    PairItem::Special(ids, _) => ids.len(),
+                    _ => 0,
+                })
+                .sum()
+        })
     }
 
     /// The number of ids the template adds around one sequence.

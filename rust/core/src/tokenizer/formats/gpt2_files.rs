@@ -75,6 +75,7 @@ pub fn parse(what: &str, vocab_json: &[u8], merges_txt: &[u8]) -> Result<HfToken
         model,
         added,
         template: None,
+        pair_template: None,
         decoder: Some(Decoder::ByteLevel),
     })
 }

@@ -15,7 +15,7 @@ use crate::tokenizer::bert::BertNormalizer;
 use crate::tokenizer::bpe::Bpe;
 use crate::tokenizer::byte_level;
 use crate::tokenizer::pipeline::{
-    Decoder, HfTokenizer, Model, Normalizer, PreTokenizer, SplitKeep, TemplateItem,
+    Decoder, HfTokenizer, Model, Normalizer, PairItem, PreTokenizer, SplitKeep, TemplateItem,
 };
 use crate::tokenizer::split::{self, Splitter};
 use crate::tokenizer::wordpiece::WordPiece;
@@ -72,7 +72,7 @@ pub fn parse(what: &str, data: &[u8]) -> Result<HfTokenizer> {
     if let Some(p) = root.get("pre_tokenizer").filter(|p| !p.is_null()) {
         parse_pre_tokenizer(&cx, p, &mut pre_tokenizer)?;
     }
-    let template = match root.get("post_processor") {
+    let templates = match root.get("post_processor") {
         None | Some(Value::Null) => None,
         Some(p) => parse_post_processor(&cx, p, &added, &model)?,
     };
@@ -85,7 +85,8 @@ pub fn parse(what: &str, data: &[u8]) -> Result<HfTokenizer> {
         pre_tokenizer,
         model,
         added,
-        template,
+        template: templates.as_ref().map(|t| t.0.clone()),
+        pair_template: templates.map(|t| t.1),
         decoder,
     })
 }
@@ -374,12 +375,15 @@ fn special_id(cx: &Ctx<'_>, name: &str, added: &AddedTokens, model: &Model) -> R
     })
 }
 
+/// The single-sequence template and the pair template a post-processor describes.
+type Templates = (Vec<TemplateItem>, Vec<PairItem>);
+
 fn parse_post_processor(
     cx: &Ctx<'_>,
     p: &Value,
     added: &AddedTokens,
     model: &Model,
-) -> Result<Option<Vec<TemplateItem>>> {
+) -> Result<Option<Templates>> {
     match cx.type_of(p, "post_processor")? {
         // Only trims offsets; the ids are unchanged.
         "ByteLevel" => Ok(None),
@@ -408,59 +412,109 @@ fn parse_post_processor(
                     .and_then(|i| u32::try_from(i).ok())
                     .ok_or_else(|| cx.err(format!("post_processor: `{key}` must be [token, id]")))
             };
-            Ok(Some(vec![
-                TemplateItem::Special(vec![pair("cls")?]),
-                TemplateItem::Sequence,
-                TemplateItem::Special(vec![pair("sep")?]),
-            ]))
+            let (cls, sep) = (pair("cls")?, pair("sep")?);
+            Ok(Some((
+                vec![
+                    TemplateItem::Special(vec![cls]),
+                    TemplateItem::Sequence,
+                    TemplateItem::Special(vec![sep]),
+                ],
+                vec![
+                    PairItem::Special(vec![cls], 0),
+                    PairItem::A(0),
+                    PairItem::Special(vec![sep], 0),
+                    PairItem::B(1),
+                    PairItem::Special(vec![sep], 1),
+                ],
+            )))
         }
         "TemplateProcessing" => {
-            let single = cx
-                .field(p, "post_processor", "single")?
-                .as_array()
-                .ok_or_else(|| cx.err("post_processor: `single` must be a list"))?;
-            let specials = p.get("special_tokens");
-            let mut items = Vec::with_capacity(single.len());
-            for item in single {
-                if let Some(seq) = item.get("Sequence") {
-                    if seq.get("id").and_then(Value::as_str) != Some("A") {
-                        return Err(
-                            cx.err("post_processor: the single template may only use sequence A")
-                        );
+            let items = |key: &str| -> Result<Vec<PairItem>> {
+                let list = cx
+                    .field(p, "post_processor", key)?
+                    .as_array()
+                    .ok_or_else(|| cx.err(format!("post_processor: `{key}` must be a list")))?;
+                list.iter()
+                    .map(|item| template_item(cx, p, key, item, added, model))
+                    .collect()
+            };
+            let single = items("single")?
+                .into_iter()
+                .map(|i| match i {
+                    PairItem::A(_) => Ok(TemplateItem::Sequence),
+                    PairItem::Special(ids, _) => Ok(TemplateItem::Special(ids)),
+                    PairItem::B(_) => {
+                        Err(cx.err("post_processor: the single template may only use sequence A"))
                     }
-                    items.push(TemplateItem::Sequence);
-                } else if let Some(sp) = item.get("SpecialToken") {
-                    let name = cx.str(sp, "post_processor.single", "id")?;
-                    let ids = match specials
-                        .and_then(|s| s.get(name))
-                        .and_then(|s| s.get("ids"))
-                    {
-                        Some(ids) => {
-                            ids.as_array()
-                                .ok_or_else(|| {
-                                    cx.err("post_processor: special token `ids` must be a list")
-                                })?
-                                .iter()
-                                .map(|i| {
-                                    i.as_u64().and_then(|i| u32::try_from(i).ok()).ok_or_else(|| {
-                                    cx.err("post_processor: special token ids must be integers")
-                                })
-                                })
-                                .collect::<Result<Vec<u32>>>()?
-                        }
-                        None => vec![special_id(cx, name, added, model)?],
-                    };
-                    items.push(TemplateItem::Special(ids));
-                } else {
-                    return Err(cx.err(
-                        "post_processor: a template item must be `Sequence` or `SpecialToken`",
-                    ));
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let pair = match p.get("pair") {
+                None | Some(Value::Null) => {
+                    // tokenizers' default: the single template around A, then B.
+                    let mut v: Vec<PairItem> = single
+                        .iter()
+                        .map(|i| match i {
+                            TemplateItem::Special(ids) => PairItem::Special(ids.clone(), 0),
+                            TemplateItem::Sequence => PairItem::A(0),
+                        })
+                        .collect();
+                    v.push(PairItem::B(1));
+                    v
                 }
-            }
-            Ok(Some(items))
+                Some(_) => items("pair")?,
+            };
+            Ok(Some((single, pair)))
         }
         other => Err(Error::Unsupported(format!("post-processor `{other}`"))),
     }
+}
+
+/// One item of a TemplateProcessing template: `{"Sequence": {"id": "A"|"B", "type_id": n}}`
+/// or `{"SpecialToken": {"id": name, "type_id": n}}`.
+fn template_item(
+    cx: &Ctx<'_>,
+    p: &Value,
+    key: &str,
+    item: &Value,
+    added: &AddedTokens,
+    model: &Model,
+) -> Result<PairItem> {
+    let section = format!("post_processor.{key}");
+    let type_id = |v: &Value| -> u32 {
+        v.get("type_id")
+            .and_then(Value::as_u64)
+            .and_then(|t| u32::try_from(t).ok())
+            .unwrap_or(0)
+    };
+    if let Some(seq) = item.get("Sequence") {
+        return match seq.get("id").and_then(Value::as_str) {
+            Some("A") => Ok(PairItem::A(type_id(seq))),
+            Some("B") => Ok(PairItem::B(type_id(seq))),
+            _ => Err(cx.err(format!("{section}: a Sequence id must be \"A\" or \"B\""))),
+        };
+    }
+    if let Some(sp) = item.get("SpecialToken") {
+        let name = cx.str(sp, &section, "id")?;
+        let ids = match p
+            .get("special_tokens")
+            .and_then(|s| s.get(name))
+            .and_then(|s| s.get("ids"))
+        {
+            Some(ids) => ids
+                .as_array()
+                .ok_or_else(|| cx.err("post_processor: special token `ids` must be a list"))?
+                .iter()
+                .map(|i| {
+                    i.as_u64()
+                        .and_then(|i| u32::try_from(i).ok())
+                        .ok_or_else(|| cx.err("post_processor: special token ids must be integers"))
+                })
+                .collect::<Result<Vec<u32>>>()?,
+            None => vec![special_id(cx, name, added, model)?],
+        };
+        return Ok(PairItem::Special(ids, type_id(sp)));
+    }
+    Err(cx.err("post_processor: a template item must be `Sequence` or `SpecialToken`"))
 }
 
 fn parse_decoder(cx: &Ctx<'_>, d: &Value) -> Result<Decoder> {
