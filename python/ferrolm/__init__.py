@@ -9,6 +9,7 @@ from __future__ import annotations
 from ferrolm import _core
 from ferrolm._data import data_path
 from ferrolm._errors import FerrolmError, FormatError, InternalError
+from ferrolm.encoders import AutoModel, BaseModelOutput, BertModel
 from ferrolm.models import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -56,9 +57,12 @@ def set_num_threads(n: int) -> None:
 Cache = _core.Cache
 
 __all__ = [
+    "AutoModel",
     "AutoModelForCausalLM",
     "AutoTokenizer",
+    "BaseModelOutput",
     "BatchEncoding",
+    "BertModel",
     "Cache",
     "CausalLMOutput",
     "FerrolmError",

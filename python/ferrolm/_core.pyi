@@ -8,6 +8,7 @@ from typing import Any, Literal, final, overload
 from typing_extensions import Self, disjoint_base
 
 __all__ = [
+    "Bert",
     "Cache",
     "DecodeStream",
     "Generation",
@@ -225,3 +226,18 @@ class Gpt2:
         stop: Sequence[str],
         tokenizer: Tokenizer | None = None,
     ) -> Generation: ...
+
+@final
+class Bert:
+    @staticmethod
+    def load(path: str | os.PathLike[str]) -> Bert: ...
+    @property
+    def config(self) -> dict[str, Any]: ...
+    def forward(
+        self,
+        ids: Sequence[int],
+        type_ids: Sequence[int],
+        mask: Sequence[int],
+        batch: int,
+        seq: int,
+    ) -> tuple[bytearray, bytearray | None]: ...

@@ -28,6 +28,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::PyGpt2>()?;
     m.add_class::<model::PyCache>()?;
     m.add_class::<model::PyGeneration>()?;
+    m.add_class::<model::PyBert>()?;
     m.add_class::<tokenizer::PyDecodeStream>()?;
     Ok(())
 }

@@ -392,3 +392,58 @@ fn call_hook(
     }
     Ok(())
 }
+
+/// A BERT encoder loaded from a folder (immutable; share it across threads).
+#[derive(Debug)]
+#[pyclass(frozen, module = "ferrolm._core", name = "Bert")]
+pub struct PyBert {
+    model: Arc<ferrolm_core::model::bert::Bert>,
+}
+
+#[pymethods]
+impl PyBert {
+    /// Loads `config.json` and `model.safetensors` (or its shards) from a folder.
+    #[staticmethod]
+    fn load(py: Python<'_>, path: std::path::PathBuf) -> PyResult<PyBert> {
+        let model = detached(py, || ferrolm_core::model::bert::Bert::load(&path))?;
+        Ok(PyBert {
+            model: Arc::new(model),
+        })
+    }
+
+    /// The config fields the forward pass uses.
+    #[getter]
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = &self.model.config;
+        let d = PyDict::new(py);
+        d.set_item("vocab_size", c.vocab_size)?;
+        d.set_item("hidden_size", c.hidden_size)?;
+        d.set_item("num_hidden_layers", c.num_hidden_layers)?;
+        d.set_item("num_attention_heads", c.num_attention_heads)?;
+        d.set_item("intermediate_size", c.intermediate_size)?;
+        d.set_item("max_position_embeddings", c.max_position_embeddings)?;
+        d.set_item("type_vocab_size", c.type_vocab_size)?;
+        Ok(d)
+    }
+
+    /// The encoder over `batch × seq` ids (row-major, mask 1 for real tokens). Returns
+    /// `(last_hidden_state, pooler_output or None)` as bytearrays of little-endian f32.
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        ids: Vec<u32>,
+        type_ids: Vec<u32>,
+        mask: Vec<u8>,
+        batch: usize,
+        seq: usize,
+    ) -> PyResult<(Bound<'py, PyByteArray>, Option<Bound<'py, PyByteArray>>)> {
+        let out = detached(py, || {
+            self.model.forward(&ids, &type_ids, &mask, batch, seq)
+        })?;
+        let pooled = match &out.pooler_output {
+            Some(p) => Some(f32_bytes(py, p)?),
+            None => None,
+        };
+        Ok((f32_bytes(py, &out.last_hidden_state)?, pooled))
+    }
+}

@@ -41,7 +41,7 @@ pub enum Activation {
 }
 
 impl Activation {
-    fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
             "gelu" => Activation::Gelu,
@@ -53,7 +53,7 @@ impl Activation {
     }
 
     #[inline]
-    fn apply(self, x: f32) -> f32 {
+    pub(crate) fn apply(self, x: f32) -> f32 {
         match self {
             Activation::GeluTanh => {
                 const C: f32 = 0.797_884_6; // sqrt(2 / pi)
@@ -672,7 +672,7 @@ fn layer_norm(x: &[f32], out: &mut [f32], n: &Norm, c: &Gpt2Config) {
 /// Element-wise work up to this size runs on the calling thread: waking the pool's other
 /// threads (a futex wake and a steal, tens of microseconds) costs more than it saves, and a
 /// decoded token has a dozen such steps per layer.
-const SERIAL_ELEMS: usize = 1 << 14;
+pub(crate) const SERIAL_ELEMS: usize = 1 << 14;
 
 #[inline]
 fn norm_row(row: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
@@ -685,7 +685,7 @@ fn norm_row(row: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     }
 }
 
-fn add_in(x: &mut [f32], y: &[f32]) {
+pub(crate) fn add_in(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
     }
@@ -772,7 +772,7 @@ fn linear(
 /// (a prompt's logits) each task transposes blocks of [`NT_BLOCK`] rows of `b` into a `[k ×
 /// NT_BLOCK]` panel and runs the register-tiled `gemm` on it: the packing is paid once per
 /// block and amortized over all `m` rows.
-fn gemm_nt_parallel(
+pub(crate) fn gemm_nt_parallel(
     kern: &kernels::Kernels,
     x: &[f32],
     m: usize,

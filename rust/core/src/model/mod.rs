@@ -1,5 +1,6 @@
 //! Forward passes and generation.
 
+pub mod bert;
 pub mod generate;
 pub mod gpt2;
 pub mod sampling;

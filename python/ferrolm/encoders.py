@@ -1,0 +1,191 @@
+"""BERT encoders: ``last_hidden_state`` as transformers' ``BertModel`` gives it, and sentence
+embeddings as sentence-transformers' ``encode`` gives them (the folder's ``1_Pooling`` mean or
+CLS pooling, ``Normalize`` when ``modules.json`` lists it), run in Rust.
+
+``ferrolm.AutoModel.from_pretrained(path)`` / ``ferrolm.BertModel.from_pretrained(path)``; a
+sentence-transformers folder (all-MiniLM-L6-v2 and the like) loads as is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ferrolm import _core
+from ferrolm.tokenizer import Tokenizer, _resolve_model_dir
+
+__all__ = ["AutoModel", "BaseModelOutput", "BertModel"]
+
+
+class BaseModelOutput(dict[str, Any]):
+    """``last_hidden_state`` ``[batch, seq, hidden]`` and ``pooler_output`` ``[batch,
+    hidden]`` (None without a pooler); keys also read as attributes."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+class BertModel:
+    """A BERT encoder run by ferrolm's Rust core (float32)."""
+
+    def __init__(self, core: _core.Bert, folder: Path, tokenizer: Tokenizer | None) -> None:
+        self._core = core
+        self.name_or_path = str(folder)
+        self.config: dict[str, Any] = {**_json(folder / "config.json"), **core.config}
+        self.tokenizer = tokenizer
+        pooling = _json(folder / "1_Pooling" / "config.json")
+        self.pooling = "cls" if pooling.get("pooling_mode_cls_token") else "mean"
+        modules = (
+            json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+            if (folder / "modules.json").is_file()
+            else []
+        )
+        self.normalize = any(
+            isinstance(m, dict) and str(m.get("type", "")).endswith("Normalize") for m in modules
+        )
+        st = _json(folder / "sentence_bert_config.json")
+        self.max_seq_length = int(
+            st.get("max_seq_length") or self.config.get("max_position_embeddings", 512)
+        )
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str], **_: Any) -> BertModel:
+        """Loads a BERT folder (``config.json`` + ``model.safetensors``), or a name found in
+        the local Hugging Face cache (never the network)."""
+        folder = _resolve_model_dir(name_or_path)
+        core = _core.Bert.load(folder)
+        tok = None
+        if any((folder / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
+            tok = Tokenizer.from_pretrained(folder)
+        return cls(core, folder, tok)
+
+    def eval(self) -> BertModel:
+        return self
+
+    def __call__(
+        self,
+        input_ids: Any,
+        attention_mask: Any = None,
+        token_type_ids: Any = None,
+        **_: Any,
+    ) -> BaseModelOutput:
+        """The encoder's outputs for a padded batch (numpy out for numpy or list input, torch
+        for torch input), as transformers' ``BertModel`` returns them."""
+        import numpy as np
+
+        from ferrolm.models import _rows_of
+
+        rows, kind = _rows_of(input_ids)
+        if not rows or not rows[0]:
+            raise ValueError("input_ids is empty")
+        batch, seq = len(rows), len(rows[0])
+        if any(len(r) != seq for r in rows):
+            raise ValueError("input_ids rows must have equal lengths (pad them)")
+
+        def flat(value: Any, default: int) -> list[int]:
+            if value is None:
+                return [default] * (batch * seq)
+            vrows, _kind = _rows_of(value)
+            if len(vrows) != batch or any(len(r) != seq for r in vrows):
+                raise ValueError("attention_mask / token_type_ids must have the shape of input_ids")
+            return [int(v) for r in vrows for v in r]
+
+        mask = [1 if v else 0 for v in flat(attention_mask, 1)]
+        types = flat(token_type_ids, 0)
+        raw, pooled = self._core.forward([x for r in rows for x in r], types, mask, batch, seq)
+        hidden: Any = np.frombuffer(raw, dtype="<f4").reshape(batch, seq, -1)
+        pool: Any = (
+            None if pooled is None else np.frombuffer(pooled, dtype="<f4").reshape(batch, -1)
+        )
+        if kind == "pt":
+            import torch
+
+            hidden = torch.from_numpy(hidden)
+            pool = None if pool is None else torch.from_numpy(pool)
+        return BaseModelOutput(last_hidden_state=hidden, pooler_output=pool)
+
+    forward = __call__
+
+    def encode(
+        self,
+        sentences: str | Sequence[str],
+        batch_size: int = 32,
+        normalize_embeddings: bool = False,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        show_progress_bar: bool | None = None,
+    ) -> Any:
+        """Sentence embeddings as sentence-transformers' ``encode``: texts sorted by length and
+        padded per micro-batch of ``batch_size``, truncated to ``max_seq_length``, pooled as the
+        folder says, normalized when it has a Normalize module or ``normalize_embeddings``.
+        Returns ``[n, hidden]`` float32 (one vector for a single str)."""
+        import numpy as np
+
+        from ferrolm._progress import Progress
+
+        tok = self.tokenizer
+        if tok is None:
+            raise ValueError(f"{self.name_or_path} has no tokenizer files")
+        single = isinstance(sentences, str)
+        texts = [sentences] if isinstance(sentences, str) else list(sentences)
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError("sentences must be a str or a list of str")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        hidden_size = int(self.config["hidden_size"])
+        out = np.zeros((len(texts), hidden_size), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        with Progress(len(texts), "encoding", unit="text", enabled=show_progress_bar) as bar:
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                enc = tok(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_seq_length,
+                    return_tensors="np",
+                )
+                mask = enc["attention_mask"]
+                res = self(enc["input_ids"], mask, enc.get("token_type_ids"))
+                hidden = res["last_hidden_state"]
+                if self.pooling == "cls":
+                    pooled = hidden[:, 0]
+                else:
+                    m = mask[:, :, None].astype(np.float32)
+                    pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+                out[idx] = pooled
+                bar.update(len(idx))
+        if self.normalize or normalize_embeddings:
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            out = out / np.clip(norms, 1e-12, None)
+        if convert_to_tensor:
+            import torch
+
+            result: Any = torch.from_numpy(out)
+        elif convert_to_numpy:
+            result = out
+        else:
+            result = list(out)
+        return result[0] if single else result
+
+
+class AutoModel:
+    """``from_pretrained(path)``: the encoder for ``config.json``'s ``model_type`` (BERT)."""
+
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike[str], **kwargs: Any) -> BertModel:
+        return BertModel.from_pretrained(name_or_path, **kwargs)

@@ -1,0 +1,421 @@
+//! BERT encoders (BertModel): config, weights (memory-mapped safetensors, `nn.Linear` layout
+//! `[out, in]`, used in place), and the forward pass over a padded batch.
+//!
+//! ```text
+//! x = LN(word[ids] + pos[0..seq] + type[type_ids])                  # [rows, d]
+//! for each layer (post-LN):
+//!     q, k, v = x Wqᵀ + bq, x Wkᵀ + bk, x Wvᵀ + bv                    # [rows, d]
+//!     a = softmax(q kᵀ / √hd + mask) v   (per sequence and head; padded keys masked)
+//!     x = LN(x + a Woᵀ + bo)
+//!     x = LN(x + act(x Wiᵀ + bi) Wo2ᵀ + bo2)
+//! last_hidden_state = x;  pooler_output = tanh(x[CLS] Wpᵀ + bp)
+//! ```
+
+use std::path::Path;
+
+use rayon::prelude::*;
+use serde_json::Value;
+
+use crate::io::safetensors::{Checkpoint, F32Tensor};
+use crate::kernels::{self, SendPtr};
+use crate::model::gpt2::{add_in, gemm_nt_parallel, Activation, SERIAL_ELEMS};
+use crate::runtime::pool;
+use crate::{Error, Result};
+
+/// The fields of a BERT `config.json` the forward pass uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    pub type_vocab_size: usize,
+    pub layer_norm_eps: f32,
+    pub activation: Activation,
+}
+
+impl BertConfig {
+    /// Reads a `config.json`; model types other than BERT's are refused naming theirs.
+    pub fn from_json(what: &str, data: &[u8]) -> Result<Self> {
+        let v: Value = serde_json::from_slice(data)
+            .map_err(|e| Error::format(what, format!("not JSON: {e}")))?;
+        let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
+        if model_type != "bert" {
+            return Err(Error::Unsupported(format!(
+                "architecture: {what} has model_type {model_type:?}; this loader reads \"bert\""
+            )));
+        }
+        let get = |key: &str, default: usize| -> Result<usize> {
+            match v.get(key) {
+                None | Some(Value::Null) => Ok(default),
+                Some(x) => x
+                    .as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| {
+                        Error::format(what, format!("`{key}` must be a positive integer"))
+                    }),
+            }
+        };
+        let hidden = get("hidden_size", 768)?;
+        let heads = get("num_attention_heads", 12)?;
+        if hidden % heads != 0 {
+            return Err(Error::format(
+                what,
+                format!("hidden_size {hidden} is not a multiple of num_attention_heads {heads}"),
+            ));
+        }
+        if let Some(kind) = v.get("position_embedding_type").and_then(Value::as_str) {
+            if kind != "absolute" {
+                return Err(Error::Unsupported(format!(
+                    "position_embedding_type {kind:?}"
+                )));
+            }
+        }
+        let act = v
+            .get("hidden_act")
+            .and_then(Value::as_str)
+            .unwrap_or("gelu");
+        let activation = Activation::parse(act)
+            .ok_or_else(|| Error::Unsupported(format!("hidden_act {act:?}")))?;
+        Ok(BertConfig {
+            vocab_size: get("vocab_size", 30522)?,
+            hidden_size: hidden,
+            num_hidden_layers: get("num_hidden_layers", 12)?,
+            num_attention_heads: heads,
+            intermediate_size: get("intermediate_size", 4 * hidden)?,
+            max_position_embeddings: get("max_position_embeddings", 512)?,
+            type_vocab_size: get("type_vocab_size", 2)?,
+            layer_norm_eps: v
+                .get("layer_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-12) as f32,
+            activation,
+        })
+    }
+}
+
+/// `nn.Linear`: `y = x Wᵀ + b`, `W` is `[out, in]`.
+#[derive(Debug, Clone)]
+struct Linear {
+    w: F32Tensor,
+    b: F32Tensor,
+    n_in: usize,
+    n_out: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Norm {
+    w: F32Tensor,
+    b: F32Tensor,
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    attn_out: Linear,
+    attn_ln: Norm,
+    inter: Linear,
+    out: Linear,
+    out_ln: Norm,
+}
+
+/// A loaded BERT encoder: immutable, shared across threads.
+#[derive(Debug)]
+pub struct Bert {
+    pub config: BertConfig,
+    word: F32Tensor,
+    pos: F32Tensor,
+    typ: F32Tensor,
+    emb_ln: Norm,
+    layers: Vec<Layer>,
+    pooler: Option<Linear>,
+}
+
+/// What a forward pass returns.
+#[derive(Debug, Clone)]
+pub struct BertOutput {
+    /// `[batch × seq × hidden]`.
+    pub last_hidden_state: Vec<f32>,
+    /// `[batch × hidden]`, when the checkpoint has a pooler.
+    pub pooler_output: Option<Vec<f32>>,
+}
+
+impl Bert {
+    /// Loads `config.json` and the safetensors checkpoint of a model folder.
+    pub fn load(folder: &Path) -> Result<Self> {
+        let cfg_path = folder.join("config.json");
+        let data = std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let config = BertConfig::from_json(&cfg_path.display().to_string(), &data)?;
+        let ck = Checkpoint::open_folder(folder)?;
+        Self::from_checkpoint(config, &ck)
+    }
+
+    /// Takes the weights from `ck` (names with or without the `bert.` prefix that
+    /// `BertFor*` models write), checking each shape against `config`.
+    pub fn from_checkpoint(config: BertConfig, ck: &Checkpoint) -> Result<Self> {
+        let prefix = if ck.contains("bert.embeddings.word_embeddings.weight") {
+            "bert."
+        } else {
+            ""
+        };
+        let (d, inter) = (config.hidden_size, config.intermediate_size);
+        let get = |name: &str, shape: &[usize]| ck.f32(&format!("{prefix}{name}"), shape);
+        let norm = |name: &str| -> Result<Norm> {
+            Ok(Norm {
+                w: get(&format!("{name}.weight"), &[d])?,
+                b: get(&format!("{name}.bias"), &[d])?,
+            })
+        };
+        let linear = |name: &str, n_in: usize, n_out: usize| -> Result<Linear> {
+            Ok(Linear {
+                w: get(&format!("{name}.weight"), &[n_out, n_in])?,
+                b: get(&format!("{name}.bias"), &[n_out])?,
+                n_in,
+                n_out,
+            })
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for l in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{l}");
+            layers.push(Layer {
+                q: linear(&format!("{p}.attention.self.query"), d, d)?,
+                k: linear(&format!("{p}.attention.self.key"), d, d)?,
+                v: linear(&format!("{p}.attention.self.value"), d, d)?,
+                attn_out: linear(&format!("{p}.attention.output.dense"), d, d)?,
+                attn_ln: norm(&format!("{p}.attention.output.LayerNorm"))?,
+                inter: linear(&format!("{p}.intermediate.dense"), d, inter)?,
+                out: linear(&format!("{p}.output.dense"), inter, d)?,
+                out_ln: norm(&format!("{p}.output.LayerNorm"))?,
+            });
+        }
+        let pooler = if ck.contains(&format!("{prefix}pooler.dense.weight")) {
+            Some(linear("pooler.dense", d, d)?)
+        } else {
+            None
+        };
+        Ok(Bert {
+            word: get("embeddings.word_embeddings.weight", &[config.vocab_size, d])?,
+            pos: get(
+                "embeddings.position_embeddings.weight",
+                &[config.max_position_embeddings, d],
+            )?,
+            typ: get(
+                "embeddings.token_type_embeddings.weight",
+                &[config.type_vocab_size, d],
+            )?,
+            emb_ln: norm("embeddings.LayerNorm")?,
+            layers,
+            pooler,
+            config,
+        })
+    }
+
+    /// The encoder over `batch` sequences of `seq` tokens (`ids`, `type_ids`, `mask` are
+    /// `[batch × seq]`, mask 1 for real tokens; padding may sit on either side).
+    pub fn forward(
+        &self,
+        ids: &[u32],
+        type_ids: &[u32],
+        mask: &[u8],
+        batch: usize,
+        seq: usize,
+    ) -> Result<BertOutput> {
+        let c = &self.config;
+        let rows = batch * seq;
+        if ids.len() != rows || type_ids.len() != rows || mask.len() != rows {
+            return Err(Error::invalid(format!(
+                "forward: {} ids, {} type ids and {} mask values for {batch} sequences of {seq}",
+                ids.len(),
+                type_ids.len(),
+                mask.len()
+            )));
+        }
+        if seq > c.max_position_embeddings {
+            return Err(Error::invalid(format!(
+                "sequence of {seq} tokens is longer than max_position_embeddings = {} \
+                 (truncate it: truncation=True)",
+                c.max_position_embeddings
+            )));
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= c.vocab_size) {
+            return Err(Error::OutOfRange(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                c.vocab_size
+            )));
+        }
+        if let Some(&bad) = type_ids.iter().find(|&&i| i as usize >= c.type_vocab_size) {
+            return Err(Error::OutOfRange(format!(
+                "token type id {bad} is outside type_vocab_size = {}",
+                c.type_vocab_size
+            )));
+        }
+        let kern = kernels::get();
+        let (d, nh) = (c.hidden_size, c.num_attention_heads);
+        let hd = d / nh;
+        let eps = c.layer_norm_eps;
+        pool::install(|| -> Result<BertOutput> {
+            // x = LN(word + pos + type)                                   [rows, d]
+            let mut x = vec![0.0f32; rows * d];
+            let (word, pos, typ) = (self.word.values(), self.pos.values(), self.typ.values());
+            for (r, row) in x.chunks_exact_mut(d).enumerate() {
+                let (t, p, ty) = (ids[r] as usize, r % seq, type_ids[r] as usize);
+                for (i, o) in row.iter_mut().enumerate() {
+                    *o = word[t * d + i] + pos[p * d + i] + typ[ty * d + i];
+                }
+            }
+            layer_norm(&mut x, &self.emb_ln, d, eps);
+            let mut q = vec![0.0f32; rows * d];
+            let mut k = vec![0.0f32; rows * d];
+            let mut v = vec![0.0f32; rows * d];
+            let mut ctx = vec![0.0f32; rows * d];
+            let mut h = vec![0.0f32; rows * c.intermediate_size];
+            let mut tmp = vec![0.0f32; rows * d];
+            let scale = 1.0 / (hd as f32).sqrt();
+            for layer in &self.layers {
+                linear(kern, &x, rows, &layer.q, &mut q);
+                linear(kern, &x, rows, &layer.k, &mut k);
+                linear(kern, &x, rows, &layer.v, &mut v);
+                attention(kern, &q, &k, &v, mask, batch, seq, nh, hd, scale, &mut ctx);
+                // x = LN(x + ctx Woᵀ + bo)
+                linear(kern, &ctx, rows, &layer.attn_out, &mut tmp);
+                add_in(&mut x, &tmp);
+                layer_norm(&mut x, &layer.attn_ln, d, eps);
+                // x = LN(x + act(x Wiᵀ + bi) Wo2ᵀ + bo2)
+                linear(kern, &x, rows, &layer.inter, &mut h);
+                let act = c.activation;
+                let apply = |ch: &mut [f32]| {
+                    if act == Activation::GeluTanh {
+                        (kern.gelu_tanh)(ch);
+                    } else {
+                        ch.iter_mut().for_each(|v| *v = act.apply(*v));
+                    }
+                };
+                if h.len() <= SERIAL_ELEMS {
+                    apply(&mut h);
+                } else {
+                    h.par_chunks_mut(4096).for_each(apply);
+                }
+                linear(kern, &h, rows, &layer.out, &mut tmp);
+                add_in(&mut x, &tmp);
+                layer_norm(&mut x, &layer.out_ln, d, eps);
+            }
+            let pooler_output = self.pooler.as_ref().map(|p| {
+                let mut first = vec![0.0f32; batch * d];
+                for b in 0..batch {
+                    first[b * d..(b + 1) * d].copy_from_slice(&x[b * seq * d..(b * seq + 1) * d]);
+                }
+                let mut out = vec![0.0f32; batch * d];
+                linear(kern, &first, batch, p, &mut out);
+                out.iter_mut().for_each(|v| *v = v.tanh());
+                out
+            });
+            Ok(BertOutput {
+                last_hidden_state: x,
+                pooler_output,
+            })
+        })?
+    }
+}
+
+fn layer_norm(x: &mut [f32], n: &Norm, d: usize, eps: f32) {
+    let (w, b) = (n.w.values(), n.b.values());
+    // In place: mean and variance first, then each value rescaled.
+    let run = |row: &mut [f32]| {
+        let len = row.len() as f32;
+        let mean = row.iter().sum::<f32>() / len;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / len;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((v, &g), &bb) in row.iter_mut().zip(w).zip(b) {
+            *v = (*v - mean) * inv * g + bb;
+        }
+    };
+    if x.len() <= SERIAL_ELEMS {
+        x.chunks_exact_mut(d).for_each(run);
+    } else {
+        x.par_chunks_mut(d).for_each(run);
+    }
+}
+
+/// `out[m × n_out] = x[m × n_in] Wᵀ + b`, on the pool.
+fn linear(kern: &kernels::Kernels, x: &[f32], m: usize, lin: &Linear, out: &mut [f32]) {
+    let (k, n) = (lin.n_in, lin.n_out);
+    gemm_nt_parallel(
+        kern,
+        &x[..m * k],
+        m,
+        k,
+        lin.w.values(),
+        n,
+        &mut out[..m * n],
+    );
+    let b = lin.b.values();
+    for row in out[..m * n].chunks_exact_mut(n) {
+        add_in(row, b);
+    }
+}
+
+/// Bidirectional attention within each sequence, padded keys masked; per (sequence, head)
+/// in parallel. All `[rows × d]`, heads side by side.
+#[allow(clippy::too_many_arguments)]
+fn attention(
+    kern: &kernels::Kernels,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: &[u8],
+    batch: usize,
+    seq: usize,
+    nh: usize,
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let d = nh * hd;
+    let ptr = SendPtr(out.as_mut_ptr());
+    (0..batch * nh).into_par_iter().for_each(|job| {
+        let (b, h) = (job / nh, job % nh);
+        let mut scores = vec![0.0f32; seq];
+        let keys = &mask[b * seq..(b + 1) * seq];
+        let any_real = keys.iter().any(|&m| m != 0);
+        for i in 0..seq {
+            let row = b * seq + i;
+            let qi = &q[row * d + h * hd..row * d + (h + 1) * hd];
+            let mut max = f32::NEG_INFINITY;
+            for (j, s) in scores.iter_mut().enumerate() {
+                // A sequence of padding only attends to everything (its output is unused).
+                if keys[j] != 0 || !any_real {
+                    let kj = (b * seq + j) * d + h * hd;
+                    *s = (kern.dot)(qi, &k[kj..kj + hd]) * scale;
+                    max = max.max(*s);
+                } else {
+                    *s = f32::NEG_INFINITY;
+                }
+            }
+            for s in scores.iter_mut() {
+                *s -= max;
+            }
+            (kern.exp)(&mut scores);
+            for (s, &m) in scores.iter_mut().zip(keys) {
+                if m == 0 && any_real {
+                    *s = 0.0;
+                }
+            }
+            let inv = 1.0 / scores.iter().sum::<f32>();
+            // SAFETY: each (sequence, head) job writes only its head's columns of its own
+            // rows; `out` is [rows × d] and outlives the loop.
+            let o = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(row * d + h * hd), hd) };
+            o.fill(0.0);
+            for (j, &w) in scores.iter().enumerate() {
+                if w != 0.0 {
+                    let vj = (b * seq + j) * d + h * hd;
+                    (kern.axpy)(w * inv, &v[vj..vj + hd], o);
+                }
+            }
+        }
+    });
+}

