@@ -95,3 +95,60 @@ def test_bad_input(ours: ferrolm.BertModel, tmp_path: Path) -> None:
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ferrolm.FormatError, match="roberta"):
         ferrolm.AutoModel.from_pretrained(bad)
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """BertForSequenceClassification on the MiniLM encoder, a seeded 3-class head."""
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification.from_pretrained(
+        MODEL_DIR,
+        num_labels=3,
+        id2label={0: "negative", 1: "neutral", 2: "positive"},
+        label2id={"negative": 0, "neutral": 1, "positive": 2},
+    ).eval()
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 1.0)
+        model.classifier.bias.normal_(0, 0.1)
+    folder = tmp_path_factory.mktemp("cls")
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(MODEL_DIR / name, folder / name)
+    return folder
+
+
+def test_sequence_classification_matches_transformers(classifier_dir: Path) -> None:
+    peer = transformers.BertForSequenceClassification.from_pretrained(classifier_dir).eval()
+    # The seed program, with only the imports changed.
+    tokenizer = ferrolm.BertTokenizer.from_pretrained(classifier_dir)
+    model = ferrolm.AutoModelForSequenceClassification.from_pretrained(classifier_dir)
+    texts = [t for t in _texts() if t.strip()][:64]
+    ours_pred, peer_pred = [], []
+    for start in range(0, len(texts), 16):
+        batch = tokenizer(
+            texts[start : start + 16], padding=True, truncation=True, return_tensors="pt"
+        )
+        outputs = model(**batch)
+        with torch.no_grad():
+            want = peer(**batch).logits
+        assert (outputs.logits - want).abs().max().item() <= 1e-4
+        ours_pred += outputs.logits.argmax(dim=-1).tolist()
+        peer_pred += want.argmax(dim=-1).tolist()
+    assert ours_pred == peer_pred
+    assert len(set(ours_pred)) > 1  # the head is not degenerate
+    assert model.config["id2label"]["2"] == "positive"
+    with pytest.raises(ferrolm.FormatError, match="classifier"):
+        ferrolm.AutoModelForSequenceClassification.from_pretrained(MODEL_DIR)
+
+
+def test_cli_embed(ours: ferrolm.BertModel, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    run = [sys.executable, "-m", "ferrolm", "embed", "-m", str(MODEL_DIR)]
+    out = subprocess.run([*run, "one text", "another"], capture_output=True, text=True, check=True)
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert np.allclose(np.array(rows), ours.encode(["one text", "another"]), atol=1e-5)
+    path = tmp_path / "v.npy"
+    subprocess.run([*run, "x", "y", "z", "--out", str(path)], check=True, capture_output=True)
+    assert np.load(path).shape == (3, 384)

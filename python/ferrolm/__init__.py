@@ -9,7 +9,13 @@ from __future__ import annotations
 from ferrolm import _core
 from ferrolm._data import data_path
 from ferrolm._errors import FerrolmError, FormatError, InternalError
-from ferrolm.encoders import AutoModel, BaseModelOutput, BertModel
+from ferrolm.encoders import (
+    AutoModel,
+    AutoModelForSequenceClassification,
+    BaseModelOutput,
+    BertForSequenceClassification,
+    BertModel,
+)
 from ferrolm.models import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -22,6 +28,7 @@ from ferrolm.tokenizer import BatchEncoding, Tokenizer
 from ferrolm.train import train_bpe, train_wordpiece
 
 __version__: str = _core.__version__
+BertTokenizer = AutoTokenizer
 
 
 def cpu_features() -> dict[str, bool]:
@@ -59,10 +66,13 @@ Cache = _core.Cache
 __all__ = [
     "AutoModel",
     "AutoModelForCausalLM",
+    "AutoModelForSequenceClassification",
     "AutoTokenizer",
     "BaseModelOutput",
     "BatchEncoding",
+    "BertForSequenceClassification",
     "BertModel",
+    "BertTokenizer",
     "Cache",
     "CausalLMOutput",
     "FerrolmError",

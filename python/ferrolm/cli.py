@@ -5,6 +5,7 @@ Subcommands:
   tokenize    token ids (or tokens) of text, with a built-in tokenizer or a tokenizer file
   generate    text from a causal language model folder, streamed to the terminal
   perplexity  perplexity of a model on a text file (the transformers sliding-window recipe)
+  embed       sentence embeddings with an encoder folder (sentence-transformers style)
 """
 
 from __future__ import annotations
@@ -150,6 +151,23 @@ def _perplexity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    if args.threads:
+        ferrolm.set_num_threads(args.threads)
+    model = ferrolm.AutoModel.from_pretrained(args.model)
+    texts = [sys.stdin.read() if t == "-" else t for t in args.text]
+    vectors = model.encode(texts, batch_size=args.batch_size, normalize_embeddings=args.normalize)
+    if args.out:
+        np.save(args.out, vectors)
+        print(f"{vectors.shape[0]} x {vectors.shape[1]} float32 -> {args.out}")
+    else:
+        for v in vectors:
+            print(json.dumps([round(float(x), 6) for x in v]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ferrolm",
@@ -234,6 +252,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=512, help="default: 512")
     p.add_argument("--threads", type=int, help="threads (default: all cores)")
     p.set_defaults(func=_perplexity)
+
+    p = sub.add_parser(
+        "embed",
+        help="sentence embeddings with an encoder folder",
+        description="Embed each TEXT with the encoder in --model (a sentence-transformers or "
+        "BERT folder): one JSON vector per line, or all of them to --out as a .npy array.",
+    )
+    p.add_argument("--model", "-m", required=True, metavar="DIR", help="the model folder")
+    p.add_argument("text", nargs="+", metavar="TEXT", help='text to embed, or "-" for stdin')
+    p.add_argument("--out", "-o", metavar="FILE", help="write a .npy array instead")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--normalize",
+        action="store_true",
+        help="L2-normalize (also when the folder has no Normalize module)",
+    )
+    p.add_argument("--threads", type=int, help="threads (default: all cores)")
+    p.set_defaults(func=_embed)
     return parser
 
 

@@ -17,7 +17,13 @@ from typing import Any
 from ferrolm import _core
 from ferrolm.tokenizer import Tokenizer, _resolve_model_dir
 
-__all__ = ["AutoModel", "BaseModelOutput", "BertModel"]
+__all__ = [
+    "AutoModel",
+    "AutoModelForSequenceClassification",
+    "BaseModelOutput",
+    "BertForSequenceClassification",
+    "BertModel",
+]
 
 
 class BaseModelOutput(dict[str, Any]):
@@ -63,7 +69,7 @@ class BertModel:
         )
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike[str], **_: Any) -> BertModel:
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str], **_: Any) -> Any:
         """Loads a BERT folder (``config.json`` + ``model.safetensors``), or a name found in
         the local Hugging Face cache (never the network)."""
         folder = _resolve_model_dir(name_or_path)
@@ -106,17 +112,26 @@ class BertModel:
 
         mask = [1 if v else 0 for v in flat(attention_mask, 1)]
         types = flat(token_type_ids, 0)
-        raw, pooled = self._core.forward([x for r in rows for x in r], types, mask, batch, seq)
+        raw, pooled, logits_raw = self._core.forward(
+            [x for r in rows for x in r], types, mask, batch, seq
+        )
         hidden: Any = np.frombuffer(raw, dtype="<f4").reshape(batch, seq, -1)
         pool: Any = (
             None if pooled is None else np.frombuffer(pooled, dtype="<f4").reshape(batch, -1)
         )
+        logits: Any = None
+        if logits_raw is not None:
+            logits = np.frombuffer(logits_raw, dtype="<f4").reshape(batch, -1)
         if kind == "pt":
             import torch
 
             hidden = torch.from_numpy(hidden)
             pool = None if pool is None else torch.from_numpy(pool)
-        return BaseModelOutput(last_hidden_state=hidden, pooler_output=pool)
+            logits = None if logits is None else torch.from_numpy(logits)
+        out = BaseModelOutput(last_hidden_state=hidden, pooler_output=pool)
+        if logits is not None:
+            out["logits"] = logits
+        return out
 
     forward = __call__
 
@@ -183,9 +198,40 @@ class BertModel:
         return result[0] if single else result
 
 
+class BertForSequenceClassification(BertModel):
+    """BERT with its classification head: ``model(**batch).logits`` ``[batch, num_labels]``;
+    ``config["id2label"]`` names the classes (transformers' BertForSequenceClassification)."""
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike[str], **kwargs: Any
+    ) -> BertForSequenceClassification:
+        model: BertForSequenceClassification = super().from_pretrained(name_or_path, **kwargs)
+        probe = model._core.forward([0], [0], [1], 1, 1)
+        if probe[2] is None:
+            from ferrolm._errors import FormatError
+
+            raise FormatError(
+                f"{model.name_or_path}: no classifier.weight in the checkpoint (a plain BertModel; "
+                "load it with ferrolm.AutoModel)"
+            )
+        return model
+
+
+class AutoModelForSequenceClassification:
+    """``from_pretrained(path)``: a sequence classifier (BERT)."""
+
+    @staticmethod
+    def from_pretrained(
+        name_or_path: str | os.PathLike[str], **kwargs: Any
+    ) -> BertForSequenceClassification:
+        return BertForSequenceClassification.from_pretrained(name_or_path, **kwargs)
+
+
 class AutoModel:
     """``from_pretrained(path)``: the encoder for ``config.json``'s ``model_type`` (BERT)."""
 
     @staticmethod
     def from_pretrained(name_or_path: str | os.PathLike[str], **kwargs: Any) -> BertModel:
-        return BertModel.from_pretrained(name_or_path, **kwargs)
+        model: BertModel = BertModel.from_pretrained(name_or_path, **kwargs)
+        return model

@@ -393,6 +393,13 @@ fn call_hook(
     Ok(())
 }
 
+/// `(last_hidden_state, pooler_output, logits)`.
+type BertTuple<'py> = (
+    Bound<'py, PyByteArray>,
+    Option<Bound<'py, PyByteArray>>,
+    Option<Bound<'py, PyByteArray>>,
+);
+
 /// A BERT encoder loaded from a folder (immutable; share it across threads).
 #[derive(Debug)]
 #[pyclass(frozen, module = "ferrolm._core", name = "Bert")]
@@ -423,11 +430,13 @@ impl PyBert {
         d.set_item("intermediate_size", c.intermediate_size)?;
         d.set_item("max_position_embeddings", c.max_position_embeddings)?;
         d.set_item("type_vocab_size", c.type_vocab_size)?;
+        d.set_item("num_labels", c.num_labels)?;
         Ok(d)
     }
 
     /// The encoder over `batch × seq` ids (row-major, mask 1 for real tokens). Returns
-    /// `(last_hidden_state, pooler_output or None)` as bytearrays of little-endian f32.
+    /// `(last_hidden_state, pooler_output or None, logits or None)` as bytearrays of
+    /// little-endian f32 (logits: a classification checkpoint's).
     fn forward<'py>(
         &self,
         py: Python<'py>,
@@ -436,14 +445,15 @@ impl PyBert {
         mask: Vec<u8>,
         batch: usize,
         seq: usize,
-    ) -> PyResult<(Bound<'py, PyByteArray>, Option<Bound<'py, PyByteArray>>)> {
+    ) -> PyResult<BertTuple<'py>> {
         let out = detached(py, || {
             self.model.forward(&ids, &type_ids, &mask, batch, seq)
         })?;
-        let pooled = match &out.pooler_output {
-            Some(p) => Some(f32_bytes(py, p)?),
-            None => None,
-        };
-        Ok((f32_bytes(py, &out.last_hidden_state)?, pooled))
+        let opt = |v: &Option<Vec<f32>>| v.as_ref().map(|p| f32_bytes(py, p)).transpose();
+        Ok((
+            f32_bytes(py, &out.last_hidden_state)?,
+            opt(&out.pooler_output)?,
+            opt(&out.logits)?,
+        ))
     }
 }

@@ -34,6 +34,9 @@ pub struct BertConfig {
     pub type_vocab_size: usize,
     pub layer_norm_eps: f32,
     pub activation: Activation,
+    /// `len(id2label)` (or `num_labels`): the classifier's outputs, for
+    /// `BertForSequenceClassification`.
+    pub num_labels: usize,
 }
 
 impl BertConfig {
@@ -93,6 +96,16 @@ impl BertConfig {
                 .and_then(Value::as_f64)
                 .unwrap_or(1e-12) as f32,
             activation,
+            num_labels: v
+                .get("id2label")
+                .and_then(Value::as_object)
+                .map(serde_json::Map::len)
+                .or_else(|| {
+                    v.get("num_labels")
+                        .and_then(Value::as_u64)
+                        .and_then(|n| usize::try_from(n).ok())
+                })
+                .unwrap_or(2),
         })
     }
 }
@@ -134,6 +147,8 @@ pub struct Bert {
     emb_ln: Norm,
     layers: Vec<Layer>,
     pooler: Option<Linear>,
+    /// `BertForSequenceClassification`'s head on the pooled output, when present.
+    classifier: Option<Linear>,
 }
 
 /// What a forward pass returns.
@@ -143,6 +158,8 @@ pub struct BertOutput {
     pub last_hidden_state: Vec<f32>,
     /// `[batch × hidden]`, when the checkpoint has a pooler.
     pub pooler_output: Option<Vec<f32>>,
+    /// `[batch × num_labels]`, when the checkpoint has a classifier.
+    pub logits: Option<Vec<f32>>,
 }
 
 impl Bert {
@@ -198,7 +215,25 @@ impl Bert {
         } else {
             None
         };
+        let classifier = if ck.contains("classifier.weight") {
+            let n = config.num_labels;
+            Some(Linear {
+                w: ck.f32("classifier.weight", &[n, d])?,
+                b: ck.f32("classifier.bias", &[n])?,
+                n_in: d,
+                n_out: n,
+            })
+        } else {
+            None
+        };
+        if classifier.is_some() && pooler.is_none() {
+            return Err(Error::format(
+                "checkpoint",
+                "a classifier without the pooler (bert.pooler.dense) it reads from",
+            ));
+        }
         Ok(Bert {
+            classifier,
             word: get("embeddings.word_embeddings.weight", &[config.vocab_size, d])?,
             pos: get(
                 "embeddings.position_embeddings.weight",
@@ -314,9 +349,18 @@ impl Bert {
                 out.iter_mut().for_each(|v| *v = v.tanh());
                 out
             });
+            let logits = match (&self.classifier, &pooler_output) {
+                (Some(cls), Some(pooled)) => {
+                    let mut out = vec![0.0f32; batch * cls.n_out];
+                    linear(kern, pooled, batch, cls, &mut out);
+                    Some(out)
+                }
+                _ => None,
+            };
             Ok(BertOutput {
                 last_hidden_state: x,
                 pooler_output,
+                logits,
             })
         })?
     }
