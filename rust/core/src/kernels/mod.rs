@@ -62,6 +62,8 @@ pub struct Kernels {
     pub exp: fn(&mut [f32]),
     /// GPT-2's `gelu_new`: `x = 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`, element-wise.
     pub gelu_tanh: fn(&mut [f32]),
+    /// BERT's exact `gelu`: `x = 0.5 x (1 + erf(x / √2))`, element-wise (erf within 2e-7).
+    pub gelu_erf: fn(&mut [f32]),
     pub dot: fn(&[f32], &[f32]) -> f32,
     /// `y += alpha * x`
     pub axpy: fn(f32, &[f32], &mut [f32]),
@@ -210,6 +212,16 @@ mod tests {
                 (reference.gelu_tanh)(&mut g0);
                 (kern.gelu_tanh)(&mut g1);
                 close(&g1, &g0, 1e-6);
+                let mut h0: Vec<f32> = rand(k + 5, 11).iter().map(|v| v * 12.0).collect();
+                let mut h1 = h0.clone();
+                let exact: Vec<f32> = h0
+                    .iter()
+                    .map(|&x| crate::model::gpt2::Activation::Gelu.apply(x))
+                    .collect();
+                (reference.gelu_erf)(&mut h0);
+                (kern.gelu_erf)(&mut h1);
+                close(&h0, &exact, 1e-6);
+                close(&h1, &exact, 1e-6);
                 let x = rand(k, 4);
                 assert!(((kern.dot)(&a[..k], &x) - (reference.dot)(&a[..k], &x)).abs() < 1e-4);
                 let (mut y0, mut y1) = (rand(k, 5), rand(k, 5));

@@ -13,6 +13,7 @@ pub const KERNELS: Kernels = Kernels {
     gemv_acc,
     exp,
     gelu_tanh,
+    gelu_erf,
     dot,
     axpy,
 };
@@ -79,6 +80,29 @@ pub fn gelu_tanh(x: &mut [f32]) {
     for v in x.iter_mut() {
         let u = *v;
         *v = 0.5 * u * (1.0 + (C * (u + 0.044_715 * u * u * u)).tanh());
+    }
+}
+
+// erf by Abramowitz & Stegun 7.1.26: 1 − (a1 t + … + a5 t⁵) e^(−x²), t = 1 / (1 + p |x|),
+// odd in x; absolute error below 1.5e-7.
+const ERF_P: f32 = 0.327_591_1;
+const ERF_A: [f32; 5] = [
+    0.254_829_6,
+    -0.284_496_74,
+    1.421_413_7,
+    -1.453_152_1,
+    1.061_405_4,
+];
+
+pub fn gelu_erf(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        let u = *v * std::f32::consts::FRAC_1_SQRT_2;
+        let a = u.abs();
+        let t = 1.0 / (1.0 + ERF_P * a);
+        let poly = t * (ERF_A[0] + t * (ERF_A[1] + t * (ERF_A[2] + t * (ERF_A[3] + t * ERF_A[4]))));
+        let e = 1.0 - poly * (-a * a).exp();
+        let erf = if u < 0.0 { -e } else { e };
+        *v = 0.5 * *v * (1.0 + erf);
     }
 }
 

@@ -15,6 +15,7 @@ pub const KERNELS: Kernels = Kernels {
     gemv_acc,
     exp,
     gelu_tanh,
+    gelu_erf,
     dot,
     axpy,
 };
@@ -473,6 +474,64 @@ fn gelu_tanh_avx512(x: &mut [f32]) {
         }
     }
     super::scalar::gelu_tanh(&mut x[full..]);
+}
+
+// erf by Abramowitz & Stegun 7.1.26: 1 − (a1 t + … + a5 t⁵) e^(−x²), t = 1 / (1 + p |x|),
+// odd in x; absolute error below 1.5e-7.
+const ERF_P: f32 = 0.327_591_1;
+const ERF_A: [f32; 5] = [
+    0.254_829_6,
+    -0.284_496_74,
+    1.421_413_7,
+    -1.453_152_1,
+    1.061_405_4,
+];
+
+pub fn gelu_erf(x: &mut [f32]) {
+    // SAFETY: the dispatch point hands out these kernels only on CPUs that run them.
+    unsafe { gelu_erf_avx512(x) }
+}
+
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn gelu_erf_avx512(x: &mut [f32]) {
+    let n = x.len();
+    let full = n - n % 16;
+    let px = x.as_mut_ptr();
+    let mut i = 0;
+    // SAFETY: 16 floats at i < full <= n.
+    unsafe {
+        while i < full {
+            let v = _mm512_loadu_ps(px.add(i));
+            let u = _mm512_mul_ps(v, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+            let a = _mm512_abs_ps(u);
+            let sign = _mm512_castsi512_ps(_mm512_and_si512(
+                _mm512_castps_si512(u),
+                _mm512_set1_epi32(i32::MIN),
+            ));
+            let t = _mm512_div_ps(
+                _mm512_set1_ps(1.0),
+                _mm512_fmadd_ps(_mm512_set1_ps(ERF_P), a, _mm512_set1_ps(1.0)),
+            );
+            let mut poly = _mm512_set1_ps(ERF_A[4]);
+            for &c in ERF_A[..4].iter().rev() {
+                poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(c));
+            }
+            poly = _mm512_mul_ps(poly, t);
+            let ex = exp_v(_mm512_sub_ps(_mm512_set1_ps(0.0), _mm512_mul_ps(a, a)));
+            let e = _mm512_sub_ps(_mm512_set1_ps(1.0), _mm512_mul_ps(poly, ex));
+            let erf = _mm512_castsi512_ps(_mm512_xor_si512(
+                _mm512_castps_si512(e),
+                _mm512_castps_si512(sign),
+            ));
+            let g = _mm512_mul_ps(
+                _mm512_mul_ps(_mm512_set1_ps(0.5), v),
+                _mm512_add_ps(_mm512_set1_ps(1.0), erf),
+            );
+            _mm512_storeu_ps(px.add(i), g);
+            i += 16;
+        }
+    }
+    super::scalar::gelu_erf(&mut x[full..]);
 }
 
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -16,9 +16,9 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde_json::Value;
 
-use crate::io::safetensors::{Checkpoint, F32Tensor};
+use crate::io::safetensors::{Checkpoint, F32Data, F32Tensor};
 use crate::kernels::{self, SendPtr};
-use crate::model::gpt2::{add_in, gemm_nt_parallel, Activation, SERIAL_ELEMS};
+use crate::model::gpt2::{self, add_in, gemm_nt_parallel, Activation, Linear, SERIAL_ELEMS};
 use crate::runtime::pool;
 use crate::{Error, Result};
 
@@ -110,13 +110,22 @@ impl BertConfig {
     }
 }
 
-/// `nn.Linear`: `y = x Wᵀ + b`, `W` is `[out, in]`.
-#[derive(Debug, Clone)]
-struct Linear {
-    w: F32Tensor,
-    b: F32Tensor,
-    n_in: usize,
-    n_out: usize,
+/// `nn.Linear` stores `W` as `[out, in]` (`y = x Wᵀ + b`). The encoder's matrices are
+/// transposed once at load into `[in, out]`, GPT-2's layout, so that one token streams each
+/// weight row in order and a batch runs the cache-blocked `gemm`: the same `linear` as GPT-2.
+/// (The embeddings and the classifier are used in place.)
+fn transposed(t: &F32Tensor, n_out: usize, n_in: usize) -> F32Tensor {
+    let w = t.values();
+    let mut out = vec![0.0f32; n_in * n_out];
+    for (o, row) in w.chunks_exact(n_in).enumerate() {
+        for (i, &v) in row.iter().enumerate() {
+            out[i * n_out + o] = v;
+        }
+    }
+    F32Tensor {
+        data: F32Data::Owned(out),
+        shape: vec![n_in, n_out],
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -147,8 +156,9 @@ pub struct Bert {
     emb_ln: Norm,
     layers: Vec<Layer>,
     pooler: Option<Linear>,
-    /// `BertForSequenceClassification`'s head on the pooled output, when present.
-    classifier: Option<Linear>,
+    /// `BertForSequenceClassification`'s head on the pooled output, when present (`[out, in]`,
+    /// in place).
+    classifier: Option<(F32Tensor, F32Tensor, usize)>,
 }
 
 /// What a forward pass returns.
@@ -189,8 +199,9 @@ impl Bert {
             })
         };
         let linear = |name: &str, n_in: usize, n_out: usize| -> Result<Linear> {
+            let w = get(&format!("{name}.weight"), &[n_out, n_in])?;
             Ok(Linear {
-                w: get(&format!("{name}.weight"), &[n_out, n_in])?,
+                w: transposed(&w, n_out, n_in),
                 b: get(&format!("{name}.bias"), &[n_out])?,
                 n_in,
                 n_out,
@@ -217,12 +228,11 @@ impl Bert {
         };
         let classifier = if ck.contains("classifier.weight") {
             let n = config.num_labels;
-            Some(Linear {
-                w: ck.f32("classifier.weight", &[n, d])?,
-                b: ck.f32("classifier.bias", &[n])?,
-                n_in: d,
-                n_out: n,
-            })
+            Some((
+                ck.f32("classifier.weight", &[n, d])?,
+                ck.f32("classifier.bias", &[n])?,
+                n,
+            ))
         } else {
             None
         };
@@ -326,6 +336,8 @@ impl Bert {
                 let apply = |ch: &mut [f32]| {
                     if act == Activation::GeluTanh {
                         (kern.gelu_tanh)(ch);
+                    } else if act == Activation::Gelu {
+                        (kern.gelu_erf)(ch);
                     } else {
                         ch.iter_mut().for_each(|v| *v = act.apply(*v));
                     }
@@ -350,9 +362,12 @@ impl Bert {
                 out
             });
             let logits = match (&self.classifier, &pooler_output) {
-                (Some(cls), Some(pooled)) => {
-                    let mut out = vec![0.0f32; batch * cls.n_out];
-                    linear(kern, pooled, batch, cls, &mut out);
+                (Some((w, b, n)), Some(pooled)) => {
+                    let mut out = vec![0.0f32; batch * n];
+                    gemm_nt_parallel(kern, pooled, batch, d, w.values(), *n, &mut out);
+                    for row in out.chunks_exact_mut(*n) {
+                        add_in(row, b.values());
+                    }
                     Some(out)
                 }
                 _ => None,
@@ -385,22 +400,17 @@ fn layer_norm(x: &mut [f32], n: &Norm, d: usize, eps: f32) {
     }
 }
 
-/// `out[m × n_out] = x[m × n_in] Wᵀ + b`, on the pool.
+/// `out[m × n_out] = x[m × n_in] W + b` (W transposed at load), on the pool.
 fn linear(kern: &kernels::Kernels, x: &[f32], m: usize, lin: &Linear, out: &mut [f32]) {
-    let (k, n) = (lin.n_in, lin.n_out);
-    gemm_nt_parallel(
+    let mut part = Vec::new();
+    gpt2::linear(
         kern,
-        &x[..m * k],
+        &x[..m * lin.n_in],
         m,
-        k,
-        lin.w.values(),
-        n,
-        &mut out[..m * n],
+        lin,
+        &mut out[..m * lin.n_out],
+        &mut part,
     );
-    let b = lin.b.values();
-    for row in out[..m * n].chunks_exact_mut(n) {
-        add_in(row, b);
-    }
 }
 
 /// Bidirectional attention within each sequence, padded keys masked; per (sequence, head)

@@ -192,11 +192,11 @@ impl Gpt2Config {
 
 /// A linear layer stored as GPT-2's Conv1D: `y = x @ w + b`, `w` is `[in, out]`.
 #[derive(Debug, Clone)]
-struct Linear {
-    w: F32Tensor,
-    b: F32Tensor,
-    n_in: usize,
-    n_out: usize,
+pub(crate) struct Linear {
+    pub(crate) w: F32Tensor,
+    pub(crate) b: F32Tensor,
+    pub(crate) n_in: usize,
+    pub(crate) n_out: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -473,6 +473,8 @@ impl Gpt2 {
                 let apply = |ch: &mut [f32]| {
                     if act == Activation::GeluTanh {
                         (kern.gelu_tanh)(ch);
+                    } else if act == Activation::Gelu {
+                        (kern.gelu_erf)(ch);
                     } else {
                         ch.iter_mut().for_each(|v| *v = act.apply(*v));
                     }
@@ -701,7 +703,7 @@ fn column_chunk(n: usize, threads: usize) -> usize {
 /// rows are split across threads, each streaming a contiguous block into its own partial sum
 /// (`part`, reused), then summed. A few rows: split by columns (each weight read once). Many
 /// rows: split by rows of `x`, each task running the cache-blocked `gemm`.
-fn linear(
+pub(crate) fn linear(
     kern: &kernels::Kernels,
     x: &[f32],
     m: usize,
@@ -740,7 +742,7 @@ fn linear(
         }
         return;
     }
-    if m >= 4 * threads {
+    if m >= ROW_SPLIT_ROWS.max(4 * threads) {
         let per = m.div_ceil(threads * 2).max(4);
         out.par_chunks_mut(per * n)
             .zip(x.par_chunks(per * k))
@@ -768,7 +770,8 @@ fn linear(
 
 /// `out[m × n] = x[m × k] · bᵀ` with `b` `[n × k]`, split by rows of `b` across the pool.
 ///
-/// For a few rows (decoding) each output is a dot product and `b` streams once. For many rows
+/// For up to [`NT_PACKED_ROWS`] rows each output is a dot product (tiles of 6 rows × 4 rows of
+/// `b`). For many rows
 /// (a prompt's logits) each task transposes blocks of [`NT_BLOCK`] rows of `b` into a `[k ×
 /// NT_BLOCK]` panel and runs the register-tiled `gemm` on it: the packing is paid once per
 /// block and amortized over all `m` rows.
@@ -783,7 +786,7 @@ pub(crate) fn gemm_nt_parallel(
 ) {
     let chunk = column_chunk(n, rayon::current_num_threads()).max(256);
     let ptr = SendPtr(out.as_mut_ptr());
-    let packed = m >= 8;
+    let packed = m >= NT_PACKED_ROWS;
     (0..n.div_ceil(chunk)).into_par_iter().for_each(|ci| {
         let j0 = ci * chunk;
         let wid = chunk.min(n - j0);
@@ -818,8 +821,17 @@ pub(crate) fn gemm_nt_parallel(
     });
 }
 
+/// From this many rows on, a matmul splits its rows across threads (each streaming all the
+/// weights, amortized over its rows); below, its columns (each weight read once).
+const ROW_SPLIT_ROWS: usize = 64;
+
 /// Up to this many rows (tokens decoded together), a matmul streams the weights by rows.
 const GEMV_ROWS: usize = 8;
+
+/// From this many rows on, `gemm_nt_parallel` packs transposed panels of `b` (paid once per
+/// call) for the register-tiled `gemm`; below, the dot-product tiles re-read `b` per 6 rows,
+/// cheaper for the small matrices of an encoder called on one sentence.
+const NT_PACKED_ROWS: usize = 48;
 
 /// Rows of the LM head transposed per packed panel.
 const NT_BLOCK: usize = 128;
