@@ -207,8 +207,7 @@ class BertForSequenceClassification(BertModel):
         cls, name_or_path: str | os.PathLike[str], **kwargs: Any
     ) -> BertForSequenceClassification:
         model: BertForSequenceClassification = super().from_pretrained(name_or_path, **kwargs)
-        probe = model._core.forward([0], [0], [1], 1, 1)
-        if probe[2] is None:
+        if not model._core.has_classifier:
             from ferrolm._errors import FormatError
 
             raise FormatError(

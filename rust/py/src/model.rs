@@ -344,7 +344,7 @@ impl PyGeneration {
         let mut guard = self.state.lock();
         let g: &mut Generation = &mut guard;
         let stop = stop_check(self.tokenizer.as_deref(), &self.stop);
-        detached(py, || g.step(&stop))
+        detached(py, || Ok(g.step(&stop)?.map(<[Option<u32>]>::to_vec)))
     }
 
     /// The output so far: `(ids as little-endian u32 bytes, rows, cols)`.
@@ -432,6 +432,12 @@ impl PyBert {
         d.set_item("type_vocab_size", c.type_vocab_size)?;
         d.set_item("num_labels", c.num_labels)?;
         Ok(d)
+    }
+
+    /// True when the checkpoint has a classification head (`logits` come out of `forward`).
+    #[getter]
+    fn has_classifier(&self) -> bool {
+        self.model.has_classifier()
     }
 
     /// The encoder over `batch × seq` ids (row-major, mask 1 for real tokens). Returns

@@ -16,9 +16,10 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde_json::Value;
 
-use crate::io::safetensors::{Checkpoint, F32Data, F32Tensor};
+use crate::io::safetensors::{Checkpoint, F32Tensor};
 use crate::kernels::{self, SendPtr};
-use crate::model::gpt2::{self, add_in, gemm_nt_parallel, Activation, Linear, SERIAL_ELEMS};
+use crate::model::gpt2::{self, activate, add_in, gemm_nt_parallel, Activation, SERIAL_ELEMS};
+use crate::model::weights::{self, Layout, Linear, Norm, Weights};
 use crate::runtime::pool;
 use crate::{Error, Result};
 
@@ -42,26 +43,12 @@ pub struct BertConfig {
 impl BertConfig {
     /// Reads a `config.json`; model types other than BERT's are refused naming theirs.
     pub fn from_json(what: &str, data: &[u8]) -> Result<Self> {
-        let v: Value = serde_json::from_slice(data)
-            .map_err(|e| Error::format(what, format!("not JSON: {e}")))?;
-        let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
-        if model_type != "bert" {
-            return Err(Error::Unsupported(format!(
-                "architecture: {what} has model_type {model_type:?}; this loader reads \"bert\""
-            )));
-        }
-        let get = |key: &str, default: usize| -> Result<usize> {
-            match v.get(key) {
-                None | Some(Value::Null) => Ok(default),
-                Some(x) => x
-                    .as_u64()
-                    .and_then(|n| usize::try_from(n).ok())
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| {
-                        Error::format(what, format!("`{key}` must be a positive integer"))
-                    }),
-            }
-        };
+        Self::from_value(what, &weights::parse_config(what, data, "bert")?)
+    }
+
+    /// The fields of a parsed `config.json` (already checked to be BERT's).
+    fn from_value(what: &str, v: &Value) -> Result<Self> {
+        let get = |key: &str, default: usize| weights::positive(v, what, key, Some(default));
         let hidden = get("hidden_size", 768)?;
         let heads = get("num_attention_heads", 12)?;
         if hidden % heads != 0 {
@@ -110,29 +97,10 @@ impl BertConfig {
     }
 }
 
-/// `nn.Linear` stores `W` as `[out, in]` (`y = x Wᵀ + b`). The encoder's matrices are
-/// transposed once at load into `[in, out]`, GPT-2's layout, so that one token streams each
-/// weight row in order and a batch runs the cache-blocked `gemm`: the same `linear` as GPT-2.
-/// (The embeddings and the classifier are used in place.)
-fn transposed(t: &F32Tensor, n_out: usize, n_in: usize) -> F32Tensor {
-    let w = t.values();
-    let mut out = vec![0.0f32; n_in * n_out];
-    for (o, row) in w.chunks_exact(n_in).enumerate() {
-        for (i, &v) in row.iter().enumerate() {
-            out[i * n_out + o] = v;
-        }
-    }
-    F32Tensor {
-        data: F32Data::Owned(out),
-        shape: vec![n_in, n_out],
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Norm {
-    w: F32Tensor,
-    b: F32Tensor,
-}
+// `nn.Linear` stores `W` as `[out, in]` (`y = x Wᵀ + b`). The encoder's matrices are
+// transposed once at load into `[in, out]`, GPT-2's layout, so that one token streams each
+// weight row in order and a batch runs the cache-blocked `gemm`: the same `linear` as GPT-2.
+// (The embeddings and the classifier are used in place.)
 
 #[derive(Debug, Clone)]
 struct Layer {
@@ -175,9 +143,8 @@ pub struct BertOutput {
 impl Bert {
     /// Loads `config.json` and the safetensors checkpoint of a model folder.
     pub fn load(folder: &Path) -> Result<Self> {
-        let cfg_path = folder.join("config.json");
-        let data = std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-        let config = BertConfig::from_json(&cfg_path.display().to_string(), &data)?;
+        let (what, v) = weights::read_config(folder, "bert")?;
+        let config = BertConfig::from_value(&what, &v)?;
         let ck = Checkpoint::open_folder(folder)?;
         Self::from_checkpoint(config, &ck)
     }
@@ -185,28 +152,11 @@ impl Bert {
     /// Takes the weights from `ck` (names with or without the `bert.` prefix that
     /// `BertFor*` models write), checking each shape against `config`.
     pub fn from_checkpoint(config: BertConfig, ck: &Checkpoint) -> Result<Self> {
-        let prefix = if ck.contains("bert.embeddings.word_embeddings.weight") {
-            "bert."
-        } else {
-            ""
-        };
+        let w = Weights::new(ck, "bert.", "embeddings.word_embeddings.weight");
         let (d, inter) = (config.hidden_size, config.intermediate_size);
-        let get = |name: &str, shape: &[usize]| ck.f32(&format!("{prefix}{name}"), shape);
-        let norm = |name: &str| -> Result<Norm> {
-            Ok(Norm {
-                w: get(&format!("{name}.weight"), &[d])?,
-                b: get(&format!("{name}.bias"), &[d])?,
-            })
-        };
-        let linear = |name: &str, n_in: usize, n_out: usize| -> Result<Linear> {
-            let w = get(&format!("{name}.weight"), &[n_out, n_in])?;
-            Ok(Linear {
-                w: transposed(&w, n_out, n_in),
-                b: get(&format!("{name}.bias"), &[n_out])?,
-                n_in,
-                n_out,
-            })
-        };
+        let get = |name: &str, shape: &[usize]| w.get(name, shape);
+        let norm = |name: &str| w.norm(name, d);
+        let linear = |name: &str, n_in, n_out| w.linear(name, n_in, n_out, Layout::OutIn);
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
@@ -221,7 +171,7 @@ impl Bert {
                 out_ln: norm(&format!("{p}.output.LayerNorm"))?,
             });
         }
-        let pooler = if ck.contains(&format!("{prefix}pooler.dense.weight")) {
+        let pooler = if w.contains("pooler.dense.weight") {
             Some(linear("pooler.dense", d, d)?)
         } else {
             None
@@ -258,6 +208,11 @@ impl Bert {
             pooler,
             config,
         })
+    }
+
+    /// True for a `BertForSequenceClassification` checkpoint (a classifier head was loaded).
+    pub fn has_classifier(&self) -> bool {
+        self.classifier.is_some()
     }
 
     /// The encoder over `batch` sequences of `seq` tokens (`ids`, `type_ids`, `mask` are
@@ -332,21 +287,7 @@ impl Bert {
                 layer_norm(&mut x, &layer.attn_ln, d, eps);
                 // x = LN(x + act(x Wiᵀ + bi) Wo2ᵀ + bo2)
                 linear(kern, &x, rows, &layer.inter, &mut h);
-                let act = c.activation;
-                let apply = |ch: &mut [f32]| {
-                    if act == Activation::GeluTanh {
-                        (kern.gelu_tanh)(ch);
-                    } else if act == Activation::Gelu {
-                        (kern.gelu_erf)(ch);
-                    } else {
-                        ch.iter_mut().for_each(|v| *v = act.apply(*v));
-                    }
-                };
-                if h.len() <= SERIAL_ELEMS {
-                    apply(&mut h);
-                } else {
-                    h.par_chunks_mut(4096).for_each(apply);
-                }
+                activate(kern, c.activation, &mut h);
                 linear(kern, &h, rows, &layer.out, &mut tmp);
                 add_in(&mut x, &tmp);
                 layer_norm(&mut x, &layer.out_ln, d, eps);

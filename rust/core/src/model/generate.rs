@@ -50,6 +50,8 @@ pub struct Generation {
     scratch: sampling::Scratch,
     step_tokens: Vec<u32>,
     step_mask: Vec<u8>,
+    /// What the last step produced per sequence (reused: no allocation per token).
+    produced: Vec<Option<u32>>,
 }
 
 impl Generation {
@@ -115,6 +117,7 @@ impl Generation {
             scratch: sampling::Scratch::default(),
             step_tokens: vec![0; seqs],
             step_mask: vec![1; seqs],
+            produced: vec![None; seqs],
             params,
         })
     }
@@ -139,10 +142,7 @@ impl Generation {
     /// Generates one token for every sequence that has not ended. `stop(i, new_tokens)` may end
     /// sequence `i` after its token (stop strings). Returns the token of each sequence (`None`
     /// for those that had already ended), or `None` when generation is over.
-    pub fn step(
-        &mut self,
-        stop: &dyn Fn(usize, &[u32]) -> bool,
-    ) -> Result<Option<Vec<Option<u32>>>> {
+    pub fn step(&mut self, stop: &dyn Fn(usize, &[u32]) -> bool) -> Result<Option<&[Option<u32>]>> {
         self.step_with(stop, None)
     }
 
@@ -153,7 +153,7 @@ impl Generation {
         &mut self,
         stop: &dyn Fn(usize, &[u32]) -> bool,
         adjust: Option<Adjust<'_>>,
-    ) -> Result<Option<Vec<Option<u32>>>> {
+    ) -> Result<Option<&[Option<u32>]>> {
         if self.done() {
             return Ok(None);
         }
@@ -179,10 +179,9 @@ impl Generation {
         } else {
             &[]
         };
-        let mut out = Vec::with_capacity(self.history.len());
         for i in 0..self.history.len() {
             if self.finished[i] {
-                out.push(None);
+                self.produced[i] = None;
                 self.step_tokens[i] = 0;
                 continue;
             }
@@ -201,11 +200,11 @@ impl Generation {
             if self.params.eos.contains(&tok) || stop(i, &self.new[i]) {
                 self.finished[i] = true;
             }
-            out.push(Some(tok));
+            self.produced[i] = Some(tok);
         }
         self.steps += 1;
         self.fresh = false;
-        Ok(Some(out))
+        Ok(Some(&self.produced))
     }
 
     /// Runs to the end.

@@ -23,6 +23,8 @@ use serde_json::Value;
 
 use crate::io::safetensors::{Checkpoint, F32Tensor};
 use crate::kernels::{self, SendPtr};
+use crate::model::weights::{self, Layout, Weights};
+pub(crate) use crate::model::weights::{Linear, Norm};
 use crate::runtime::pool;
 use crate::{Error, Result};
 
@@ -108,28 +110,12 @@ pub struct Gpt2Config {
 impl Gpt2Config {
     /// Reads a `config.json`; anything but GPT-2 is refused naming its `model_type`.
     pub fn from_json(what: &str, data: &[u8]) -> Result<Self> {
-        let v: Value = serde_json::from_slice(data)
-            .map_err(|e| Error::format(what, format!("not JSON: {e}")))?;
-        let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
-        if model_type != "gpt2" {
-            return Err(Error::Unsupported(format!(
-                "architecture: {what} has model_type {model_type:?}; this loader reads \"gpt2\""
-            )));
-        }
-        let usize_of = |key: &str, default: Option<usize>| -> Result<usize> {
-            match v.get(key) {
-                None | Some(Value::Null) => {
-                    default.ok_or_else(|| Error::format(what, format!("`{key}` is missing")))
-                }
-                Some(x) => x
-                    .as_u64()
-                    .and_then(|n| usize::try_from(n).ok())
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| {
-                        Error::format(what, format!("`{key}` must be a positive integer"))
-                    }),
-            }
-        };
+        Self::from_value(what, &weights::parse_config(what, data, "gpt2")?)
+    }
+
+    /// The fields of a parsed `config.json` (already checked to be GPT-2's).
+    fn from_value(what: &str, v: &Value) -> Result<Self> {
+        let usize_of = |key: &str, default: Option<usize>| weights::positive(v, what, key, default);
         let bool_of = |key: &str, default: bool| -> Result<bool> {
             match v.get(key) {
                 None | Some(Value::Null) => Ok(default),
@@ -190,21 +176,6 @@ impl Gpt2Config {
     }
 }
 
-/// A linear layer stored as GPT-2's Conv1D: `y = x @ w + b`, `w` is `[in, out]`.
-#[derive(Debug, Clone)]
-pub(crate) struct Linear {
-    pub(crate) w: F32Tensor,
-    pub(crate) b: F32Tensor,
-    pub(crate) n_in: usize,
-    pub(crate) n_out: usize,
-}
-
-#[derive(Debug, Clone)]
-struct Norm {
-    w: F32Tensor,
-    b: F32Tensor,
-}
-
 #[derive(Debug, Clone)]
 struct Block {
     ln_1: Norm,
@@ -231,9 +202,8 @@ pub struct Gpt2 {
 impl Gpt2 {
     /// Loads `config.json` and the safetensors checkpoint of a model folder.
     pub fn load(folder: &Path) -> Result<Self> {
-        let cfg_path = folder.join("config.json");
-        let cfg_bytes = std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-        let config = Gpt2Config::from_json(&cfg_path.display().to_string(), &cfg_bytes)?;
+        let (what, v) = weights::read_config(folder, "gpt2")?;
+        let config = Gpt2Config::from_value(&what, &v)?;
         let ck = Checkpoint::open_folder(folder)?;
         Self::from_checkpoint(config, &ck)
     }
@@ -242,27 +212,10 @@ impl Gpt2 {
     /// carry the `transformer.` prefix (`GPT2LMHeadModel.save_pretrained`) or not (the original
     /// checkpoints).
     pub fn from_checkpoint(config: Gpt2Config, ck: &Checkpoint) -> Result<Self> {
-        let prefix = if ck.contains("transformer.wte.weight") {
-            "transformer."
-        } else {
-            ""
-        };
+        let w = Weights::new(ck, "transformer.", "wte.weight");
         let (d, inner, vocab) = (config.n_embd, config.n_inner, config.vocab_size);
-        let get = |name: &str, shape: &[usize]| ck.f32(&format!("{prefix}{name}"), shape);
-        let norm = |name: &str| -> Result<Norm> {
-            Ok(Norm {
-                w: get(&format!("{name}.weight"), &[d])?,
-                b: get(&format!("{name}.bias"), &[d])?,
-            })
-        };
-        let linear = |name: &str, n_in: usize, n_out: usize| -> Result<Linear> {
-            Ok(Linear {
-                w: get(&format!("{name}.weight"), &[n_in, n_out])?,
-                b: get(&format!("{name}.bias"), &[n_out])?,
-                n_in,
-                n_out,
-            })
-        };
+        let norm = |name: &str| w.norm(name, d);
+        let linear = |name: &str, n_in, n_out| w.linear(name, n_in, n_out, Layout::InOut);
         let mut blocks = Vec::with_capacity(config.n_layer);
         for l in 0..config.n_layer {
             let p = format!("h.{l}");
@@ -275,7 +228,7 @@ impl Gpt2 {
                 mlp_proj: linear(&format!("{p}.mlp.c_proj"), inner, d)?,
             });
         }
-        if ck.contains(&format!("{prefix}h.{}.ln_1.weight", config.n_layer)) {
+        if w.contains(&format!("h.{}.ln_1.weight", config.n_layer)) {
             return Err(Error::format(
                 "checkpoint",
                 format!(
@@ -290,8 +243,8 @@ impl Gpt2 {
             Some(ck.f32("lm_head.weight", &[vocab, d])?)
         };
         let model = Gpt2 {
-            wte: get("wte.weight", &[vocab, d])?,
-            wpe: get("wpe.weight", &[config.n_positions, d])?,
+            wte: w.get("wte.weight", &[vocab, d])?,
+            wpe: w.get("wpe.weight", &[config.n_positions, d])?,
             blocks,
             ln_f: norm("ln_f")?,
             lm_head,
@@ -408,7 +361,7 @@ impl Gpt2 {
                 );
                 // k, v appended to the cache; attention per (slot, head)   [rows, d]
                 cache_append(
-                    cache_kv(&mut cache.k, &mut cache.v),
+                    (&mut cache.k, &mut cache.v),
                     &cache.geom,
                     l,
                     &cache.len,
@@ -468,22 +421,7 @@ impl Gpt2 {
                     &mut ws.mlp[..rows * inner],
                     &mut ws.part,
                 );
-                let act = c.activation;
-                let h = &mut ws.mlp[..rows * inner];
-                let apply = |ch: &mut [f32]| {
-                    if act == Activation::GeluTanh {
-                        (kern.gelu_tanh)(ch);
-                    } else if act == Activation::Gelu {
-                        (kern.gelu_erf)(ch);
-                    } else {
-                        ch.iter_mut().for_each(|v| *v = act.apply(*v));
-                    }
-                };
-                if h.len() <= SERIAL_ELEMS {
-                    apply(h);
-                } else {
-                    h.par_chunks_mut(4096).for_each(apply);
-                }
+                activate(kern, c.activation, &mut ws.mlp[..rows * inner]);
                 linear(
                     kern,
                     &ws.mlp[..rows * inner],
@@ -537,10 +475,6 @@ impl Geom {
     fn at(&self, s: usize, l: usize, p: usize) -> usize {
         ((s * self.n_layer + l) * self.n_ctx + p) * self.d
     }
-}
-
-fn cache_kv<'a>(k: &'a mut [f32], v: &'a mut [f32]) -> (&'a mut [f32], &'a mut [f32]) {
-    (k, v)
 }
 
 /// Copies the new keys and values (columns d..2d and 2d..3d of `qkv`) into the cache.
@@ -668,6 +602,20 @@ fn layer_norm(x: &[f32], out: &mut [f32], n: &Norm, c: &Gpt2Config) {
         out.par_chunks_mut(d)
             .zip(x.par_chunks(d))
             .for_each(|(o, row)| norm_row(row, o, w, b, eps));
+    }
+}
+
+/// `x = act(x)` element-wise: the vectorized kernels for the GELUs, on the pool when large.
+pub(crate) fn activate(kern: &kernels::Kernels, act: Activation, x: &mut [f32]) {
+    let apply = |ch: &mut [f32]| match act {
+        Activation::GeluTanh => (kern.gelu_tanh)(ch),
+        Activation::Gelu => (kern.gelu_erf)(ch),
+        _ => ch.iter_mut().for_each(|v| *v = act.apply(*v)),
+    };
+    if x.len() <= SERIAL_ELEMS {
+        apply(x);
+    } else {
+        x.par_chunks_mut(4096).for_each(apply);
     }
 }
 

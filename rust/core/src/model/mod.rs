@@ -4,3 +4,4 @@ pub mod bert;
 pub mod generate;
 pub mod gpt2;
 pub mod sampling;
+pub(crate) mod weights;
