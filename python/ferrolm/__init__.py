@@ -41,6 +41,19 @@ def cpu_features() -> dict[str, bool]:
     return _core.cpu_features()
 
 
+def available_isas() -> list[str]:
+    """The kernel paths this CPU runs, ``"scalar"`` first and the best last (``"avx2"``,
+    ``"avx512"`` on x86-64; ``"neon"`` on aarch64). ``FERROLM_ISA=<name>`` in the environment
+    forces one for a process (for tests and benchmarks)."""
+    return list(_core.available_isas())
+
+
+def kernel_isa() -> str:
+    """The kernel path this process uses: the best available, or the one ``FERROLM_ISA``
+    names."""
+    return _core.kernel_isa()
+
+
 def get_num_threads() -> int:
     """The number of threads ferrolm's parallel work runs on.
 
@@ -82,9 +95,11 @@ __all__ = [
     "InternalError",
     "Tokenizer",
     "__version__",
+    "available_isas",
     "cpu_features",
     "data_path",
     "get_num_threads",
+    "kernel_isa",
     "perplexity",
     "set_num_threads",
     "train_bpe",

@@ -17,10 +17,13 @@ __all__ = [
     "__version__",
     "_fail_for_tests",
     "_pool_workers",
+    "_qmatmul",
     "_read_bandwidth",
     "_sleep_detached",
+    "available_isas",
     "cpu_features",
     "get_num_threads",
+    "kernel_isa",
     "set_num_threads",
     "train_bpe",
     "train_wordpiece",
@@ -28,6 +31,9 @@ __all__ = [
 
 __version__: str
 
+def _qmatmul(tiles: bytes, fmt: str, n: int, k: int, x: bytes, m: int) -> bytes: ...
+def available_isas() -> list[str]: ...
+def kernel_isa() -> str: ...
 def cpu_features() -> dict[str, bool]: ...
 def get_num_threads() -> int: ...
 def set_num_threads(n: int) -> None: ...
@@ -170,7 +176,14 @@ class Generation:
 @final
 class Gpt2:
     @staticmethod
-    def load(path: str | os.PathLike[str]) -> Gpt2: ...
+    def load(
+        path: str | os.PathLike[str],
+        quantize: str | None = None,
+        progress: Callable[[int, int], object] | None = None,
+    ) -> Gpt2: ...
+    @property
+    def quantization(self) -> str | None: ...
+    def save(self, path: str | os.PathLike[str]) -> None: ...
     @property
     def config(self) -> dict[str, Any]: ...
     @property
@@ -230,7 +243,14 @@ class Gpt2:
 @final
 class Bert:
     @staticmethod
-    def load(path: str | os.PathLike[str]) -> Bert: ...
+    def load(
+        path: str | os.PathLike[str],
+        quantize: str | None = None,
+        progress: Callable[[int, int], object] | None = None,
+    ) -> Bert: ...
+    @property
+    def quantization(self) -> str | None: ...
+    def save(self, path: str | os.PathLike[str]) -> None: ...
     @property
     def config(self) -> dict[str, Any]: ...
     @property

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ferrolm import _core
+from ferrolm._quant import load_core, save_folder
 from ferrolm.tokenizer import Tokenizer, _resolve_model_dir
 
 __all__ = [
@@ -69,11 +70,23 @@ class BertModel:
         )
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike[str], **_: Any) -> Any:
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        quantize: str | None = None,
+        show_progress: bool | None = None,
+        **_: Any,
+    ) -> Any:
         """Loads a BERT folder (``config.json`` + ``model.safetensors``), or a name found in
-        the local Hugging Face cache (never the network)."""
+        the local Hugging Face cache (never the network).
+
+        ``quantize="int8"`` (= ``"q8_0"``), ``"int4"`` (= ``"q4_0"``) or ``"q4_1"`` quantizes
+        the encoder's matrices as they load (the embeddings and the classifier stay f32);
+        ``save_pretrained`` writes a folder that loads back quantized without re-quantizing.
+        """
         folder = _resolve_model_dir(name_or_path)
-        core = _core.Bert.load(folder)
+        core = load_core(_core.Bert.load, folder, quantize, show_progress)
         tok = None
         if any((folder / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
             tok = Tokenizer.from_pretrained(folder)
@@ -81,6 +94,16 @@ class BertModel:
 
     def eval(self) -> BertModel:
         return self
+
+    @property
+    def quantization(self) -> str | None:
+        """The encoder matrices' format: ``"q8_0"``, ``"q4_0"``, ``"q4_1"``, or None (f32)."""
+        return self._core.quantization
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:
+        """Writes the model, its config, tokenizer and sentence-transformers pooling files to a
+        folder that ``from_pretrained`` loads back as it is (quantized weights included)."""
+        save_folder(self._core, Path(self.name_or_path), save_directory, copy_f32_weights=True)
 
     def __call__(
         self,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ferrolm import _core
+from ferrolm._quant import load_core, save_folder
 from ferrolm.tokenizer import Tokenizer, _resolve_model_dir
 
 __all__ = [
@@ -152,18 +153,21 @@ class GPT2LMHeadModel:
         dtype: str = "float32",
         quantize: str | None = None,
         torch_dtype: Any = None,
+        show_progress: bool | None = None,
     ) -> GPT2LMHeadModel:
         """Loads a GPT-2 folder (``config.json`` + ``model.safetensors`` or shards), or a model
         name found in the local Hugging Face cache (never the network).
 
         Weights stored as f16 or bf16 are converted to f32 once; f32 weights are used in place
-        from the memory-mapped file. ``quantize`` (int8 / int4) is not implemented yet.
+        from the memory-mapped file. ``quantize="int8"`` (= ``"q8_0"``), ``"int4"`` (=
+        ``"q4_0"``) or ``"q4_1"`` quantizes the weight matrices and the token embedding (which
+        is also the output head) as they load, with a progress bar on a terminal
+        (``show_progress``); ``save_pretrained`` then writes a folder that loads back quantized,
+        memory-mapped, without quantizing again.
         """
         del torch_dtype  # accepted for transformers code; ferrolm computes in float32
         if dtype not in ("float32", "auto"):
             raise ValueError(f"dtype must be 'float32' (the only one implemented), not {dtype!r}")
-        if quantize is not None:
-            raise ValueError("quantize is not implemented yet: load with quantize=None")
         folder = _resolve_model_dir(name_or_path)
         config = _read_json(folder / "config.json")
         model_type = config.get("model_type")
@@ -174,7 +178,7 @@ class GPT2LMHeadModel:
                 f"{folder / 'config.json'}: unsupported architecture model_type={model_type!r}; "
                 "ferrolm runs gpt2"
             )
-        core = _core.Gpt2.load(folder)
+        core = load_core(_core.Gpt2.load, folder, quantize, show_progress)
         tokenizer = None
         if any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json")):
             tokenizer = Tokenizer.from_pretrained(folder)
@@ -183,6 +187,16 @@ class GPT2LMHeadModel:
     @property
     def device(self) -> str:
         return "cpu"
+
+    @property
+    def quantization(self) -> str | None:
+        """The weight matrices' format: ``"q8_0"``, ``"q4_0"``, ``"q4_1"``, or None (f32)."""
+        return self._core.quantization
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:
+        """Writes the model (quantized or f32), its config and tokenizer files to a folder
+        that ``from_pretrained`` loads back as it is."""
+        save_folder(self._core, Path(self.name_or_path), save_directory)
 
     def eval(self) -> GPT2LMHeadModel:
         """No-op (ferrolm has no training mode); for code written for transformers."""

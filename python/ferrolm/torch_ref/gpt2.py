@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ferrolm.torch_ref.quant import dequantize_tiles, quantize_activations
+
 # Per layer: (key, value), each [B, H, P, D].
 Past = list[tuple[Tensor, Tensor]]
 
@@ -130,8 +132,17 @@ class GPT2Ref:
     Conv1D weights are [in, out]: a projection is ``x @ W + b``.
     """
 
-    def __init__(self, config: GPT2RefConfig, weights: Mapping[str, Tensor]) -> None:
+    def __init__(
+        self,
+        config: GPT2RefConfig,
+        weights: Mapping[str, Tensor],
+        *,
+        quantized_activations: bool = False,
+    ) -> None:
         self.config = config
+        # Quantize the input of every projection (and of the head) per block of 32 to int8, as
+        # ferrolm's quantized kernels do (``torch_ref.quant.quantize_activations``).
+        self.quantized_activations = quantized_activations
         self.weights: dict[str, Tensor] = dict(weights)
         self.dtype = self.weights["wte.weight"].dtype
         # The output projection, [V, E]: the token embedding itself when tied.
@@ -213,7 +224,7 @@ class GPT2Ref:
             x = x + self._mlp(i, self._ln(f"h.{i}.ln_2", x))  # [B, S, E] residual around MLP
 
         x = self._ln("ln_f", x)  # [B, S, E] final LayerNorm
-        logits = x @ self.lm_head.T  # [B, S, V] scores over the vocabulary
+        logits = self._in(x) @ self.lm_head.T  # [B, S, V] scores over the vocabulary
         return logits, new_past
 
     def _ln(self, prefix: str, x: Tensor) -> Tensor:
@@ -235,7 +246,9 @@ class GPT2Ref:
         heads, head_dim = cfg.n_head, cfg.head_dim
 
         # Query, key and value in one projection, [B, S, 3E].
-        qkv = h @ self._w(f"h.{i}.attn.c_attn.weight") + self._w(f"h.{i}.attn.c_attn.bias")
+        qkv = self._in(h) @ self._w(f"h.{i}.attn.c_attn.weight") + self._w(
+            f"h.{i}.attn.c_attn.bias"
+        )
         q, k, v = qkv.chunk(3, dim=-1)  # each [B, S, E]
 
         def heads_first(t: Tensor) -> Tensor:
@@ -262,14 +275,23 @@ class GPT2Ref:
         out = probs @ v  # [B, H, S, D] weighted sum of values
         out = out.transpose(1, 2).reshape(batch, seq, embd)  # [B, S, E] heads concatenated
         # Output projection, [B, S, E].
-        out = out @ self._w(f"h.{i}.attn.c_proj.weight") + self._w(f"h.{i}.attn.c_proj.bias")
+        out = self._in(out) @ self._w(f"h.{i}.attn.c_proj.weight") + self._w(
+            f"h.{i}.attn.c_proj.bias"
+        )
         return out, (k, v)
 
     def _mlp(self, i: int, h: Tensor) -> Tensor:
         """Feed-forward of layer ``i`` on h [B, S, E]: project up, activation, project down."""
-        up = h @ self._w(f"h.{i}.mlp.c_fc.weight") + self._w(f"h.{i}.mlp.c_fc.bias")  # [B, S, I]
+        up = self._in(h) @ self._w(f"h.{i}.mlp.c_fc.weight") + self._w(f"h.{i}.mlp.c_fc.bias")
         up = self._act(up)  # [B, S, I]
-        return up @ self._w(f"h.{i}.mlp.c_proj.weight") + self._w(f"h.{i}.mlp.c_proj.bias")
+        return self._in(up) @ self._w(f"h.{i}.mlp.c_proj.weight") + self._w(
+            f"h.{i}.mlp.c_proj.bias"
+        )
+
+    def _in(self, x: Tensor) -> Tensor:
+        """A projection's input: as is, or int8-quantized per block when simulating ferrolm's
+        quantized kernels."""
+        return quantize_activations(x).to(x.dtype) if self.quantized_activations else x
 
     @torch.no_grad()
     def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -380,9 +402,18 @@ def _canonical_name(name: str) -> str:
     return name.removeprefix("transformer.")
 
 
-def load_gpt2(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> GPT2Ref:
+def load_gpt2(
+    path: str | os.PathLike[str],
+    dtype: torch.dtype = torch.float32,
+    *,
+    quantized_activations: bool | None = None,
+) -> GPT2Ref:
     """Loads the GPT-2 in folder ``path`` (config.json + safetensors) with weights cast to
     ``dtype``. Tensor names may carry transformers' ``transformer.`` prefix or not.
+
+    A folder that ferrolm saved quantized (``quantization_config.quant_method == "ferrolm"``)
+    has its ``*.qweight`` tiles dequantized; its projections then quantize their inputs as
+    ferrolm's kernels do, unless ``quantized_activations=False``.
 
     Raises ``ValueError`` for a config that is not GPT-2 or that this reference does not
     implement, and for missing, unexpected or misshapen tensors.
@@ -391,6 +422,13 @@ def load_gpt2(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) 
     raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     cfg = GPT2RefConfig.from_dict(raw)
     stored = _read_safetensors(folder)
+    qcfg = raw.get("quantization_config") or {}
+    if qcfg:
+        if qcfg.get("quant_method") != "ferrolm":
+            raise ValueError(f"quantization method {qcfg.get('quant_method')!r} is not ferrolm's")
+        stored = _dequantized(stored, cfg, str(qcfg.get("format")))
+    if quantized_activations is None:
+        quantized_activations = bool(qcfg)
 
     weights: dict[str, Tensor] = {}
     for name, tensor in stored.items():
@@ -418,4 +456,32 @@ def load_gpt2(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) 
                 f"tensor {name!r} has shape {tuple(weights[name].shape)}, expected {shape}"
             )
     weights = {name: t.to(dtype) for name, t in weights.items()}
-    return GPT2Ref(cfg, weights)
+    return GPT2Ref(cfg, weights, quantized_activations=quantized_activations)
+
+
+def _dequantized(stored: dict[str, Tensor], cfg: GPT2RefConfig, fmt: str) -> dict[str, Tensor]:
+    """``stored`` with each ``{name}.qweight`` replaced by the f32 ``{name}.weight`` in GPT-2's
+    layout: ``[in, out]`` for the Conv1D projections, ``[rows, n_embd]`` for wte / lm_head."""
+    e = cfg.n_embd
+    dims = {
+        "attn.c_attn": (e, 3 * e),
+        "attn.c_proj": (e, e),
+        "mlp.c_fc": (e, cfg.n_inner),
+        "mlp.c_proj": (cfg.n_inner, e),
+    }
+    out: dict[str, Tensor] = {}
+    for name, t in stored.items():
+        if not name.endswith(".qweight"):
+            out[name] = t
+            continue
+        base = name.removesuffix(".qweight")
+        canon = _canonical_name(base)
+        if canon in ("wte", "lm_head"):
+            out[f"{base}.weight"] = dequantize_tiles(t, fmt, cfg.vocab_size, e)
+            continue
+        kind = canon.split(".", 2)[2] if canon.startswith("h.") else ""
+        if kind not in dims:
+            raise ValueError(f"unexpected quantized tensor {name!r}")
+        n_in, n_out = dims[kind]
+        out[f"{base}.weight"] = dequantize_tiles(t, fmt, n_out, n_in).T.contiguous()
+    return out

@@ -16,10 +16,13 @@ use pyo3::prelude::*;
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(runtime::cpu_features, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime::available_isas, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime::kernel_isa, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_pool_workers, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_fail_for_tests, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime::_qmatmul, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_sleep_detached, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_read_bandwidth, m)?)?;
     m.add_function(wrap_pyfunction!(train::train_bpe, m)?)?;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use ferrolm_core::model::generate::{Adjust, GenerateParams, Generation};
 use ferrolm_core::model::gpt2::{Cache, Gpt2};
 use ferrolm_core::model::sampling::Sampling;
+use ferrolm_core::quant::QType;
 use ferrolm_core::tokenizer::Tokenizer;
 use ferrolm_core::Error;
 use parking_lot::Mutex;
@@ -133,15 +134,64 @@ fn stop_check<'a>(
     }
 }
 
+/// The format a `quantize=` argument names (`None`: as stored).
+fn parse_quantize(quantize: Option<&str>) -> PyResult<Option<QType>> {
+    quantize
+        .map(|q| {
+            QType::parse(q).ok_or_else(|| {
+                pyo3::exceptions::PyValueError::new_err(format!(
+                    "quantize={q:?}: expected \"int8\" (= \"q8_0\"), \"int4\" (= \"q4_0\"), \
+                     \"q4_1\", or None"
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// A loader's progress as calls of `progress(done, total)` (taking the GIL for each; an
+/// exception is reported as unraisable, since progress is only a display).
+fn progress_fn(progress: Option<Py<PyAny>>) -> impl Fn(usize, usize) + Sync {
+    move |done, total| {
+        if let Some(cb) = &progress {
+            Python::attach(|py| {
+                if let Err(e) = cb.call1(py, (done, total)) {
+                    e.write_unraisable(py, None);
+                }
+            });
+        }
+    }
+}
+
 #[pymethods]
 impl PyGpt2 {
-    /// Loads `config.json` and `model.safetensors` (or its shards) from a folder.
+    /// Loads `config.json` and `model.safetensors` (or its shards) from a folder, the
+    /// matrices quantized to `quantize` (`progress(done, total)` per matrix).
     #[staticmethod]
-    fn load(py: Python<'_>, path: std::path::PathBuf) -> PyResult<PyGpt2> {
-        let model = detached(py, || Gpt2::load(&path))?;
+    #[pyo3(signature = (path, quantize = None, progress = None))]
+    fn load(
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        quantize: Option<&str>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<PyGpt2> {
+        let q = parse_quantize(quantize)?;
+        let report = progress_fn(progress);
+        let model = detached(py, || Gpt2::load_with(&path, q, Some(&report)))?;
         Ok(PyGpt2 {
             model: Arc::new(model),
         })
+    }
+
+    /// The matrices' quantized format (`"q8_0"`, `"q4_0"`, `"q4_1"`), or None for f32.
+    #[getter]
+    fn quantization(&self) -> Option<&'static str> {
+        self.model.quantization().map(QType::name)
+    }
+
+    /// Writes `model.safetensors` into the folder `path` (which must exist).
+    fn save(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
+        let model = Arc::clone(&self.model);
+        detached(py, move || model.save(&path))
     }
 
     /// The config fields the forward pass uses.
@@ -409,13 +459,36 @@ pub struct PyBert {
 
 #[pymethods]
 impl PyBert {
-    /// Loads `config.json` and `model.safetensors` (or its shards) from a folder.
+    /// Loads `config.json` and `model.safetensors` (or its shards) from a folder, the
+    /// encoder's matrices quantized to `quantize` (`progress(done, total)` per matrix).
     #[staticmethod]
-    fn load(py: Python<'_>, path: std::path::PathBuf) -> PyResult<PyBert> {
-        let model = detached(py, || ferrolm_core::model::bert::Bert::load(&path))?;
+    #[pyo3(signature = (path, quantize = None, progress = None))]
+    fn load(
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        quantize: Option<&str>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<PyBert> {
+        let q = parse_quantize(quantize)?;
+        let report = progress_fn(progress);
+        let model = detached(py, || {
+            ferrolm_core::model::bert::Bert::load_with(&path, q, Some(&report))
+        })?;
         Ok(PyBert {
             model: Arc::new(model),
         })
+    }
+
+    /// The matrices' quantized format, or None for f32.
+    #[getter]
+    fn quantization(&self) -> Option<&'static str> {
+        self.model.quantization().map(QType::name)
+    }
+
+    /// Writes a quantized model's `model.safetensors` into the folder `path`.
+    fn save(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
+        let model = Arc::clone(&self.model);
+        detached(py, move || model.save(&path))
     }
 
     /// The config fields the forward pass uses.

@@ -17,6 +17,18 @@ pub fn cpu_features(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(d)
 }
 
+/// The kernel paths this CPU runs (`scalar` first, the best last).
+#[pyfunction]
+pub fn available_isas() -> Vec<&'static str> {
+    ferrolm_core::kernels::available()
+}
+
+/// The kernel path in use (chosen once: the best, or `FERROLM_ISA`).
+#[pyfunction]
+pub fn kernel_isa() -> &'static str {
+    ferrolm_core::kernels::get().name
+}
+
 /// The number of threads ferrolm's parallel work runs on.
 #[pyfunction]
 pub fn get_num_threads(py: Python<'_>) -> PyResult<usize> {
@@ -46,6 +58,45 @@ pub fn _pool_workers(py: Python<'_>) -> PyResult<usize> {
         let distinct: std::collections::HashSet<_> = ids.into_iter().collect();
         Ok(distinct.len())
     })
+}
+
+/// Test support: the quantized matmul alone. `tiles` (a saved `*.qweight`) is a `[n × k]`
+/// matrix of format `fmt`; `x` holds `m × k` little-endian f32. Returns `x · Wᵀ` (`m × n` f32
+/// bytes), activations quantized per block as in every forward pass.
+#[pyfunction]
+pub fn _qmatmul<'py>(
+    py: Python<'py>,
+    tiles: Vec<u8>,
+    fmt: &str,
+    n: usize,
+    k: usize,
+    x: Vec<u8>,
+    m: usize,
+) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+    use ferrolm_core::io::safetensors::ByteData;
+    use ferrolm_core::quant::{QActs, QMatrix, QType};
+    let out = detached(py, move || {
+        let ty = QType::parse(fmt).ok_or_else(|| Error::invalid(format!("format {fmt:?}")))?;
+        let w = QMatrix::from_bytes(ty, n, k, ByteData::Owned(tiles), "tiles")?;
+        if x.len() != m * k * 4 {
+            return Err(Error::invalid("x must hold m × k f32"));
+        }
+        let xs: Vec<f32> = x
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let kern = ferrolm_core::kernels::get();
+        let mut qa = QActs::default();
+        (kern.quantize_acts)(&xs, m, k, &mut qa);
+        let mut out = vec![0.0f32; m * n];
+        // SAFETY: `out` is m × n, owned here.
+        unsafe { kern.qgemm(&w, 0, w.groups(), &qa, 0, m, out.as_mut_ptr(), n) };
+        Ok(out
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>())
+    })?;
+    Ok(pyo3::types::PyBytes::new(py, &out))
 }
 
 /// Test support: makes the core fail in a chosen way, to check the exception mapping.

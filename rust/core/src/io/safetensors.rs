@@ -24,6 +24,8 @@ pub enum Dtype {
     F32,
     F16,
     BF16,
+    /// Raw bytes: ferrolm's quantized tiles (see [`crate::quant`]).
+    U8,
 }
 
 impl Dtype {
@@ -32,6 +34,7 @@ impl Dtype {
             "F32" => Some(Dtype::F32),
             "F16" => Some(Dtype::F16),
             "BF16" => Some(Dtype::BF16),
+            "U8" => Some(Dtype::U8),
             _ => None,
         }
     }
@@ -40,6 +43,7 @@ impl Dtype {
         match self {
             Dtype::F32 => 4,
             Dtype::F16 | Dtype::BF16 => 2,
+            Dtype::U8 => 1,
         }
     }
 
@@ -48,6 +52,7 @@ impl Dtype {
             Dtype::F32 => "F32",
             Dtype::F16 => "F16",
             Dtype::BF16 => "BF16",
+            Dtype::U8 => "U8",
         }
     }
 }
@@ -96,6 +101,32 @@ impl F32Data {
     }
 }
 
+/// Bytes, either a slice of a mapped file or in memory.
+#[derive(Debug, Clone)]
+pub enum ByteData {
+    Mapped {
+        map: Arc<Mmap>,
+        offset: usize,
+        len: usize,
+    },
+    Owned(Vec<u8>),
+}
+
+impl ByteData {
+    #[inline]
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            ByteData::Mapped { map, offset, len } => &map[*offset..*offset + *len],
+            ByteData::Owned(v) => v,
+        }
+    }
+
+    /// True when the bytes are read from the file in place.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, ByteData::Mapped { .. })
+    }
+}
+
 /// An f32 tensor: its values (row-major) and shape.
 #[derive(Debug, Clone)]
 pub struct F32Tensor {
@@ -115,6 +146,8 @@ impl F32Tensor {
 pub struct Checkpoint {
     files: Vec<(PathBuf, Arc<Mmap>)>,
     entries: HashMap<String, Entry>,
+    /// Each file's `__metadata__` (string values only, as the format says).
+    metadata: Vec<HashMap<String, String>>,
 }
 
 fn fmt_err(path: &Path, msg: impl Into<String>) -> Error {
@@ -174,15 +207,20 @@ impl Checkpoint {
     pub fn open_files(paths: &[PathBuf]) -> Result<Self> {
         let mut files = Vec::with_capacity(paths.len());
         let mut entries = HashMap::new();
+        let mut metadata = Vec::with_capacity(paths.len());
         for (i, path) in paths.iter().enumerate() {
             let file = File::open(path).map_err(|e| Error::io(path, e))?;
             // SAFETY: the mapping is read-only; a file changed by another process while mapped
             // is outside what any loader can defend against (as with every mmap loader).
             let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-            parse_header(path, &map, i, &mut entries)?;
+            metadata.push(parse_header(path, &map, i, &mut entries)?);
             files.push((path.clone(), Arc::new(map)));
         }
-        Ok(Checkpoint { files, entries })
+        Ok(Checkpoint {
+            files,
+            entries,
+            metadata,
+        })
     }
 
     /// The tensor names.
@@ -229,6 +267,12 @@ impl Checkpoint {
                 path.display()
             ))
         })?;
+        if dtype == Dtype::U8 {
+            return Err(fmt_err(
+                path,
+                format!("tensor {name:?} is U8 (quantized?), expected floating point"),
+            ));
+        }
         let map = &self.files[e.file].1;
         let bytes = &map[e.start..e.end];
         let n = e.shape.iter().product::<usize>();
@@ -256,11 +300,45 @@ impl Checkpoint {
                     .map(|c| bf16_to_f32(u16::from_le_bytes([c[0], c[1]])))
                     .collect(),
             ),
+            Dtype::U8 => unreachable!("refused above"),
         };
         Ok(F32Tensor {
             data,
             shape: e.shape.clone(),
         })
+    }
+
+    /// The `U8` tensor `name` (shape `[len]`), in place. Errors name the tensor.
+    pub fn bytes(&self, name: &str, len: usize) -> Result<ByteData> {
+        let e = self.entries.get(name).ok_or_else(|| {
+            Error::format(
+                self.what(None),
+                format!("tensor {name:?} ({len} bytes) is missing"),
+            )
+        })?;
+        let path = &self.files[e.file].0;
+        if e.dtype != Ok(Dtype::U8) || e.shape != [len] {
+            return Err(fmt_err(
+                path,
+                format!(
+                    "tensor {name:?} is {} {:?}, expected U8 [{len}]",
+                    e.dtype.clone().map_or_else(|t| t, |d| d.name().to_owned()),
+                    e.shape
+                ),
+            ));
+        }
+        Ok(ByteData::Mapped {
+            map: Arc::clone(&self.files[e.file].1),
+            offset: e.start,
+            len,
+        })
+    }
+
+    /// The file's `__metadata__` string `key` (the first file that has it).
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .iter()
+            .find_map(|m| m.get(key).map(String::as_str))
     }
 
     fn what(&self, file: Option<usize>) -> String {
@@ -272,13 +350,14 @@ impl Checkpoint {
     }
 }
 
-/// Reads one file's header into `entries`, checking every offset against the file.
+/// Reads one file's header into `entries`, checking every offset against the file; returns its
+/// `__metadata__`.
 fn parse_header(
     path: &Path,
     map: &[u8],
     file: usize,
     entries: &mut HashMap<String, Entry>,
-) -> Result<()> {
+) -> Result<HashMap<String, String>> {
     if map.len() < 8 {
         return Err(fmt_err(path, "too short for a safetensors header"));
     }
@@ -301,8 +380,17 @@ fn parse_header(
         .as_object()
         .ok_or_else(|| fmt_err(path, "header is not a JSON object"))?;
     let data_len = map.len() - data_start;
+    let mut metadata = HashMap::new();
     for (name, info) in obj {
         if name == "__metadata__" {
+            let m = info
+                .as_object()
+                .ok_or_else(|| fmt_err(path, "`__metadata__` is not an object"))?;
+            for (k, v) in m {
+                if let Some(v) = v.as_str() {
+                    metadata.insert(k.clone(), v.to_owned());
+                }
+            }
             continue;
         }
         let bad = |m: &str| fmt_err(path, format!("tensor {name:?}: {m}"));
@@ -364,18 +452,62 @@ fn parse_header(
             },
         );
     }
-    Ok(())
+    Ok(metadata)
+}
+
+/// A tensor to write: f32 values or raw bytes.
+#[derive(Debug, Clone, Copy)]
+pub enum TensorData<'a> {
+    F32(&'a [f32]),
+    U8(&'a [u8]),
+}
+
+impl TensorData<'_> {
+    /// Bytes of data.
+    pub fn len_bytes(&self) -> usize {
+        match self {
+            TensorData::F32(v) => v.len() * 4,
+            TensorData::U8(v) => v.len(),
+        }
+    }
 }
 
 /// Writes a safetensors file (used by tests and tools; f32 only).
 pub fn write_f32(path: &Path, tensors: &[(&str, &[usize], &[f32])]) -> Result<()> {
+    let t: Vec<(&str, Vec<usize>, TensorData<'_>)> = tensors
+        .iter()
+        .map(|(n, s, d)| (*n, s.to_vec(), TensorData::F32(d)))
+        .collect();
+    write(path, &t, &[])
+}
+
+/// Writes a safetensors file of f32 and U8 tensors with `metadata`. The f32 tensors are laid
+/// out first (each then starts 4-byte aligned and maps in place), the byte tensors after them;
+/// the data has no gaps, as the format requires.
+pub fn write(
+    path: &Path,
+    tensors: &[(&str, Vec<usize>, TensorData<'_>)],
+    metadata: &[(&str, &str)],
+) -> Result<()> {
     let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        let m: serde_json::Map<String, Value> = metadata
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
+            .collect();
+        header.insert("__metadata__".into(), Value::Object(m));
+    }
+    let mut order: Vec<&(&str, Vec<usize>, TensorData<'_>)> = tensors.iter().collect();
+    order.sort_by_key(|(_, _, d)| matches!(d, TensorData::U8(_)));
     let mut offset = 0usize;
-    for (name, shape, data) in tensors {
-        let n = data.len() * 4;
+    for (name, shape, data) in &order {
+        let (dtype, n) = match data {
+            TensorData::F32(v) => ("F32", v.len() * 4),
+            TensorData::U8(v) => ("U8", v.len()),
+        };
         header.insert(
             (*name).to_owned(),
-            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + n]}),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}),
         );
         offset += n;
     }
@@ -387,9 +519,14 @@ pub fn write_f32(path: &Path, tensors: &[(&str, &[usize], &[f32])]) -> Result<()
     let mut out = Vec::with_capacity(8 + h.len() + offset);
     out.extend_from_slice(&(h.len() as u64).to_le_bytes());
     out.extend_from_slice(&h);
-    for (_, _, data) in tensors {
-        for v in *data {
-            out.extend_from_slice(&v.to_le_bytes());
+    for (_, _, data) in &order {
+        match data {
+            TensorData::F32(v) => {
+                for x in *v {
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+            TensorData::U8(v) => out.extend_from_slice(v),
         }
     }
     std::fs::write(path, out).map_err(|e| Error::io(path, e))

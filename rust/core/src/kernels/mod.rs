@@ -1,6 +1,7 @@
 //! The f32 kernels of the forward passes, and THE dispatch point: the best implementation for
 //! this CPU is chosen once, at first use, from [`crate::runtime::cpu::features`] (or the
-//! environment variable `FERROLM_ISA` = `scalar` | `avx2` | `avx512`, for tests and benches),
+//! environment variable `FERROLM_ISA` = `scalar` | `avx2` | `avx512` | `neon`, for tests and
+//! benches),
 //! and every call goes through that one table of function pointers.
 //!
 //! [`scalar`] is the reference: plain loops, the same names and signatures as each ISA file
@@ -16,6 +17,7 @@
 //!   threads, each streaming a contiguous block of the weights.
 //! - `dot`, `axpy`: attention over the KV cache.
 
+pub mod quant;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_avx2;
@@ -48,6 +50,48 @@ pub type GemmFn = unsafe fn(
 pub type GemmNtFn =
     unsafe fn(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize);
 
+/// `out[i·ldo + j] = Σₖ A[i, k] · W[j, k]` for activation rows `i0..i1` and the weight rows `j`
+/// of row groups `g0..g1` (`16·g0 .. min(16·g1, n)`); `out` points at row 0, column 0.
+///
+/// # Safety
+/// `out` must be valid for those writes, which no other thread touches during the call.
+pub type QGemmFn = unsafe fn(
+    w: &crate::quant::QMatrix,
+    g0: usize,
+    g1: usize,
+    a: &crate::quant::QActs,
+    i0: usize,
+    i1: usize,
+    out: *mut f32,
+    ldo: usize,
+);
+
+/// Quantizes `m` rows of `k` (contiguous) into `out`, per block of 32.
+pub type QuantizeActsFn = fn(x: &[f32], m: usize, k: usize, out: &mut crate::quant::QActs);
+
+impl Kernels {
+    /// The quantized matmul for `w`'s format ([`QGemmFn`]).
+    ///
+    /// # Safety
+    /// As [`QGemmFn`].
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub unsafe fn qgemm(
+        &self,
+        w: &crate::quant::QMatrix,
+        g0: usize,
+        g1: usize,
+        a: &crate::quant::QActs,
+        i0: usize,
+        i1: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        // SAFETY: forwarded.
+        unsafe { (self.qgemm[quant::format_index(w.ty)])(w, g0, g1, a, i0, i1, out, ldo) }
+    }
+}
+
 /// One implementation of every kernel.
 #[derive(Debug, Clone, Copy)]
 pub struct Kernels {
@@ -67,6 +111,10 @@ pub struct Kernels {
     pub dot: fn(&[f32], &[f32]) -> f32,
     /// `y += alpha * x`
     pub axpy: fn(f32, &[f32], &mut [f32]),
+    /// The quantized matmul ([`quant`]), per format (index: [`quant::format_index`]).
+    pub qgemm: [QGemmFn; 3],
+    /// Activations to int8 blocks for `qgemm`.
+    pub quantize_acts: QuantizeActsFn,
 }
 
 /// The kernels for `isa` (`"scalar"`, `"avx2"`, `"avx512"`), if this CPU runs them.
@@ -75,9 +123,27 @@ pub fn for_isa(isa: &str) -> Option<Kernels> {
     match isa {
         "scalar" => Some(scalar::KERNELS),
         #[cfg(target_arch = "x86_64")]
-        "avx2" if f.avx2 && f.fma => Some(x86_avx2::KERNELS),
+        "avx2" if f.avx2 && f.fma && f.f16c => Some(x86_avx2::KERNELS),
         #[cfg(target_arch = "x86_64")]
-        "avx512" if f.avx512f && f.avx2 && f.fma => Some(x86_avx512::KERNELS),
+        "avx512" if f.avx512f && f.avx512bw && f.avx2 && f.fma && f.f16c => {
+            if f.avx512_vnni {
+                Some(x86_avx512::KERNELS)
+            } else {
+                // AVX-512 without VNNI (Skylake-X): the f32 kernels, AVX2's integer ones.
+                Some(Kernels {
+                    qgemm: quant::x86_avx2::QGEMM,
+                    quantize_acts: quant::x86_avx2::quantize_acts,
+                    ..x86_avx512::KERNELS
+                })
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        "neon" if f.neon => Some(Kernels {
+            name: "neon",
+            qgemm: quant::aarch64_neon::QGEMM,
+            quantize_acts: quant::aarch64_neon::quantize_acts,
+            ..scalar::KERNELS
+        }),
         _ => {
             let _ = f;
             None
@@ -87,7 +153,7 @@ pub fn for_isa(isa: &str) -> Option<Kernels> {
 
 /// The ISAs this CPU runs, best last.
 pub fn available() -> Vec<&'static str> {
-    ["scalar", "avx2", "avx512"]
+    ["scalar", "neon", "avx2", "avx512"]
         .into_iter()
         .filter(|i| for_isa(i).is_some())
         .collect()
@@ -146,18 +212,7 @@ impl SendPtr {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rand(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
-    }
+    use crate::testing::rand;
 
     fn close(a: &[f32], b: &[f32], tol: f32) {
         assert_eq!(a.len(), b.len());
@@ -228,6 +283,94 @@ mod tests {
                 (reference.axpy)(0.3, &x, &mut y0);
                 (kern.axpy)(0.3, &x, &mut y1);
                 close(&y1, &y0, 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn quantized_kernels_agree_with_scalar() {
+        use crate::quant::{QActs, QMatrix, QType};
+        let reference = scalar::KERNELS;
+        #[cfg(target_arch = "aarch64")]
+        assert!(
+            available().contains(&"neon"),
+            "NEON is part of every aarch64 CPU"
+        );
+        for isa in available() {
+            let kern = for_isa(isa).unwrap();
+            // Ragged shapes: k not a multiple of 32, n not of 16, one row, many rows.
+            for &(m, k, n) in &[
+                (1, 32, 16),
+                (1, 768, 2304),
+                (1, 45, 21),
+                (3, 100, 37),
+                (5, 64, 1),
+                (9, 257, 130),
+                (17, 96, 48),
+            ] {
+                let x: Vec<f32> = rand(m * k, 21).iter().map(|v| v * 3.0).collect();
+                let (mut a0, mut a1) = (QActs::default(), QActs::default());
+                (reference.quantize_acts)(&x, m, k, &mut a0);
+                (kern.quantize_acts)(&x, m, k, &mut a1);
+                assert_eq!(a0.q, a1.q, "{isa}: activation quants");
+                assert_eq!(a0.d, a1.d, "{isa}: activation scales");
+                assert_eq!(a0.s, a1.s, "{isa}: activation sums");
+                let wf = rand(n * k, 22);
+                for ty in [QType::Q8_0, QType::Q4_0, QType::Q4_1] {
+                    let w = QMatrix::quantize(ty, &wf, n, k, false);
+                    // Into a wider output (stride n + 3), starting at row group 0 or 1.
+                    let ldo = n + 3;
+                    let g0 = usize::from(w.groups() > 1);
+                    let (mut o0, mut o1) = (vec![7.0f32; m * ldo], vec![7.0f32; m * ldo]);
+                    unsafe {
+                        (reference.qgemm[quant::format_index(ty)])(
+                            &w,
+                            g0,
+                            w.groups(),
+                            &a0,
+                            0,
+                            m,
+                            o0.as_mut_ptr(),
+                            ldo,
+                        );
+                        (kern.qgemm[quant::format_index(ty)])(
+                            &w,
+                            g0,
+                            w.groups(),
+                            &a0,
+                            0,
+                            m,
+                            o1.as_mut_ptr(),
+                            ldo,
+                        );
+                    }
+                    close(&o1, &o0, 1e-5);
+                    // Columns outside the row groups are untouched.
+                    for i in 0..m {
+                        assert!(o1[i * ldo..i * ldo + 16 * g0].iter().all(|&v| v == 7.0));
+                        assert!(o1[i * ldo + n..(i + 1) * ldo].iter().all(|&v| v == 7.0));
+                    }
+                    // And the reference is the dequantized product, to rounding.
+                    let wd = w.dequantize();
+                    for i in 0..m {
+                        for j in 16 * g0..n {
+                            let mut e = 0.0f64;
+                            let mut mag = 0.0f64;
+                            for p in 0..k {
+                                let b = p / 32;
+                                let xa = a0.d[i * a0.blocks + b]
+                                    * f32::from(a0.q[i * a0.blocks * 32 + p]);
+                                e += f64::from(xa) * f64::from(wd[j * k + p]);
+                                mag += f64::from((xa * wd[j * k + p]).abs());
+                            }
+                            let got = f64::from(o0[i * ldo + j]);
+                            assert!(
+                                (got - e).abs() <= 1e-5 * (1.0 + mag),
+                                "{ty:?} {i},{j}: {got} vs {e}"
+                            );
+                        }
+                    }
+                }
             }
         }
     }

@@ -16,6 +16,8 @@ pub const KERNELS: Kernels = Kernels {
     gelu_erf,
     dot,
     axpy,
+    qgemm: super::quant::scalar::QGEMM,
+    quantize_acts: super::quant::scalar::quantize_acts,
 };
 
 /// `C[m×w] = A[m×k] · B[k×w]` (see [`super::GemmFn`]).

@@ -22,6 +22,8 @@ pub const KERNELS: Kernels = Kernels {
     gelu_erf,
     dot,
     axpy,
+    qgemm: super::quant::x86_avx2::QGEMM,
+    quantize_acts: super::quant::x86_avx2::quantize_acts,
 };
 
 const KC: usize = 256;

@@ -18,6 +18,8 @@ pub const KERNELS: Kernels = Kernels {
     gelu_erf,
     dot,
     axpy,
+    qgemm: super::quant::x86_avx512::QGEMM,
+    quantize_acts: super::quant::x86_avx512::quantize_acts,
 };
 
 const KC: usize = 256;

@@ -19,7 +19,10 @@ use serde_json::Value;
 use crate::io::safetensors::{Checkpoint, F32Tensor};
 use crate::kernels::{self, SendPtr};
 use crate::model::gpt2::{self, activate, add_in, gemm_nt_parallel, Activation, SERIAL_ELEMS};
-use crate::model::weights::{self, Layout, Linear, Norm, Weights};
+use crate::model::weights::{
+    self, f32_entry, mat_entry, norm_entries, Layout, Linear, Norm, Progress, Quant, Weights,
+};
+use crate::quant::QType;
 use crate::runtime::pool;
 use crate::{Error, Result};
 
@@ -127,6 +130,10 @@ pub struct Bert {
     /// `BertForSequenceClassification`'s head on the pooled output, when present (`[out, in]`,
     /// in place).
     classifier: Option<(F32Tensor, F32Tensor, usize)>,
+    /// The matrices' format, if quantized.
+    quant: Option<QType>,
+    /// The tensor-name prefix the checkpoint used (`bert.` or none).
+    prefix: &'static str,
 }
 
 /// What a forward pass returns.
@@ -143,16 +150,41 @@ pub struct BertOutput {
 impl Bert {
     /// Loads `config.json` and the safetensors checkpoint of a model folder.
     pub fn load(folder: &Path) -> Result<Self> {
+        Self::load_with(folder, None, None)
+    }
+
+    /// [`Bert::load`] with the encoder's matrices (and the pooler's) quantized to `quantize`
+    /// as they are read (the embeddings, looked up by row, and the small classifier stay
+    /// f32); `progress` hears `(done, total)` per matrix. A folder saved quantized loads as
+    /// it is, mapped in place.
+    pub fn load_with(
+        folder: &Path,
+        quantize: Option<QType>,
+        progress: Option<Progress<'_>>,
+    ) -> Result<Self> {
         let (what, v) = weights::read_config(folder, "bert")?;
         let config = BertConfig::from_value(&what, &v)?;
+        let quant = weights::resolve_quant(weights::stored_quant(&v, &what)?, quantize)?;
         let ck = Checkpoint::open_folder(folder)?;
-        Self::from_checkpoint(config, &ck)
+        Self::from_checkpoint_with(config, &ck, quant, progress)
     }
 
     /// Takes the weights from `ck` (names with or without the `bert.` prefix that
     /// `BertFor*` models write), checking each shape against `config`.
     pub fn from_checkpoint(config: BertConfig, ck: &Checkpoint) -> Result<Self> {
-        let w = Weights::new(ck, "bert.", "embeddings.word_embeddings.weight");
+        Self::from_checkpoint_with(config, ck, Quant::None, None)
+    }
+
+    /// [`Bert::from_checkpoint`] with the matrices handled as `quant` says.
+    pub fn from_checkpoint_with(
+        config: BertConfig,
+        ck: &Checkpoint,
+        quant: Quant,
+        progress: Option<Progress<'_>>,
+    ) -> Result<Self> {
+        let total = 6 * config.num_hidden_layers + 1;
+        let w = Weights::new(ck, "bert.", "embeddings.word_embeddings.weight")
+            .with_quant(quant, total, progress);
         let (d, inter) = (config.hidden_size, config.intermediate_size);
         let get = |name: &str, shape: &[usize]| w.get(name, shape);
         let norm = |name: &str| w.norm(name, d);
@@ -171,16 +203,19 @@ impl Bert {
                 out_ln: norm(&format!("{p}.output.LayerNorm"))?,
             });
         }
-        let pooler = if w.contains("pooler.dense.weight") {
+        let pooler = if w.contains("pooler.dense.weight")
+            || w.contains(&weights::qweight_name("pooler.dense"))
+        {
             Some(linear("pooler.dense", d, d)?)
         } else {
             None
         };
         let classifier = if ck.contains("classifier.weight") {
             let n = config.num_labels;
+            let root = Weights::new(ck, "", "classifier.weight").with_quant(quant, 0, None);
             Some((
-                ck.f32("classifier.weight", &[n, d])?,
-                ck.f32("classifier.bias", &[n])?,
+                root.get("classifier.weight", &[n, d])?,
+                root.get("classifier.bias", &[n])?,
                 n,
             ))
         } else {
@@ -206,8 +241,67 @@ impl Bert {
             emb_ln: norm("embeddings.LayerNorm")?,
             layers,
             pooler,
+            quant: quant.qtype(),
+            prefix: w.prefix,
             config,
         })
+    }
+
+    /// The matrices' quantized format, if any.
+    pub fn quantization(&self) -> Option<QType> {
+        self.quant
+    }
+
+    /// Writes a quantized model's weights as `model.safetensors` in `folder` (the tiles load
+    /// back mapped in place). An f32 model is its source files: there is nothing to convert.
+    pub fn save(&self, folder: &Path) -> Result<()> {
+        if self.quant.is_none() {
+            return Err(Error::invalid(
+                "an f32 BERT saves as its source checkpoint: copy model.safetensors",
+            ));
+        }
+        let p = self.prefix;
+        let mut out = vec![
+            f32_entry(&format!("{p}embeddings.word_embeddings.weight"), &self.word),
+            f32_entry(
+                &format!("{p}embeddings.position_embeddings.weight"),
+                &self.pos,
+            ),
+            f32_entry(
+                &format!("{p}embeddings.token_type_embeddings.weight"),
+                &self.typ,
+            ),
+        ];
+        norm_entries(&mut out, &format!("{p}embeddings.LayerNorm"), &self.emb_ln);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let q = format!("{p}encoder.layer.{l}");
+            for (name, lin) in [
+                ("attention.self.query", &layer.q),
+                ("attention.self.key", &layer.k),
+                ("attention.self.value", &layer.v),
+                ("attention.output.dense", &layer.attn_out),
+                ("intermediate.dense", &layer.inter),
+                ("output.dense", &layer.out),
+            ] {
+                out.push(mat_entry(&format!("{q}.{name}"), &lin.w));
+                out.push(f32_entry(&format!("{q}.{name}.bias"), &lin.b));
+            }
+            norm_entries(
+                &mut out,
+                &format!("{q}.attention.output.LayerNorm"),
+                &layer.attn_ln,
+            );
+            norm_entries(&mut out, &format!("{q}.output.LayerNorm"), &layer.out_ln);
+        }
+        if let Some(pl) = &self.pooler {
+            out.push(mat_entry(&format!("{p}pooler.dense"), &pl.w));
+            out.push(f32_entry(&format!("{p}pooler.dense.bias"), &pl.b));
+        }
+        if let Some((w, b, _)) = &self.classifier {
+            out.push(f32_entry("classifier.weight", w));
+            out.push(f32_entry("classifier.bias", b));
+        }
+        weights::save(folder, &out, self.quant)
     }
 
     /// True for a `BertForSequenceClassification` checkpoint (a classifier head was loaded).
@@ -343,14 +437,14 @@ fn layer_norm(x: &mut [f32], n: &Norm, d: usize, eps: f32) {
 
 /// `out[m × n_out] = x[m × n_in] W + b` (W transposed at load), on the pool.
 fn linear(kern: &kernels::Kernels, x: &[f32], m: usize, lin: &Linear, out: &mut [f32]) {
-    let mut part = Vec::new();
+    let mut scratch = gpt2::Scratch::default();
     gpt2::linear(
         kern,
         &x[..m * lin.n_in],
         m,
         lin,
         &mut out[..m * lin.n_out],
-        &mut part,
+        &mut scratch,
     );
 }
 

@@ -23,8 +23,12 @@ use serde_json::Value;
 
 use crate::io::safetensors::{Checkpoint, F32Tensor};
 use crate::kernels::{self, SendPtr};
-use crate::model::weights::{self, Layout, Weights};
+use crate::model::weights::{
+    self, f32_entry, mat_entry, norm_entries, table_entry, Layout, Mat, Named, Progress, Quant,
+    Table, Weights,
+};
 pub(crate) use crate::model::weights::{Linear, Norm};
+use crate::quant::{QActs, QMatrix, QType, ROWS};
 use crate::runtime::pool;
 use crate::{Error, Result};
 
@@ -190,29 +194,54 @@ struct Block {
 #[derive(Debug)]
 pub struct Gpt2 {
     pub config: Gpt2Config,
-    wte: F32Tensor,
+    wte: Table,
     wpe: F32Tensor,
     blocks: Vec<Block>,
     ln_f: Norm,
     /// `None`: tied to `wte`.
-    lm_head: Option<F32Tensor>,
+    lm_head: Option<Table>,
+    /// The matrices' format, if quantized.
+    quant: Option<QType>,
     weight_bytes: usize,
 }
 
 impl Gpt2 {
     /// Loads `config.json` and the safetensors checkpoint of a model folder.
     pub fn load(folder: &Path) -> Result<Self> {
+        Self::load_with(folder, None, None)
+    }
+
+    /// [`Gpt2::load`], the weight matrices (and the token embedding, which doubles as the
+    /// head) quantized to `quantize` as they are read; `progress` hears `(done, total)` per
+    /// matrix. A folder saved quantized loads as it is, mapped in place.
+    pub fn load_with(
+        folder: &Path,
+        quantize: Option<QType>,
+        progress: Option<Progress<'_>>,
+    ) -> Result<Self> {
         let (what, v) = weights::read_config(folder, "gpt2")?;
         let config = Gpt2Config::from_value(&what, &v)?;
+        let quant = weights::resolve_quant(weights::stored_quant(&v, &what)?, quantize)?;
         let ck = Checkpoint::open_folder(folder)?;
-        Self::from_checkpoint(config, &ck)
+        Self::from_checkpoint_with(config, &ck, quant, progress)
     }
 
     /// Takes the weights from `ck`, checking every name and shape against `config`. Names may
     /// carry the `transformer.` prefix (`GPT2LMHeadModel.save_pretrained`) or not (the original
     /// checkpoints).
     pub fn from_checkpoint(config: Gpt2Config, ck: &Checkpoint) -> Result<Self> {
-        let w = Weights::new(ck, "transformer.", "wte.weight");
+        Self::from_checkpoint_with(config, ck, Quant::None, None)
+    }
+
+    /// [`Gpt2::from_checkpoint`] with the matrices handled as `quant` says.
+    pub fn from_checkpoint_with(
+        config: Gpt2Config,
+        ck: &Checkpoint,
+        quant: Quant,
+        progress: Option<Progress<'_>>,
+    ) -> Result<Self> {
+        let total = 4 * config.n_layer + 1 + usize::from(!config.tie_word_embeddings);
+        let w = Weights::new(ck, "transformer.", "wte.weight").with_quant(quant, total, progress);
         let (d, inner, vocab) = (config.n_embd, config.n_inner, config.vocab_size);
         let norm = |name: &str| w.norm(name, d);
         let linear = |name: &str, n_in, n_out| w.linear(name, n_in, n_out, Layout::InOut);
@@ -237,21 +266,63 @@ impl Gpt2 {
                 ),
             ));
         }
+        let wte = w.table("wte", vocab, d, false)?;
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(ck.f32("lm_head.weight", &[vocab, d])?)
+            Some(w.table("lm_head", vocab, d, true)?)
         };
-        let model = Gpt2 {
-            wte: w.get("wte.weight", &[vocab, d])?,
+        let mut model = Gpt2 {
+            wte,
             wpe: w.get("wpe.weight", &[config.n_positions, d])?,
             blocks,
             ln_f: norm("ln_f")?,
             lm_head,
-            weight_bytes: ck.data_bytes(),
+            quant: quant.qtype(),
+            weight_bytes: 0,
             config,
         };
+        model.weight_bytes = model.tensors().iter().map(|(_, _, t)| t.len_bytes()).sum();
         Ok(model)
+    }
+
+    /// The matrices' quantized format, if any.
+    pub fn quantization(&self) -> Option<QType> {
+        self.quant
+    }
+
+    /// Every tensor under the name `GPT2LMHeadModel.save_pretrained` gives it (quantized
+    /// matrices as `{name}.qweight`, U8 tiles), for saving.
+    pub fn tensors(&self) -> Vec<Named<'_>> {
+        let mut out = vec![
+            table_entry("transformer.wte", &self.wte),
+            f32_entry("transformer.wpe.weight", &self.wpe),
+        ];
+        for (l, b) in self.blocks.iter().enumerate() {
+            let p = format!("transformer.h.{l}");
+            norm_entries(&mut out, &format!("{p}.ln_1"), &b.ln_1);
+            norm_entries(&mut out, &format!("{p}.ln_2"), &b.ln_2);
+            for (name, lin) in [
+                ("attn.c_attn", &b.c_attn),
+                ("attn.c_proj", &b.attn_proj),
+                ("mlp.c_fc", &b.c_fc),
+                ("mlp.c_proj", &b.mlp_proj),
+            ] {
+                out.push(mat_entry(&format!("{p}.{name}"), &lin.w));
+                out.push(f32_entry(&format!("{p}.{name}.bias"), &lin.b));
+            }
+        }
+        norm_entries(&mut out, "transformer.ln_f", &self.ln_f);
+        if let Some(h) = &self.lm_head {
+            out.push(table_entry("lm_head", h));
+        }
+        out
+    }
+
+    /// Writes the weights as `model.safetensors` in `folder` (f32, or the quantized tiles,
+    /// which load back mapped in place). `config.json` and the tokenizer are the caller's.
+    pub fn save(&self, folder: &Path) -> Result<()> {
+        weights::save(folder, &self.tensors(), self.quant)
     }
 
     /// Bytes of weights read per decoded token (every matrix once, the embeddings' rows aside).
@@ -336,16 +407,11 @@ impl Gpt2 {
         }
         pool::install(|| -> Result<()> {
             // x = wte[ids] + wpe[pos]                                  [rows, d]
-            let (wte, wpe) = (self.wte.values(), self.wpe.values());
+            let wpe = self.wpe.values();
             for (r, row) in ws.x[..rows * d].chunks_exact_mut(d).enumerate() {
                 let (tok, pos) = (tokens[r] as usize, ws.positions[r]);
-                for ((o, &a), &b) in row
-                    .iter_mut()
-                    .zip(&wte[tok * d..(tok + 1) * d])
-                    .zip(&wpe[pos * d..(pos + 1) * d])
-                {
-                    *o = a + b;
-                }
+                self.wte.row_into(tok, row);
+                add_in(row, &wpe[pos * d..(pos + 1) * d]);
             }
             for (l, blk) in self.blocks.iter().enumerate() {
                 // h = ln_1(x)                                           [rows, d]
@@ -357,7 +423,7 @@ impl Gpt2 {
                     rows,
                     &blk.c_attn,
                     &mut ws.qkv[..rows * 3 * d],
-                    &mut ws.part,
+                    &mut ws.scratch,
                 );
                 // k, v appended to the cache; attention per (slot, head)   [rows, d]
                 cache_append(
@@ -407,7 +473,7 @@ impl Gpt2 {
                     rows,
                     &blk.attn_proj,
                     &mut ws.h[..rows * d],
-                    &mut ws.part,
+                    &mut ws.scratch,
                 );
                 add_in(&mut ws.x[..rows * d], &ws.h[..rows * d]);
                 // x = x + act(ln_2(x) @ c_fc + b) @ c_proj + b
@@ -419,7 +485,7 @@ impl Gpt2 {
                     rows,
                     &blk.c_fc,
                     &mut ws.mlp[..rows * inner],
-                    &mut ws.part,
+                    &mut ws.scratch,
                 );
                 activate(kern, c.activation, &mut ws.mlp[..rows * inner]);
                 linear(
@@ -428,7 +494,7 @@ impl Gpt2 {
                     rows,
                     &blk.mlp_proj,
                     &mut ws.h[..rows * d],
-                    &mut ws.part,
+                    &mut ws.scratch,
                 );
                 add_in(&mut ws.x[..rows * d], &ws.h[..rows * d]);
             }
@@ -440,10 +506,17 @@ impl Gpt2 {
                 ws.att[i * d..(i + 1) * d].copy_from_slice(&ws.x[r * d..(r + 1) * d]);
             }
             layer_norm(&ws.att[..m * d], &mut ws.h[..m * d], &self.ln_f, c);
-            let head = self.lm_head.as_ref().unwrap_or(&self.wte).values();
             logits.clear();
             logits.resize(m * c.vocab_size, 0.0);
-            gemm_nt_parallel(kern, &ws.h[..m * d], m, d, head, c.vocab_size, logits);
+            match self.lm_head.as_ref().unwrap_or(&self.wte) {
+                Table::F32(head) => {
+                    let head = head.values();
+                    gemm_nt_parallel(kern, &ws.h[..m * d], m, d, head, c.vocab_size, logits);
+                }
+                Table::Q(head) => {
+                    qmatmul(kern, &ws.h[..m * d], m, head, logits, &mut ws.scratch.qa)
+                }
+            }
             Ok(())
         })??;
         // The new positions are now part of each slot's history.
@@ -657,10 +730,20 @@ pub(crate) fn linear(
     m: usize,
     lin: &Linear,
     out: &mut [f32],
-    part: &mut Vec<f32>,
+    scratch: &mut Scratch,
 ) {
     let (k, n) = (lin.n_in, lin.n_out);
-    let w = lin.w.values();
+    let w = match &lin.w {
+        Mat::F32(w) => w.values(),
+        Mat::Q(q) => {
+            qmatmul(kern, &x[..m * k], m, q, &mut out[..m * n], &mut scratch.qa);
+            for row in out[..m * n].chunks_exact_mut(n) {
+                add_in(row, lin.b.values());
+            }
+            return;
+        }
+    };
+    let part = &mut scratch.part;
     let threads = rayon::current_num_threads();
     if m <= GEMV_ROWS {
         let tasks = threads.min(k.div_ceil(64)).max(1);
@@ -713,6 +796,62 @@ pub(crate) fn linear(
     let b = lin.b.values();
     for row in out.chunks_exact_mut(n) {
         add_in(row, b);
+    }
+}
+
+/// Reusable buffers of the matmuls: per-thread partial sums (f32 decode) and the quantized
+/// activations (quantized matmuls).
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    pub(crate) part: Vec<f32>,
+    pub(crate) qa: QActs,
+}
+
+/// Activation rows per parallel task of a quantized matmul over many rows.
+const Q_ROW_CHUNK: usize = 64;
+
+/// `out[m × n] = x[m × k] · Wᵀ` for a quantized `W` `[n × k]`: the rows of `x` quantized once
+/// (into `qa`), then the weight row groups split across the pool — for a few rows into one
+/// contiguous range per thread (each streams its part of the weights once), for many into
+/// [`Q_ROW_CHUNK`]-row × row-group tasks.
+pub(crate) fn qmatmul(
+    kern: &kernels::Kernels,
+    x: &[f32],
+    m: usize,
+    w: &QMatrix,
+    out: &mut [f32],
+    qa: &mut QActs,
+) {
+    let (k, n) = (w.k, w.n);
+    assert!(x.len() >= m * k && out.len() >= m * n);
+    (kern.quantize_acts)(x, m, k, qa);
+    let qa = &*qa;
+    let groups = w.groups();
+    let threads = rayon::current_num_threads();
+    let ptr = SendPtr(out.as_mut_ptr());
+    let row_chunks = m.div_ceil(Q_ROW_CHUNK);
+    let group_tasks = if row_chunks >= 2 * threads {
+        1
+    } else {
+        (2 * threads).div_ceil(row_chunks).min(groups)
+    }
+    .max(1);
+    let per = groups.div_ceil(group_tasks);
+    let run = |t: usize| {
+        let (rc, gt) = (t / group_tasks, t % group_tasks);
+        let (g0, g1) = (gt * per, ((gt + 1) * per).min(groups));
+        let (i0, i1) = (rc * Q_ROW_CHUNK, ((rc + 1) * Q_ROW_CHUNK).min(m));
+        if g0 < g1 {
+            // SAFETY: task t writes rows i0..i1 × the columns of groups g0..g1 of `out`
+            // (m × n), disjoint from every other task's; `out` outlives the loop.
+            unsafe { kern.qgemm(w, g0, g1, qa, i0, i1, ptr.get(), n) };
+        }
+    };
+    let tasks = row_chunks * group_tasks;
+    if tasks == 1 || groups * ROWS * k * m < SERIAL_ELEMS * 16 {
+        (0..tasks).for_each(run);
+    } else {
+        (0..tasks).into_par_iter().for_each(run);
     }
 }
 
@@ -793,8 +932,8 @@ struct Work {
     att: Vec<f32>,
     mlp: Vec<f32>,
     scores: Vec<f32>,
-    /// Per-thread partial sums of a one-row matmul.
-    part: Vec<f32>,
+    /// Partial sums and quantized activations of the matmuls.
+    scratch: Scratch,
     /// The position id of each row.
     positions: Vec<usize>,
 }

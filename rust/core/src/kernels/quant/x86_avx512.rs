@@ -1,0 +1,193 @@
+//! Quantized kernels with AVX-512 VNNI: one `vpdpbusd` multiplies 4 weights of each of 16 rows
+//! (one 64-byte load of a tile) by 4 broadcast activation bytes and adds them into 16 int32
+//! lanes, one per row. Tiles of 16 rows × up to [`MR`] activation rows stay in registers.
+//!
+//! `vpdpbusd` takes unsigned × signed bytes. 4-bit quants are unsigned already (0..15); int8
+//! weights are flipped to unsigned (`w ^ 0x80` = `w + 128`). The offsets come back out through
+//! each activation block's quant sum `s`: the int32 lanes start at `−128·s` (q8_0) or `−8·s`
+//! (q4_0), and q4_1 adds `m · d_a · s` in f32.
+
+#![allow(clippy::too_many_arguments)]
+
+use std::arch::x86_64::*;
+
+use super::{for_groups, row_tiles, tile_layout};
+use crate::kernels::QGemmFn;
+use crate::quant::{QActs, QMatrix, BLOCK, ROWS};
+
+/// Activation rows per register tile.
+const MR: usize = 4;
+
+/// The quantized matmul ([`crate::kernels::QGemmFn`]) per format, by
+/// [`super::format_index`].
+///
+/// # Safety
+/// As [`super::scalar::qgemm`]; the CPU must have AVX-512F/BW/VNNI and F16C (checked by the
+/// dispatch point).
+pub const QGEMM: [QGemmFn; 3] = [run::<0>, run::<1>, run::<2>];
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,fma,avx2")]
+unsafe fn run<const T: u8>(
+    w: &QMatrix,
+    g0: usize,
+    g1: usize,
+    a: &QActs,
+    i0: usize,
+    i1: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    let blocks = w.blocks();
+    for_groups(w, g0, g1, a, i1, |g, tiles, valid| {
+        let mask: __mmask16 = ((1u32 << valid) - 1) as __mmask16;
+        row_tiles(i0, i1, MR, |i, r| {
+            // SAFETY: rows i..i+r of `out` at columns 16g.., within the caller's promise;
+            // `tiles` is the group's, `a` holds rows up to i1.
+            unsafe {
+                let o = out.add(i * ldo + g * ROWS);
+                match r {
+                    4 => tile::<T, 4>(tiles, blocks, a, i, o, ldo, mask),
+                    3 => tile::<T, 3>(tiles, blocks, a, i, o, ldo, mask),
+                    2 => tile::<T, 2>(tiles, blocks, a, i, o, ldo, mask),
+                    _ => tile::<T, 1>(tiles, blocks, a, i, o, ldo, mask),
+                }
+            }
+        });
+    });
+}
+
+/// One row group (16 weight rows) × `R` activation rows from `i`, over every block.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,fma,avx2")]
+#[inline]
+unsafe fn tile<const T: u8, const R: usize>(
+    tiles: &[u8],
+    blocks: usize,
+    a: &QActs,
+    i: usize,
+    out: *mut f32,
+    ldo: usize,
+    mask: __mmask16,
+) {
+    let (tb, qo) = tile_layout(T);
+    let nb = a.blocks;
+    let aq = a.q[i * nb * BLOCK..(i + R) * nb * BLOCK].as_ptr();
+    let ad = &a.d[i * nb..(i + R) * nb];
+    let asum = &a.s[i * nb..(i + R) * nb];
+    let mut facc = [_mm512_setzero_ps(); R];
+    let flip = _mm512_set1_epi8(-128i8);
+    let low4 = _mm512_set1_epi8(15);
+    for b in 0..blocks {
+        let t = tiles[b * tb..(b + 1) * tb].as_ptr();
+        // SAFETY: every load below is within this tile (tb bytes) or within rows i..i+R of
+        // the activations (R·nb·32 bytes); unaligned loads throughout.
+        unsafe {
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(t.cast()));
+            let mut iacc = [_mm512_setzero_si512(); R];
+            for (ii, acc) in iacc.iter_mut().enumerate() {
+                let s = asum[ii * nb + b];
+                *acc = match T {
+                    0 => _mm512_set1_epi32(-128 * s),
+                    1 => _mm512_set1_epi32(-8 * s),
+                    _ => _mm512_setzero_si512(),
+                };
+            }
+            let q = t.add(qo);
+            if T == 0 {
+                for c in 0..BLOCK / 4 {
+                    let wv = _mm512_xor_si512(_mm512_loadu_si512(q.add(64 * c).cast()), flip);
+                    for (ii, acc) in iacc.iter_mut().enumerate() {
+                        let x = aq.add(ii * nb * BLOCK + b * BLOCK + 4 * c);
+                        let av = _mm512_set1_epi32(x.cast::<i32>().read_unaligned());
+                        *acc = _mm512_dpbusd_epi32(*acc, wv, av);
+                    }
+                }
+            } else {
+                for p in 0..BLOCK / 8 {
+                    let v = _mm512_loadu_si512(q.add(64 * p).cast());
+                    let lo = _mm512_and_si512(v, low4);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+                    for (ii, acc) in iacc.iter_mut().enumerate() {
+                        let x = aq.add(ii * nb * BLOCK + b * BLOCK + 8 * p);
+                        let a0 = _mm512_set1_epi32(x.cast::<i32>().read_unaligned());
+                        let a1 = _mm512_set1_epi32(x.add(4).cast::<i32>().read_unaligned());
+                        *acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(*acc, lo, a0), hi, a1);
+                    }
+                }
+            }
+            let mw = if T == 2 {
+                _mm512_cvtph_ps(_mm256_loadu_si256(t.add(32).cast()))
+            } else {
+                _mm512_setzero_ps()
+            };
+            for ii in 0..R {
+                let da = ad[ii * nb + b];
+                let sc = _mm512_mul_ps(dw, _mm512_set1_ps(da));
+                facc[ii] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[ii]), sc, facc[ii]);
+                if T == 2 {
+                    let ms = _mm512_set1_ps(da * asum[ii * nb + b] as f32);
+                    facc[ii] = _mm512_fmadd_ps(mw, ms, facc[ii]);
+                }
+            }
+        }
+    }
+    for (ii, v) in facc.iter().enumerate() {
+        // SAFETY: row i + ii of the output, the group's valid columns (mask).
+        unsafe { _mm512_mask_storeu_ps(out.add(ii * ldo), mask, *v) };
+    }
+}
+
+/// See [`crate::kernels::QuantizeActsFn`]; bit-identical to the scalar reference.
+pub fn quantize_acts(x: &[f32], m: usize, k: usize, out: &mut QActs) {
+    // SAFETY: the dispatch point hands this out only on CPUs with AVX-512F/BW.
+    unsafe { quantize_acts_avx512(x, m, k, out) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_acts_avx512(x: &[f32], m: usize, k: usize, out: &mut QActs) {
+    out.reset(m, k);
+    assert!(x.len() >= m * k);
+    let nb = out.blocks;
+    for i in 0..m {
+        let row = &x[i * k..(i + 1) * k];
+        for b in 0..nb {
+            let at = i * nb + b;
+            let k0 = b * BLOCK;
+            let len = BLOCK.min(k - k0);
+            let src = row[k0..k0 + len].as_ptr();
+            // SAFETY: masked loads read only the `len` values of this block.
+            let (v0, v1) = unsafe {
+                let m0 = ((1u32 << len.min(16)) - 1) as __mmask16;
+                let m1 = ((1u64 << len.saturating_sub(16)) - 1) as __mmask16;
+                (
+                    _mm512_maskz_loadu_ps(m0, src),
+                    _mm512_maskz_loadu_ps(m1, src.add(len.min(16))),
+                )
+            };
+            let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+            let q = &mut out.q[at * BLOCK..(at + 1) * BLOCK];
+            if amax == 0.0 {
+                q.fill(0);
+                out.d[at] = 0.0;
+                out.s[at] = 0;
+                continue;
+            }
+            let id = _mm512_set1_ps(127.0 / amax);
+            let (lo, hi) = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
+            let q0 = _mm512_min_epi32(
+                _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v0, id)), lo),
+                hi,
+            );
+            let q1 = _mm512_min_epi32(
+                _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v1, id)), lo),
+                hi,
+            );
+            // SAFETY: 2 × 16 bytes into this block's 32.
+            unsafe {
+                _mm_storeu_si128(q.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(q0));
+                _mm_storeu_si128(q.as_mut_ptr().add(16).cast(), _mm512_cvtepi32_epi8(q1));
+            }
+            out.d[at] = amax / 127.0;
+            out.s[at] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        }
+    }
+}
