@@ -1,5 +1,6 @@
-//! Reading model files: safetensors (memory-mapped, tensors used in place when they can be),
-//! and the number formats stored in them.
+//! Reading model files: safetensors and GGUF (memory-mapped, tensors used in place when they
+//! can be), and the number formats stored in them.
 
+pub mod gguf;
 pub mod half;
 pub mod safetensors;
