@@ -154,6 +154,7 @@ class GPT2LMHeadModel:
         quantize: str | None = None,
         torch_dtype: Any = None,
         show_progress: bool | None = None,
+        kv_cache_dtype: str = "float32",
     ) -> GPT2LMHeadModel:
         """Loads a GPT-2 folder (``config.json`` + ``model.safetensors`` or shards), or a model
         name found in the local Hugging Face cache (never the network).
@@ -163,7 +164,9 @@ class GPT2LMHeadModel:
         ``"q4_0"``) or ``"q4_1"`` quantizes the weight matrices and the token embedding (which
         is also the output head) as they load, with a progress bar on a terminal
         (``show_progress``); ``save_pretrained`` then writes a folder that loads back quantized,
-        memory-mapped, without quantizing again.
+        memory-mapped, without quantizing again. ``kv_cache_dtype="float16"`` halves the KV
+        cache (keys and values rounded to f16 as they are stored; attention converts them back
+        on the fly).
         """
         del torch_dtype  # accepted for transformers code; ferrolm computes in float32
         if dtype not in ("float32", "auto"):
@@ -178,7 +181,13 @@ class GPT2LMHeadModel:
                 f"{folder / 'config.json'}: unsupported architecture model_type={model_type!r}; "
                 "ferrolm runs gpt2"
             )
-        core = load_core(_core.Gpt2.load, folder, quantize, show_progress)
+        if kv_cache_dtype not in ("float32", "float16"):
+            raise ValueError(f"kv_cache_dtype={kv_cache_dtype!r}: expected 'float32' or 'float16'")
+
+        def load(path: Path, q: str | None, progress: Any) -> _core.Gpt2:
+            return _core.Gpt2.load(path, q, progress, kv_cache_dtype)
+
+        core = load_core(load, folder, quantize, show_progress)
         tokenizer = None
         if any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json")):
             tokenizer = Tokenizer.from_pretrained(folder)

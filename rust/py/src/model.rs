@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use ferrolm_core::model::generate::{Adjust, GenerateParams, Generation};
-use ferrolm_core::model::gpt2::{Cache, Gpt2};
+use ferrolm_core::model::gpt2::{Cache, Gpt2, KvDtype};
 use ferrolm_core::model::sampling::Sampling;
 use ferrolm_core::quant::QType;
 use ferrolm_core::tokenizer::Tokenizer;
@@ -166,20 +166,34 @@ fn progress_fn(progress: Option<Py<PyAny>>) -> impl Fn(usize, usize) + Sync {
 impl PyGpt2 {
     /// Loads `config.json` and `model.safetensors` (or its shards) from a folder, the
     /// matrices quantized to `quantize` (`progress(done, total)` per matrix).
+    /// `kv_cache_dtype`: `"float32"` (default) or `"float16"` for the caches it makes.
     #[staticmethod]
-    #[pyo3(signature = (path, quantize = None, progress = None))]
+    #[pyo3(signature = (path, quantize = None, progress = None, kv_cache_dtype = "float32"))]
     fn load(
         py: Python<'_>,
         path: std::path::PathBuf,
         quantize: Option<&str>,
         progress: Option<Py<PyAny>>,
+        kv_cache_dtype: &str,
     ) -> PyResult<PyGpt2> {
         let q = parse_quantize(quantize)?;
+        let kv = KvDtype::parse(kv_cache_dtype).ok_or_else(|| {
+            pyo3::exceptions::PyValueError::new_err(format!(
+                "kv_cache_dtype={kv_cache_dtype:?}: expected \"float32\" or \"float16\""
+            ))
+        })?;
         let report = progress_fn(progress);
-        let model = detached(py, || Gpt2::load_with(&path, q, Some(&report)))?;
+        let mut model = detached(py, || Gpt2::load_with(&path, q, Some(&report)))?;
+        model.set_kv_dtype(kv);
         Ok(PyGpt2 {
             model: Arc::new(model),
         })
+    }
+
+    /// The element type of the KV caches: `"float32"` or `"float16"`.
+    #[getter]
+    fn kv_cache_dtype(&self) -> &'static str {
+        self.model.kv_dtype().name()
     }
 
     /// The matrices' quantized format (`"q8_0"`, `"q4_0"`, `"q4_1"`), or None for f32.

@@ -111,6 +111,12 @@ pub struct Kernels {
     pub dot: fn(&[f32], &[f32]) -> f32,
     /// `y += alpha * x`
     pub axpy: fn(f32, &[f32], &mut [f32]),
+    /// `dot` against f16 values (an f16 KV cache).
+    pub dot_f16: fn(&[f32], &[u16]) -> f32,
+    /// `axpy` of f16 values.
+    pub axpy_f16: fn(f32, &[u16], &mut [f32]),
+    /// f32 to f16, rounding to nearest even (bit-identical on every ISA).
+    pub to_f16: fn(&[f32], &mut [u16]),
     /// The quantized matmul ([`quant`]), per format (index: [`quant::format_index`]).
     pub qgemm: [QGemmFn; 3],
     /// Activations to int8 blocks for `qgemm`.
@@ -282,6 +288,19 @@ mod tests {
                 let (mut y0, mut y1) = (rand(k, 5), rand(k, 5));
                 (reference.axpy)(0.3, &x, &mut y0);
                 (kern.axpy)(0.3, &x, &mut y1);
+                close(&y1, &y0, 1e-6);
+                // f16: conversions bit-identical, dot / axpy to rounding.
+                let wide: Vec<f32> = rand(k + 3, 12).iter().map(|v| v * 1e5).collect();
+                let (mut h0, mut h1) = (vec![0u16; k + 3], vec![0u16; k + 3]);
+                (reference.to_f16)(&wide, &mut h0);
+                (kern.to_f16)(&wide, &mut h1);
+                assert_eq!(h0, h1, "{isa}: to_f16");
+                (reference.to_f16)(&x, &mut h0[..k]);
+                let d0 = (reference.dot_f16)(&a[..k], &h0[..k]);
+                assert!(((kern.dot_f16)(&a[..k], &h0[..k]) - d0).abs() < 1e-4);
+                let (mut y0, mut y1) = (rand(k, 5), rand(k, 5));
+                (reference.axpy_f16)(0.3, &h0[..k], &mut y0);
+                (kern.axpy_f16)(0.3, &h0[..k], &mut y1);
                 close(&y1, &y0, 1e-6);
             }
         }

@@ -16,6 +16,9 @@ pub const KERNELS: Kernels = Kernels {
     gelu_erf,
     dot,
     axpy,
+    dot_f16,
+    axpy_f16,
+    to_f16,
     qgemm: super::quant::scalar::QGEMM,
     quantize_acts: super::quant::scalar::quantize_acts,
 };
@@ -115,5 +118,27 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     for (o, &v) in y.iter_mut().zip(x) {
         *o += alpha * v;
+    }
+}
+
+/// `Σ a[i] · f16(b[i])`: attention scores over an f16 KV cache.
+pub fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, &h)| x * crate::io::half::f16_to_f32(h))
+        .sum()
+}
+
+/// `y += alpha · f16(x)`.
+pub fn axpy_f16(alpha: f32, x: &[u16], y: &mut [f32]) {
+    for (o, &h) in y.iter_mut().zip(x) {
+        *o += alpha * crate::io::half::f16_to_f32(h);
+    }
+}
+
+/// `out = f16(x)`, rounding to nearest even.
+pub fn to_f16(x: &[f32], out: &mut [u16]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = crate::io::half::f32_to_f16(v);
     }
 }

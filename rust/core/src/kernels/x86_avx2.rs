@@ -22,6 +22,9 @@ pub const KERNELS: Kernels = Kernels {
     gelu_erf,
     dot,
     axpy,
+    dot_f16,
+    axpy_f16,
+    to_f16,
     qgemm: super::quant::x86_avx2::QGEMM,
     quantize_acts: super::quant::x86_avx2::quantize_acts,
 };
@@ -581,4 +584,81 @@ fn axpy_avx2(alpha: f32, x: &[f32], y: &mut [f32]) {
         y[i] += alpha * x[i];
         i += 1;
     }
+}
+
+/// See [`super::scalar::dot_f16`].
+pub fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
+    // SAFETY: AVX2, FMA and F16C checked by the dispatch point.
+    unsafe { dot_f16_avx2(a, b) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_f16_avx2(a: &[f32], b: &[u16]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: every load reads 8 values at i <= n - 8 of both slices.
+    let mut s = unsafe {
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        while i + 16 <= n {
+            let h0 = _mm256_cvtph_ps(_mm_loadu_si128(pb.add(i).cast()));
+            let h1 = _mm256_cvtph_ps(_mm_loadu_si128(pb.add(i + 8).cast()));
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), h0, s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), h1, s1);
+            i += 16;
+        }
+        if i + 8 <= n {
+            let h0 = _mm256_cvtph_ps(_mm_loadu_si128(pb.add(i).cast()));
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), h0, s0);
+            i += 8;
+        }
+        hsum256(_mm256_add_ps(s0, s1))
+    };
+    s += super::scalar::dot_f16(&a[i..n], &b[i..n]);
+    s
+}
+
+/// See [`super::scalar::axpy_f16`].
+pub fn axpy_f16(alpha: f32, x: &[u16], y: &mut [f32]) {
+    // SAFETY: AVX2, FMA and F16C checked by the dispatch point.
+    unsafe { axpy_f16_avx2(alpha, x, y) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn axpy_f16_avx2(alpha: f32, x: &[u16], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let mut i = 0;
+    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+    // SAFETY: 8 values at i <= n - 8 of both slices.
+    unsafe {
+        let a = _mm256_set1_ps(alpha);
+        while i + 8 <= n {
+            let h = _mm256_cvtph_ps(_mm_loadu_si128(px.add(i).cast()));
+            _mm256_storeu_ps(py.add(i), _mm256_fmadd_ps(a, h, _mm256_loadu_ps(py.add(i))));
+            i += 8;
+        }
+    }
+    super::scalar::axpy_f16(alpha, &x[i..n], &mut y[i..n]);
+}
+
+/// See [`super::scalar::to_f16`]; bit-identical (round to nearest even).
+pub fn to_f16(x: &[f32], out: &mut [u16]) {
+    // SAFETY: AVX2 and F16C checked by the dispatch point.
+    unsafe { to_f16_avx2(x, out) }
+}
+
+#[target_feature(enable = "avx2,f16c")]
+fn to_f16_avx2(x: &[f32], out: &mut [u16]) {
+    let n = x.len().min(out.len());
+    let mut i = 0;
+    let (px, po) = (x.as_ptr(), out.as_mut_ptr());
+    // SAFETY: 8 values at i <= n - 8 of both slices.
+    unsafe {
+        while i + 8 <= n {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(px.add(i)));
+            _mm_storeu_si128(po.add(i).cast(), h);
+            i += 8;
+        }
+    }
+    super::scalar::to_f16(&x[i..n], &mut out[i..n]);
 }

@@ -202,7 +202,102 @@ pub struct Gpt2 {
     lm_head: Option<Table>,
     /// The matrices' format, if quantized.
     quant: Option<QType>,
+    /// The element type of new KV caches.
+    kv_dtype: KvDtype,
     weight_bytes: usize,
+}
+
+/// The element type of a KV cache: f32, or f16 (half the memory, attention reads converted
+/// on the fly; keys and values rounded to nearest even as they are stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvDtype {
+    #[default]
+    F32,
+    F16,
+}
+
+impl KvDtype {
+    /// `float32` / `f32`, `float16` / `f16`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "float32" | "f32" => Some(KvDtype::F32),
+            "float16" | "f16" => Some(KvDtype::F16),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F32 => "float32",
+            KvDtype::F16 => "float16",
+        }
+    }
+}
+
+/// The keys or the values of a KV cache.
+#[derive(Debug, Clone)]
+enum Kv {
+    F32(Vec<f32>),
+    F16(Vec<u16>),
+}
+
+impl Kv {
+    fn zeros(dtype: KvDtype, n: usize) -> Self {
+        match dtype {
+            KvDtype::F32 => Kv::F32(vec![0.0; n]),
+            KvDtype::F16 => Kv::F16(vec![0; n]),
+        }
+    }
+
+    fn dtype(&self) -> KvDtype {
+        match self {
+            Kv::F32(_) => KvDtype::F32,
+            Kv::F16(_) => KvDtype::F16,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Kv::F32(v) => v.len() * 4,
+            Kv::F16(v) => v.len() * 2,
+        }
+    }
+
+    /// Stores `x` at `at`.
+    #[inline]
+    fn put(&mut self, kern: &kernels::Kernels, at: usize, x: &[f32]) {
+        match self {
+            Kv::F32(v) => v[at..at + x.len()].copy_from_slice(x),
+            Kv::F16(v) => (kern.to_f16)(x, &mut v[at..at + x.len()]),
+        }
+    }
+
+    /// `q · self[at..at + q.len()]`.
+    #[inline]
+    fn dot(&self, kern: &kernels::Kernels, q: &[f32], at: usize) -> f32 {
+        match self {
+            Kv::F32(v) => (kern.dot)(q, &v[at..at + q.len()]),
+            Kv::F16(v) => (kern.dot_f16)(q, &v[at..at + q.len()]),
+        }
+    }
+
+    /// `out += w · self[at..at + out.len()]`.
+    #[inline]
+    fn axpy(&self, kern: &kernels::Kernels, w: f32, at: usize, out: &mut [f32]) {
+        match self {
+            Kv::F32(v) => (kern.axpy)(w, &v[at..at + out.len()], out),
+            Kv::F16(v) => (kern.axpy_f16)(w, &v[at..at + out.len()], out),
+        }
+    }
+
+    /// `self[dst..dst + n] = src[from..from + n]` (the same dtype).
+    fn copy_from(&mut self, dst: usize, src: &Kv, from: usize, n: usize) {
+        match (self, src) {
+            (Kv::F32(a), Kv::F32(b)) => a[dst..dst + n].copy_from_slice(&b[from..from + n]),
+            (Kv::F16(a), Kv::F16(b)) => a[dst..dst + n].copy_from_slice(&b[from..from + n]),
+            _ => unreachable!("caches are expanded into their own dtype"),
+        }
+    }
 }
 
 impl Gpt2 {
@@ -279,6 +374,7 @@ impl Gpt2 {
             ln_f: norm("ln_f")?,
             lm_head,
             quant: quant.qtype(),
+            kv_dtype: KvDtype::F32,
             weight_bytes: 0,
             config,
         };
@@ -332,7 +428,16 @@ impl Gpt2 {
 
     /// An empty KV cache for `slots` sequences of up to `n_positions` tokens.
     pub fn new_cache(&self, slots: usize) -> Cache {
-        Cache::new(&self.config, slots)
+        Cache::new(&self.config, slots, self.kv_dtype)
+    }
+
+    /// The element type of the KV caches this model makes from now on.
+    pub fn set_kv_dtype(&mut self, dtype: KvDtype) {
+        self.kv_dtype = dtype;
+    }
+
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv_dtype
     }
 
     /// Advances every slot of `cache` by `t` tokens: `tokens` and `mask` are `[slots × t]`
@@ -427,6 +532,7 @@ impl Gpt2 {
                 );
                 // k, v appended to the cache; attention per (slot, head)   [rows, d]
                 cache_append(
+                    kern,
                     (&mut cache.k, &mut cache.v),
                     &cache.geom,
                     l,
@@ -551,8 +657,10 @@ impl Geom {
 }
 
 /// Copies the new keys and values (columns d..2d and 2d..3d of `qkv`) into the cache.
+#[allow(clippy::too_many_arguments)]
 fn cache_append(
-    (k, v): (&mut [f32], &mut [f32]),
+    kern: &kernels::Kernels,
+    (k, v): (&mut Kv, &mut Kv),
     geom: &Geom,
     l: usize,
     len: &[usize],
@@ -564,16 +672,16 @@ fn cache_append(
         for i in 0..t {
             let row = &qkv[(s * t + i) * 3 * d..(s * t + i + 1) * 3 * d];
             let at = geom.at(s, l, start + i);
-            k[at..at + d].copy_from_slice(&row[d..2 * d]);
-            v[at..at + d].copy_from_slice(&row[2 * d..3 * d]);
+            k.put(kern, at, &row[d..2 * d]);
+            v.put(kern, at, &row[2 * d..3 * d]);
         }
     }
 }
 
 struct AttnArgs<'a> {
     qkv: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
+    k: &'a Kv,
+    v: &'a Kv,
     geom: &'a Geom,
     layer: usize,
     len: &'a [usize],
@@ -616,7 +724,7 @@ fn attention(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32], scores:
                 };
                 if seen {
                     let at = a.geom.at(s, a.layer, p) + h * a.hd;
-                    let x = (kern.dot)(q, &a.k[at..at + a.hd]) * a.scale;
+                    let x = a.k.dot(kern, q, at) * a.scale;
                     *slot = x;
                     max = max.max(x);
                 } else {
@@ -651,7 +759,7 @@ fn attention(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32], scores:
             for (p, &w) in sc[..upto].iter().enumerate() {
                 if w != 0.0 {
                     let at = a.geom.at(s, a.layer, p) + h * a.hd;
-                    (kern.axpy)(w * inv, &a.v[at..at + a.hd], o);
+                    a.v.axpy(kern, w * inv, at, o);
                 }
             }
         }
@@ -960,8 +1068,8 @@ impl Work {
 pub struct Cache {
     slots: usize,
     geom: Geom,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: Kv,
+    v: Kv,
     /// Positions filled per slot (padding included).
     len: Vec<usize>,
     /// `[slot][n_positions]`: 1 where the position holds a real token.
@@ -972,7 +1080,7 @@ pub struct Cache {
 }
 
 impl Cache {
-    fn new(c: &Gpt2Config, slots: usize) -> Self {
+    fn new(c: &Gpt2Config, slots: usize, dtype: KvDtype) -> Self {
         let geom = Geom {
             n_ctx: c.n_positions,
             n_layer: c.n_layer,
@@ -982,8 +1090,8 @@ impl Cache {
         Cache {
             slots,
             geom,
-            k: vec![0.0; size],
-            v: vec![0.0; size],
+            k: Kv::zeros(dtype, size),
+            v: Kv::zeros(dtype, size),
             len: vec![0; slots],
             valid: vec![0; slots * c.n_positions],
             next_pos: vec![0; slots],
@@ -1004,9 +1112,14 @@ impl Cache {
         self.len.iter().all(|&l| l == 0)
     }
 
+    /// The element type of the keys and values.
+    pub fn dtype(&self) -> KvDtype {
+        self.k.dtype()
+    }
+
     /// Bytes held by keys and values.
     pub fn bytes(&self) -> usize {
-        (self.k.len() + self.v.len()) * 4
+        self.k.bytes() + self.v.bytes()
     }
 
     /// A cache of `sources.len()` slots, slot `i` a copy of this cache's slot `sources[i]`: a
@@ -1021,16 +1134,16 @@ impl Cache {
         let g = self.geom;
         let per = g.n_layer * g.n_ctx * g.d;
         let n = sources.len();
-        let mut k = vec![0.0; n * per];
-        let mut v = vec![0.0; n * per];
+        let mut k = Kv::zeros(self.k.dtype(), n * per);
+        let mut v = Kv::zeros(self.v.dtype(), n * per);
         let mut valid = vec![0; n * g.n_ctx];
         for (i, &s) in sources.iter().enumerate() {
             // Only the filled positions of each layer need copying.
             for l in 0..g.n_layer {
                 let (src, dst) = (g.at(s, l, 0), g.at(i, l, 0));
                 let used = self.len[s] * g.d;
-                k[dst..dst + used].copy_from_slice(&self.k[src..src + used]);
-                v[dst..dst + used].copy_from_slice(&self.v[src..src + used]);
+                k.copy_from(dst, &self.k, src, used);
+                v.copy_from(dst, &self.v, src, used);
             }
             valid[i * g.n_ctx..(i + 1) * g.n_ctx]
                 .copy_from_slice(&self.valid[s * g.n_ctx..(s + 1) * g.n_ctx]);
