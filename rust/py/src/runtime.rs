@@ -87,7 +87,7 @@ pub fn _qmatmul<'py>(
             .collect();
         let kern = ferrolm_core::kernels::get();
         let mut qa = QActs::default();
-        (kern.quantize_acts)(&xs, m, k, &mut qa);
+        qa.quantize(kern, &xs, m, k);
         let mut out = vec![0.0f32; m * n];
         // SAFETY: `out` is m × n, owned here.
         unsafe { kern.qgemm(&w, 0, w.groups(), &qa, 0, m, out.as_mut_ptr(), n) };

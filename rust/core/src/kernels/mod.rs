@@ -66,8 +66,10 @@ pub type QGemmFn = unsafe fn(
     ldo: usize,
 );
 
-/// Quantizes `m` rows of `k` (contiguous) into `out`, per block of 32.
-pub type QuantizeActsFn = fn(x: &[f32], m: usize, k: usize, out: &mut crate::quant::QActs);
+/// Quantizes rows of `k` (contiguous in `x`) per block of 32: `m = d.len() / blocks` rows into
+/// `q` (`m · blocks · 32`), `d` and `s` (`m · blocks`), laid out as in
+/// [`crate::quant::QActs`]. Use [`crate::quant::QActs::quantize`].
+pub type QuantizeActsFn = fn(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32], s: &mut [i32]);
 
 impl Kernels {
     /// The quantized matmul for `w`'s format ([`QGemmFn`]).
@@ -329,8 +331,8 @@ mod tests {
             ] {
                 let x: Vec<f32> = rand(m * k, 21).iter().map(|v| v * 3.0).collect();
                 let (mut a0, mut a1) = (QActs::default(), QActs::default());
-                (reference.quantize_acts)(&x, m, k, &mut a0);
-                (kern.quantize_acts)(&x, m, k, &mut a1);
+                a0.quantize(&reference, &x, m, k);
+                a1.quantize(&kern, &x, m, k);
                 assert_eq!(a0.q, a1.q, "{isa}: activation quants");
                 assert_eq!(a0.d, a1.d, "{isa}: activation scales");
                 assert_eq!(a0.s, a1.s, "{isa}: activation sums");

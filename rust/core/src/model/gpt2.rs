@@ -290,6 +290,18 @@ impl Kv {
         }
     }
 
+    /// `out = self[at..at + out.len()]` as f32.
+    #[inline]
+    fn read(&self, kern: &kernels::Kernels, at: usize, out: &mut [f32]) {
+        match self {
+            Kv::F32(v) => out.copy_from_slice(&v[at..at + out.len()]),
+            Kv::F16(v) => {
+                out.fill(0.0);
+                (kern.axpy_f16)(1.0, &v[at..at + out.len()], out);
+            }
+        }
+    }
+
     /// `self[dst..dst + n] = src[from..from + n]` (the same dtype).
     fn copy_from(&mut self, dst: usize, src: &Kv, from: usize, n: usize) {
         match (self, src) {
@@ -698,6 +710,10 @@ struct AttnArgs<'a> {
 /// over (slot, head) pairs. `out` is `[rows, d]`; `scores` a scratch of at least
 /// `slots × heads × n_ctx`.
 fn attention(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
+    if a.t >= BLOCKED_ATTN_ROWS {
+        attention_blocked(kern, a, out);
+        return;
+    }
     let slots = a.len.len();
     let n_ctx = a.geom.n_ctx;
     scores.resize(slots * a.nh * n_ctx, 0.0);
@@ -769,6 +785,91 @@ fn attention(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32], scores:
     } else {
         scores.par_chunks_mut(n_ctx).enumerate().for_each(job);
     }
+}
+
+/// From this many new tokens per slot on (a prompt), attention runs as matmuls per query tile.
+const BLOCKED_ATTN_ROWS: usize = 16;
+/// Queries per tile of the blocked attention.
+const ATTN_TILE: usize = 64;
+
+/// Attention for a prompt: per (slot, head, tile of [`ATTN_TILE`] queries) the head's keys and
+/// values up to the tile's last query are gathered, scores = Q Kᵀ by `gemm_nt`, masked and
+/// softmaxed per row (as [`attention`] does), and the output = P V by `gemm` — instead of one
+/// dot product per (query, key) pair.
+fn attention_blocked(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32]) {
+    let (n_ctx, hd, d, t) = (a.geom.n_ctx, a.hd, a.d, a.t);
+    let tiles = t.div_ceil(ATTN_TILE);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let jobs = a.len.len() * a.nh * tiles;
+    type Bufs = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+    let job = |(kb, vb, qb, sc): &mut Bufs, job: usize| {
+        let (s, h, tile) = (job / (a.nh * tiles), (job / tiles) % a.nh, job % tiles);
+        let base = a.len[s];
+        let (i0, i1) = (tile * ATTN_TILE, ((tile + 1) * ATTN_TILE).min(t));
+        let (m, keys) = (i1 - i0, base + i1);
+        kb.resize(keys * hd, 0.0);
+        vb.resize(keys * hd, 0.0);
+        for p in 0..keys {
+            let at = a.geom.at(s, a.layer, p) + h * hd;
+            a.k.read(kern, at, &mut kb[p * hd..(p + 1) * hd]);
+            a.v.read(kern, at, &mut vb[p * hd..(p + 1) * hd]);
+        }
+        qb.clear();
+        for i in i0..i1 {
+            let row = (s * t + i) * 3 * d + h * hd;
+            qb.extend_from_slice(&a.qkv[row..row + hd]);
+        }
+        sc.resize(m * keys, 0.0);
+        // SAFETY: `sc` is m × keys.
+        unsafe { (kern.gemm_nt)(m, keys, hd, qb, kb, sc.as_mut_ptr(), keys) };
+        for (ii, row) in sc.chunks_exact_mut(keys).enumerate() {
+            let i = i0 + ii;
+            let upto = base + i + 1;
+            let mut max = f32::NEG_INFINITY;
+            for (p, x) in row.iter_mut().enumerate() {
+                let seen = p < upto
+                    && if p < base {
+                        a.valid[s * n_ctx + p] != 0
+                    } else {
+                        p == base + i || a.mask[s * t + (p - base)] != 0
+                    };
+                if seen {
+                    *x *= a.scale;
+                    max = max.max(*x);
+                } else {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+            for x in row.iter_mut() {
+                *x -= max;
+            }
+            let probs = &mut row[..upto];
+            let seen: Vec<bool> = probs.iter().map(|x| *x != f32::NEG_INFINITY).collect();
+            (kern.exp)(probs);
+            let mut sum = 0.0f32;
+            for (x, &keep) in probs.iter_mut().zip(&seen) {
+                if keep {
+                    sum += *x;
+                } else {
+                    *x = 0.0;
+                }
+            }
+            let inv = 1.0 / sum;
+            for x in probs.iter_mut() {
+                *x *= inv;
+            }
+            row[upto..].fill(0.0);
+        }
+        // SAFETY: rows i0..i1 of slot s, head h's columns: this job's alone; `out` outlives
+        // the parallel loop.
+        unsafe {
+            let o = out_ptr.get().add((s * t + i0) * d + h * hd);
+            (kern.gemm)(m, hd, keys, sc, vb, hd, o, d);
+        }
+    };
+    (0..jobs)
+        .into_par_iter()
+        .for_each_init(Bufs::default, |bufs, j| job(bufs, j));
 }
 
 fn layer_norm(x: &[f32], out: &mut [f32], n: &Norm, c: &Gpt2Config) {
@@ -932,7 +1033,7 @@ pub(crate) fn qmatmul(
 ) {
     let (k, n) = (w.k, w.n);
     assert!(x.len() >= m * k && out.len() >= m * n);
-    (kern.quantize_acts)(x, m, k, qa);
+    qa.quantize(kern, x, m, k);
     let qa = &*qa;
     let groups = w.groups();
     let threads = rayon::current_num_threads();

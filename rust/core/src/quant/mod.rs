@@ -510,9 +510,29 @@ impl QActs {
         self.k = k;
         self.blocks = k.div_ceil(BLOCK);
         let nb = m * self.blocks;
+        // Exactly m rows (resize shrinks too): the kernels size their work from these lengths.
         self.q.resize(nb * BLOCK, 0);
         self.d.resize(nb, 0.0);
         self.s.resize(nb, 0);
+    }
+
+    /// Quantizes `m` rows of `k` (contiguous in `x`) with `kern`, in parallel on the current
+    /// pool when there are many rows (a prompt).
+    pub fn quantize(&mut self, kern: &crate::kernels::Kernels, x: &[f32], m: usize, k: usize) {
+        self.reset(m, k);
+        let nb = self.blocks;
+        let x = &x[..m * k];
+        const CHUNK: usize = 32; // rows per task
+        if m < 2 * CHUNK {
+            (kern.quantize_acts)(x, k, &mut self.q, &mut self.d, &mut self.s);
+            return;
+        }
+        self.q[..m * nb * BLOCK]
+            .par_chunks_mut(CHUNK * nb * BLOCK)
+            .zip(self.d[..m * nb].par_chunks_mut(CHUNK * nb))
+            .zip(self.s[..m * nb].par_chunks_mut(CHUNK * nb))
+            .zip(x.par_chunks(CHUNK * k))
+            .for_each(|(((q, d), s), x)| (kern.quantize_acts)(x, k, q, d, s));
     }
 
     /// Row `i`'s quants (`blocks · 32`).

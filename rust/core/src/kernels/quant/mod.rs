@@ -45,13 +45,13 @@ pub(crate) const fn tile_layout(t: u8) -> (usize, usize) {
 /// Each row group `g0..g1` of `w`: `group(g, the group's tiles, its valid rows)`, after
 /// checking that `a` has `w`'s blocks and holds rows up to `i1` (the kernels index by both).
 #[inline]
-pub(crate) fn for_groups(
-    w: &QMatrix,
+pub(crate) fn for_groups<'w>(
+    w: &'w QMatrix,
     g0: usize,
     g1: usize,
     a: &QActs,
     i1: usize,
-    mut group: impl FnMut(usize, &[u8], usize),
+    mut group: impl FnMut(usize, &'w [u8], usize),
 ) {
     let (blocks, tb) = (w.blocks(), w.ty.tile_bytes());
     let bytes = w.bytes();

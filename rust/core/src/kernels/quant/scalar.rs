@@ -72,17 +72,19 @@ pub unsafe fn qgemm(
 }
 
 /// See [`crate::kernels::QuantizeActsFn`]: `x` is `m × k`, contiguous.
-pub fn quantize_acts(x: &[f32], m: usize, k: usize, out: &mut QActs) {
-    out.reset(m, k);
-    let nb = out.blocks;
+pub fn quantize_acts(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32], s: &mut [i32]) {
+    let nb = k.div_ceil(BLOCK);
+    let m = d.len() / nb;
+    assert!(x.len() >= m * k && q.len() == m * nb * BLOCK && s.len() == m * nb);
+    let (qs, ds, ss) = (q, d, s);
     for i in 0..m {
         let row = &x[i * k..(i + 1) * k];
         for b in 0..nb {
             let at = i * nb + b;
             let src = &row[b * BLOCK..((b + 1) * BLOCK).min(k)];
-            let (d, s) = quantize_act_block(src, &mut out.q[at * BLOCK..(at + 1) * BLOCK]);
-            out.d[at] = d;
-            out.s[at] = s;
+            let (dv, sv) = quantize_act_block(src, &mut qs[at * BLOCK..(at + 1) * BLOCK]);
+            ds[at] = dv;
+            ss[at] = sv;
         }
     }
 }

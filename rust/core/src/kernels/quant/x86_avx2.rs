@@ -154,16 +154,17 @@ unsafe fn half<const T: u8, const R: usize>(
 }
 
 /// See [`crate::kernels::QuantizeActsFn`]; bit-identical to the scalar reference.
-pub fn quantize_acts(x: &[f32], m: usize, k: usize, out: &mut QActs) {
+pub fn quantize_acts(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32], s: &mut [i32]) {
     // SAFETY: the dispatch point hands this out only on CPUs with AVX2.
-    unsafe { quantize_acts_avx2(x, m, k, out) }
+    unsafe { quantize_acts_avx2(x, k, q, d, s) }
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_acts_avx2(x: &[f32], m: usize, k: usize, out: &mut QActs) {
-    out.reset(m, k);
-    assert!(x.len() >= m * k);
-    let nb = out.blocks;
+unsafe fn quantize_acts_avx2(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32], s: &mut [i32]) {
+    let nb = k.div_ceil(BLOCK);
+    let m = d.len() / nb;
+    assert!(x.len() >= m * k && q.len() == m * nb * BLOCK && s.len() == m * nb);
+    let (qs, ds, ss) = (q, d, s);
     let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     let mut pad = [0.0f32; BLOCK];
@@ -196,11 +197,11 @@ unsafe fn quantize_acts_avx2(x: &[f32], m: usize, k: usize, out: &mut QActs) {
             let m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
             let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
             let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
-            let q = &mut out.q[at * BLOCK..(at + 1) * BLOCK];
+            let q = &mut qs[at * BLOCK..(at + 1) * BLOCK];
             if amax == 0.0 {
                 q.fill(0);
-                out.d[at] = 0.0;
-                out.s[at] = 0;
+                ds[at] = 0.0;
+                ss[at] = 0;
                 continue;
             }
             let id = _mm256_set1_ps(127.0 / amax);
@@ -223,8 +224,8 @@ unsafe fn quantize_acts_avx2(x: &[f32], m: usize, k: usize, out: &mut QActs) {
             let s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
             let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b01_00_11_10));
             let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0b00_00_00_01));
-            out.d[at] = amax / 127.0;
-            out.s[at] = _mm_cvtsi128_si32(s1);
+            ds[at] = amax / 127.0;
+            ss[at] = _mm_cvtsi128_si32(s1);
         }
     }
 }

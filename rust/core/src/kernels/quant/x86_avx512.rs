@@ -38,115 +38,165 @@ unsafe fn run<const T: u8>(
     ldo: usize,
 ) {
     let blocks = w.blocks();
+    let mask = |valid: usize| ((1u32 << valid) - 1) as __mmask16;
+    // Many activation rows (a prompt): two row groups per register tile, so each broadcast
+    // activation feeds two vpdpbusd; a few rows (decoding): one group, two chains per row.
+    let pairs = i1 - i0 >= MR && g1 - g0 >= 2;
+    let mut pending: Option<(usize, &[u8], usize)> = None;
     for_groups(w, g0, g1, a, i1, |g, tiles, valid| {
-        let mask: __mmask16 = ((1u32 << valid) - 1) as __mmask16;
+        if pairs && valid == ROWS && pending.is_none() && g + 1 < g1 {
+            pending = Some((g, tiles, valid));
+            return;
+        }
+        let groups: ([&[u8]; 2], [usize; 2], usize) = match pending.take() {
+            Some((g_a, t_a, v_a)) => (
+                [t_a, tiles],
+                [g_a, g],
+                mask(v_a) as usize | (mask(valid) as usize) << 16,
+            ),
+            None => ([tiles, tiles], [g, g], mask(valid) as usize),
+        };
+        let two = groups.1[0] != groups.1[1];
+        let masks = [groups.2 as __mmask16, (groups.2 >> 16) as __mmask16];
         row_tiles(i0, i1, MR, |i, r| {
-            // SAFETY: rows i..i+r of `out` at columns 16g.., within the caller's promise;
-            // `tiles` is the group's, `a` holds rows up to i1.
+            // SAFETY: rows i..i+r of `out` at the columns of the tile's groups, within the
+            // caller's promise; `tiles` are those groups', `a` holds rows up to i1.
             unsafe {
-                let o = out.add(i * ldo + g * ROWS);
-                match r {
-                    4 => tile::<T, 4>(tiles, blocks, a, i, o, ldo, mask),
-                    3 => tile::<T, 3>(tiles, blocks, a, i, o, ldo, mask),
-                    2 => tile::<T, 2>(tiles, blocks, a, i, o, ldo, mask),
-                    _ => tile::<T, 1>(tiles, blocks, a, i, o, ldo, mask),
+                let o = [
+                    out.add(i * ldo + groups.1[0] * ROWS),
+                    out.add(i * ldo + groups.1[1] * ROWS),
+                ];
+                let (t, b) = (groups.0, blocks);
+                match (two, r) {
+                    (true, 4) => tile::<T, 2, 4>(t, b, a, i, o, ldo, masks),
+                    (true, 3) => tile::<T, 2, 3>(t, b, a, i, o, ldo, masks),
+                    (true, 2) => tile::<T, 2, 2>(t, b, a, i, o, ldo, masks),
+                    (true, _) => tile::<T, 2, 1>(t, b, a, i, o, ldo, masks),
+                    (false, 4) => tile::<T, 1, 4>(t, b, a, i, o, ldo, masks),
+                    (false, 3) => tile::<T, 1, 3>(t, b, a, i, o, ldo, masks),
+                    (false, 2) => tile::<T, 1, 2>(t, b, a, i, o, ldo, masks),
+                    (false, _) => tile::<T, 1, 1>(t, b, a, i, o, ldo, masks),
                 }
             }
         });
     });
+    debug_assert!(pending.is_none());
 }
 
-/// One row group (16 weight rows) × `R` activation rows from `i`, over every block.
+/// `G` row groups (16 weight rows each, `tiles[..G]`) × `R` activation rows from `i`, over
+/// every block; group `gi` writes at `out[gi]` with `mask[gi]`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,fma,avx2")]
 #[inline]
-unsafe fn tile<const T: u8, const R: usize>(
-    tiles: &[u8],
+unsafe fn tile<const T: u8, const G: usize, const R: usize>(
+    tiles: [&[u8]; 2],
     blocks: usize,
     a: &QActs,
     i: usize,
-    out: *mut f32,
+    out: [*mut f32; 2],
     ldo: usize,
-    mask: __mmask16,
+    mask: [__mmask16; 2],
 ) {
     let (tb, qo) = tile_layout(T);
     let nb = a.blocks;
     let aq = a.q[i * nb * BLOCK..(i + R) * nb * BLOCK].as_ptr();
     let ad = &a.d[i * nb..(i + R) * nb];
     let asum = &a.s[i * nb..(i + R) * nb];
-    let mut facc = [_mm512_setzero_ps(); R];
+    // One row, one group: two chains of vpdpbusd (its latency, not its throughput, bounds
+    // such a tile), added at the end of each block.
+    let split = G * R == 1;
+    let mut facc = [[_mm512_setzero_ps(); R]; G];
     let flip = _mm512_set1_epi8(-128i8);
     let low4 = _mm512_set1_epi8(15);
     for b in 0..blocks {
-        let t = tiles[b * tb..(b + 1) * tb].as_ptr();
-        // SAFETY: every load below is within this tile (tb bytes) or within rows i..i+R of
-        // the activations (R·nb·32 bytes); unaligned loads throughout.
+        let t: [*const u8; G] = std::array::from_fn(|gi| tiles[gi][b * tb..(b + 1) * tb].as_ptr());
+        // SAFETY: every load below is within the groups' tiles (tb bytes each) or within rows
+        // i..i+R of the activations (R·nb·32 bytes); unaligned loads throughout.
         unsafe {
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(t.cast()));
-            let mut iacc = [_mm512_setzero_si512(); R];
-            for (ii, acc) in iacc.iter_mut().enumerate() {
-                let s = asum[ii * nb + b];
-                *acc = match T {
-                    0 => _mm512_set1_epi32(-128 * s),
-                    1 => _mm512_set1_epi32(-8 * s),
-                    _ => _mm512_setzero_si512(),
+            let mut iacc = [[_mm512_setzero_si512(); R]; G];
+            for acc in iacc.iter_mut() {
+                for (ii, v) in acc.iter_mut().enumerate() {
+                    let s = asum[ii * nb + b];
+                    *v = match T {
+                        0 => _mm512_set1_epi32(-128 * s),
+                        1 => _mm512_set1_epi32(-8 * s),
+                        _ => _mm512_setzero_si512(),
+                    };
+                }
+            }
+            let mut iacc2 = [_mm512_setzero_si512(); R];
+            // Sub-groups of 4 columns in pairs: (w0, a0) then (w1, a1).
+            for p in 0..BLOCK / 8 {
+                let mut w0 = [_mm512_setzero_si512(); G];
+                let mut w1 = [_mm512_setzero_si512(); G];
+                for gi in 0..G {
+                    let q = t[gi].add(qo);
+                    if T == 0 {
+                        w0[gi] = _mm512_xor_si512(_mm512_loadu_si512(q.add(128 * p).cast()), flip);
+                        w1[gi] =
+                            _mm512_xor_si512(_mm512_loadu_si512(q.add(128 * p + 64).cast()), flip);
+                    } else {
+                        let v = _mm512_loadu_si512(q.add(64 * p).cast());
+                        w0[gi] = _mm512_and_si512(v, low4);
+                        w1[gi] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+                    }
+                }
+                for ii in 0..R {
+                    let x = aq.add(ii * nb * BLOCK + b * BLOCK + 8 * p);
+                    let a0 = _mm512_set1_epi32(x.cast::<i32>().read_unaligned());
+                    let a1 = _mm512_set1_epi32(x.add(4).cast::<i32>().read_unaligned());
+                    for gi in 0..G {
+                        iacc[gi][ii] = _mm512_dpbusd_epi32(iacc[gi][ii], w0[gi], a0);
+                        if split {
+                            iacc2[ii] = _mm512_dpbusd_epi32(iacc2[ii], w1[gi], a1);
+                        } else {
+                            iacc[gi][ii] = _mm512_dpbusd_epi32(iacc[gi][ii], w1[gi], a1);
+                        }
+                    }
+                }
+            }
+            if split {
+                iacc[0][0] = _mm512_add_epi32(iacc[0][0], iacc2[0]);
+            }
+            for gi in 0..G {
+                let dw = _mm512_cvtph_ps(_mm256_loadu_si256(t[gi].cast()));
+                let mw = if T == 2 {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(t[gi].add(32).cast()))
+                } else {
+                    _mm512_setzero_ps()
                 };
-            }
-            let q = t.add(qo);
-            if T == 0 {
-                for c in 0..BLOCK / 4 {
-                    let wv = _mm512_xor_si512(_mm512_loadu_si512(q.add(64 * c).cast()), flip);
-                    for (ii, acc) in iacc.iter_mut().enumerate() {
-                        let x = aq.add(ii * nb * BLOCK + b * BLOCK + 4 * c);
-                        let av = _mm512_set1_epi32(x.cast::<i32>().read_unaligned());
-                        *acc = _mm512_dpbusd_epi32(*acc, wv, av);
+                for ii in 0..R {
+                    let da = ad[ii * nb + b];
+                    let sc = _mm512_mul_ps(dw, _mm512_set1_ps(da));
+                    let f = &mut facc[gi][ii];
+                    *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[gi][ii]), sc, *f);
+                    if T == 2 {
+                        let ms = _mm512_set1_ps(da * asum[ii * nb + b] as f32);
+                        *f = _mm512_fmadd_ps(mw, ms, *f);
                     }
-                }
-            } else {
-                for p in 0..BLOCK / 8 {
-                    let v = _mm512_loadu_si512(q.add(64 * p).cast());
-                    let lo = _mm512_and_si512(v, low4);
-                    let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
-                    for (ii, acc) in iacc.iter_mut().enumerate() {
-                        let x = aq.add(ii * nb * BLOCK + b * BLOCK + 8 * p);
-                        let a0 = _mm512_set1_epi32(x.cast::<i32>().read_unaligned());
-                        let a1 = _mm512_set1_epi32(x.add(4).cast::<i32>().read_unaligned());
-                        *acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(*acc, lo, a0), hi, a1);
-                    }
-                }
-            }
-            let mw = if T == 2 {
-                _mm512_cvtph_ps(_mm256_loadu_si256(t.add(32).cast()))
-            } else {
-                _mm512_setzero_ps()
-            };
-            for ii in 0..R {
-                let da = ad[ii * nb + b];
-                let sc = _mm512_mul_ps(dw, _mm512_set1_ps(da));
-                facc[ii] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[ii]), sc, facc[ii]);
-                if T == 2 {
-                    let ms = _mm512_set1_ps(da * asum[ii * nb + b] as f32);
-                    facc[ii] = _mm512_fmadd_ps(mw, ms, facc[ii]);
                 }
             }
         }
     }
-    for (ii, v) in facc.iter().enumerate() {
-        // SAFETY: row i + ii of the output, the group's valid columns (mask).
-        unsafe { _mm512_mask_storeu_ps(out.add(ii * ldo), mask, *v) };
+    for gi in 0..G {
+        for (ii, v) in facc[gi].iter().enumerate() {
+            // SAFETY: row i + ii of the output, the group's valid columns (mask).
+            unsafe { _mm512_mask_storeu_ps(out[gi].add(ii * ldo), mask[gi], *v) };
+        }
     }
 }
 
 /// See [`crate::kernels::QuantizeActsFn`]; bit-identical to the scalar reference.
-pub fn quantize_acts(x: &[f32], m: usize, k: usize, out: &mut QActs) {
+pub fn quantize_acts(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32], s: &mut [i32]) {
     // SAFETY: the dispatch point hands this out only on CPUs with AVX-512F/BW.
-    unsafe { quantize_acts_avx512(x, m, k, out) }
+    unsafe { quantize_acts_avx512(x, k, q, d, s) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn quantize_acts_avx512(x: &[f32], m: usize, k: usize, out: &mut QActs) {
-    out.reset(m, k);
-    assert!(x.len() >= m * k);
-    let nb = out.blocks;
+unsafe fn quantize_acts_avx512(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32], s: &mut [i32]) {
+    let nb = k.div_ceil(BLOCK);
+    let m = d.len() / nb;
+    assert!(x.len() >= m * k && q.len() == m * nb * BLOCK && s.len() == m * nb);
+    let (qs, ds, ss) = (q, d, s);
     for i in 0..m {
         let row = &x[i * k..(i + 1) * k];
         for b in 0..nb {
@@ -164,11 +214,11 @@ unsafe fn quantize_acts_avx512(x: &[f32], m: usize, k: usize, out: &mut QActs) {
                 )
             };
             let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-            let q = &mut out.q[at * BLOCK..(at + 1) * BLOCK];
+            let q = &mut qs[at * BLOCK..(at + 1) * BLOCK];
             if amax == 0.0 {
                 q.fill(0);
-                out.d[at] = 0.0;
-                out.s[at] = 0;
+                ds[at] = 0.0;
+                ss[at] = 0;
                 continue;
             }
             let id = _mm512_set1_ps(127.0 / amax);
@@ -186,8 +236,8 @@ unsafe fn quantize_acts_avx512(x: &[f32], m: usize, k: usize, out: &mut QActs) {
                 _mm_storeu_si128(q.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(q0));
                 _mm_storeu_si128(q.as_mut_ptr().add(16).cast(), _mm512_cvtepi32_epi8(q1));
             }
-            out.d[at] = amax / 127.0;
-            out.s[at] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+            ds[at] = amax / 127.0;
+            ss[at] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
         }
     }
 }
