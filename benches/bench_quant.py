@@ -35,7 +35,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_generate import NEW, PREFILL, PROMPT, decode_only, llama_cpp, read_bandwidth
+from bench_generate import (
+    _RSS_PROBE,
+    NEW,
+    PREFILL,
+    PROMPT,
+    decode_only,
+    llama_cpp,
+    read_bandwidth,
+)
 from common import machine, timed
 
 import ferrolm
@@ -58,15 +66,6 @@ PREFILL_TARGET = {"q8_0": 1.0, "q4_0": 1.0}
 BANDWIDTH_TARGET = 0.75
 RSS_TARGET = 1.15
 TRANSFORMERS_TARGET = 6.0  # int8 decode vs transformers fp32
-
-_RSS_PROBE = """
-import sys, ferrolm
-ferrolm.set_num_threads(int(sys.argv[2]))
-m = ferrolm.AutoModelForCausalLM.from_pretrained(sys.argv[1])
-m.generate([[1] * 32], max_new_tokens=128, eos_token_id=[])
-hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
-print(int(hwm.split()[1]) * 1024)
-"""
 
 
 def build(size: str) -> Path:

@@ -181,8 +181,6 @@ class GPT2LMHeadModel:
                 f"{folder / 'config.json'}: unsupported architecture model_type={model_type!r}; "
                 "ferrolm runs gpt2"
             )
-        if kv_cache_dtype not in ("float32", "float16"):
-            raise ValueError(f"kv_cache_dtype={kv_cache_dtype!r}: expected 'float32' or 'float16'")
 
         def load(path: Path, q: str | None, progress: Any) -> _core.Gpt2:
             return _core.Gpt2.load(path, q, progress, kv_cache_dtype)

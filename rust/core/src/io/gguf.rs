@@ -355,14 +355,7 @@ impl Gguf {
             )));
         }
         // Each tensor info takes at least 8 + 4 + 8 + 4 + 8 bytes; each key-value 8 + 4 + 1.
-        let n_tensors = {
-            let n = r.u64()?;
-            let left = (r.buf.len() - r.pos) as u64;
-            if n.saturating_mul(32) > left {
-                return Err(r.err(format!("{n} tensors cannot fit in the {left} bytes left")));
-            }
-            n as usize
-        };
+        let n_tensors = r.count(32, "tensors")?;
         let n_kv = r.count(13, "metadata entries")?;
         let mut metadata = BTreeMap::new();
         for _ in 0..n_kv {

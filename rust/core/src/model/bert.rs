@@ -162,11 +162,8 @@ impl Bert {
         quantize: Option<QType>,
         progress: Option<Progress<'_>>,
     ) -> Result<Self> {
-        let (what, v) = weights::read_config(folder, "bert")?;
-        let config = BertConfig::from_value(&what, &v)?;
-        let quant = weights::resolve_quant(weights::stored_quant(&v, &what)?, quantize)?;
-        let ck = Checkpoint::open_folder(folder)?;
-        Self::from_checkpoint_with(config, &ck, quant, progress)
+        let (what, v, quant, ck) = weights::open_folder(folder, "bert", quantize)?;
+        Self::from_checkpoint_with(BertConfig::from_value(&what, &v)?, &ck, quant, progress)
     }
 
     /// Takes the weights from `ck` (names with or without the `bert.` prefix that

@@ -326,11 +326,8 @@ impl Gpt2 {
         quantize: Option<QType>,
         progress: Option<Progress<'_>>,
     ) -> Result<Self> {
-        let (what, v) = weights::read_config(folder, "gpt2")?;
-        let config = Gpt2Config::from_value(&what, &v)?;
-        let quant = weights::resolve_quant(weights::stored_quant(&v, &what)?, quantize)?;
-        let ck = Checkpoint::open_folder(folder)?;
-        Self::from_checkpoint_with(config, &ck, quant, progress)
+        let (what, v, quant, ck) = weights::open_folder(folder, "gpt2", quantize)?;
+        Self::from_checkpoint_with(Gpt2Config::from_value(&what, &v)?, &ck, quant, progress)
     }
 
     /// Takes the weights from `ck`, checking every name and shape against `config`. Names may
@@ -801,8 +798,8 @@ fn attention_blocked(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32])
     let tiles = t.div_ceil(ATTN_TILE);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let jobs = a.len.len() * a.nh * tiles;
-    type Bufs = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
-    let job = |(kb, vb, qb, sc): &mut Bufs, job: usize| {
+    type Bufs = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<bool>);
+    let job = |(kb, vb, qb, sc, seen): &mut Bufs, job: usize| {
         let (s, h, tile) = (job / (a.nh * tiles), (job / tiles) % a.nh, job % tiles);
         let base = a.len[s];
         let (i0, i1) = (tile * ATTN_TILE, ((tile + 1) * ATTN_TILE).min(t));
@@ -844,10 +841,11 @@ fn attention_blocked(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32])
                 *x -= max;
             }
             let probs = &mut row[..upto];
-            let seen: Vec<bool> = probs.iter().map(|x| *x != f32::NEG_INFINITY).collect();
+            seen.clear();
+            seen.extend(probs.iter().map(|x| *x != f32::NEG_INFINITY));
             (kern.exp)(probs);
             let mut sum = 0.0f32;
-            for (x, &keep) in probs.iter_mut().zip(&seen) {
+            for (x, &keep) in probs.iter_mut().zip(seen.iter()) {
                 if keep {
                     sum += *x;
                 } else {

@@ -84,6 +84,20 @@ pub(crate) fn stored_quant(v: &Value, what: &str) -> Result<Option<QType>> {
     }
 }
 
+/// A model folder opened for loading: `config.json` (its name for errors, and its contents,
+/// checked to be of `model_type`), what to do with the matrices (as stored, or quantized to
+/// `quantize`), and the checkpoint.
+pub(crate) fn open_folder(
+    folder: &Path,
+    model_type: &str,
+    quantize: Option<QType>,
+) -> Result<(String, Value, Quant, Checkpoint)> {
+    let (what, v) = read_config(folder, model_type)?;
+    let quant = resolve_quant(stored_quant(&v, &what)?, quantize)?;
+    let ck = Checkpoint::open_folder(folder)?;
+    Ok((what, v, quant, ck))
+}
+
 /// What to do with a folder's matrices: as stored, or quantized to `requested`.
 pub(crate) fn resolve_quant(stored: Option<QType>, requested: Option<QType>) -> Result<Quant> {
     Ok(match (stored, requested) {

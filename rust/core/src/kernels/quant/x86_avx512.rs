@@ -48,25 +48,21 @@ unsafe fn run<const T: u8>(
             pending = Some((g, tiles, valid));
             return;
         }
-        let groups: ([&[u8]; 2], [usize; 2], usize) = match pending.take() {
-            Some((g_a, t_a, v_a)) => (
-                [t_a, tiles],
-                [g_a, g],
-                mask(v_a) as usize | (mask(valid) as usize) << 16,
-            ),
-            None => ([tiles, tiles], [g, g], mask(valid) as usize),
+        // The tile's groups (a single group is passed twice and read once).
+        let (t, gs, masks) = match pending.take() {
+            Some((g_a, t_a, v_a)) => ([t_a, tiles], [g_a, g], [mask(v_a), mask(valid)]),
+            None => ([tiles, tiles], [g, g], [mask(valid); 2]),
         };
-        let two = groups.1[0] != groups.1[1];
-        let masks = [groups.2 as __mmask16, (groups.2 >> 16) as __mmask16];
+        let two = gs[0] != gs[1];
         row_tiles(i0, i1, MR, |i, r| {
             // SAFETY: rows i..i+r of `out` at the columns of the tile's groups, within the
             // caller's promise; `tiles` are those groups', `a` holds rows up to i1.
             unsafe {
                 let o = [
-                    out.add(i * ldo + groups.1[0] * ROWS),
-                    out.add(i * ldo + groups.1[1] * ROWS),
+                    out.add(i * ldo + gs[0] * ROWS),
+                    out.add(i * ldo + gs[1] * ROWS),
                 ];
-                let (t, b) = (groups.0, blocks);
+                let b = blocks;
                 match (two, r) {
                     (true, 4) => tile::<T, 2, 4>(t, b, a, i, o, ldo, masks),
                     (true, 3) => tile::<T, 2, 3>(t, b, a, i, o, ldo, masks),
