@@ -665,10 +665,12 @@ def test_misshapen_tensor_is_named_with_both_shapes(tiny: Path, tmp_path: Path) 
 def test_other_model_type_is_refused(tiny: Path, tmp_path: Path) -> None:
     folder = _copy(tiny, tmp_path / "m")
     config = json.loads((folder / "config.json").read_text())
-    config["model_type"] = "llama"
+    config["model_type"] = "mamba"
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ferrolm.FormatError, match="llama"):
+    with pytest.raises(ferrolm.FormatError, match="mamba"):
         ferrolm.AutoModelForCausalLM.from_pretrained(folder)
+    with pytest.raises(ferrolm.FormatError, match="mamba"):
+        ferrolm.GPT2LMHeadModel.from_pretrained(folder)
 
 
 def test_pytorch_bin_only_asks_for_a_conversion(tiny: Path, tmp_path: Path) -> None:

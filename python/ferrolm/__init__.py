@@ -22,6 +22,8 @@ from ferrolm.models import (
     CausalLMOutput,
     GPT2LMHeadModel,
     GPT2Tokenizer,
+    LlamaForCausalLM,
+    PreTrainedCausalLM,
 )
 from ferrolm.perplexity import perplexity
 from ferrolm.tokenizer import BatchEncoding, Tokenizer
@@ -93,6 +95,8 @@ __all__ = [
     "GPT2LMHeadModel",
     "GPT2Tokenizer",
     "InternalError",
+    "LlamaForCausalLM",
+    "PreTrainedCausalLM",
     "Tokenizer",
     "__version__",
     "available_isas",

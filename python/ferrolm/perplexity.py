@@ -21,15 +21,15 @@ def perplexity(
     tokenizer: Any,
     text_or_file: str | os.PathLike[str],
     *,
-    stride: int = 512,
+    stride: int | None = None,
     max_length: int | None = None,
     show_progress: bool | None = None,
 ) -> float:
     """``exp`` of the mean negative log-likelihood per scored token.
 
     ``text_or_file``: a text, or a path (``pathlib.Path`` / ``os.PathLike``) to a UTF-8 file.
-    ``max_length``: the window (default: the model's ``n_positions``); ``stride``: how far each
-    window moves (at most ``max_length``).
+    ``max_length``: the window (default: the model's context, at most 1024 tokens); ``stride``:
+    how far each window moves (default 512, at most ``max_length``).
     """
     import numpy as np
 
@@ -39,7 +39,10 @@ def perplexity(
         text = text_or_file
     else:
         raise TypeError(f"expected a str or a path, got {type(text_or_file).__name__}")
-    window = int(max_length or model.config["n_positions"])
+    n_ctx = model.config.get("n_ctx", model.config.get("n_positions"))
+    window = int(max_length or min(int(n_ctx), 1024))
+    if stride is None:
+        stride = min(512, window)
     if window < 2:
         raise ValueError(f"max_length must be at least 2, got {window}")
     if not 1 <= stride <= window:

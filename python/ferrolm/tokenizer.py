@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -507,6 +507,112 @@ class Tokenizer(_core.Tokenizer):
             2, "no tokenizer.json, vocab.txt or vocab.json in the model folder", str(folder)
         )
 
+    @classmethod
+    def from_gguf(cls, path: str | os.PathLike[str]) -> Tokenizer:
+        """The tokenizer a GGUF file carries (``tokenizer.ggml.*``: byte-level BPE tokens and
+        merges, the pre-tokenizer ``tokenizer.ggml.pre`` names, special tokens, BOS, and the
+        chat template), identical to the one transformers converts from the same file."""
+        tok = cls._from_gguf(path)
+        if tok is None:
+            raise FormatError(f"{path}: the file carries no tokenizer (no tokenizer.ggml.model)")
+        return tok
+
+    @classmethod
+    def _from_gguf(cls, path: str | os.PathLike[str]) -> Tokenizer | None:
+        """``from_gguf``, or None when the file carries no tokenizer."""
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(2, "no such GGUF file", str(p))
+        found = _core.gguf_tokenizer(p)
+        if found is None:
+            return None
+        doc, specials, template, add_bos = found
+        tok = cls(doc.encode("utf-8"), "tokenizer.json", name=p.name)
+        for role, token in specials:
+            if role in ("bos_token", "eos_token", "pad_token"):
+                tok.__dict__["_" + role] = token
+        tok.chat_template = template
+        tok.add_bos_token = add_bos
+        return tok
+
+    # ---------------------------------------------------------------- chat
+
+    #: The Jinja chat template (from a GGUF file, ``tokenizer_config.json`` or
+    #: ``chat_template.jinja``), or None.
+    chat_template: str | None = None
+    #: Whether encoding adds BOS (a GGUF file's ``tokenizer.ggml.add_bos_token``).
+    add_bos_token: bool = False
+
+    def apply_chat_template(
+        self,
+        conversation: Sequence[Mapping[str, Any]] | Sequence[Sequence[Mapping[str, Any]]],
+        *,
+        tools: Sequence[Any] | None = None,
+        documents: Sequence[Any] | None = None,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool = False,
+        tokenize: bool = True,
+        return_tensors: str | None = None,
+        return_dict: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Renders a conversation (``[{"role": ..., "content": ...}, ...]``, or a list of them)
+        with the model's chat template, as transformers' ``apply_chat_template``: the text with
+        ``tokenize=False``, else its token ids (special tokens in the text matched, none added
+        around it); ``return_dict=True`` gives ``{"input_ids", "attention_mask"}``. The
+        template runs in Rust (minijinja) with transformers' settings; extra keyword arguments
+        reach it as variables."""
+        source = chat_template or self.chat_template
+        if source is None:
+            raise ValueError(
+                "this tokenizer has no chat template (none in the GGUF file, "
+                "tokenizer_config.json or chat_template.jinja); pass chat_template="
+            )
+        batched = bool(conversation) and not isinstance(conversation[0], Mapping)
+        convs: list[Any] = list(conversation) if batched else [conversation]
+        template = _chat_template(source)
+        texts = []
+        for conv in convs:
+            messages = [dict(m) for m in conv]
+            context = {
+                **{k: v for k, v in kwargs.items() if k not in ("padding", "truncation")},
+                "messages": messages,
+                "add_generation_prompt": add_generation_prompt,
+                "bos_token": self.bos_token or "",
+                "eos_token": self.eos_token or "",
+                "pad_token": self.pad_token or "",
+            }
+            if tools is not None:
+                context["tools"] = list(tools)
+            if documents is not None:
+                context["documents"] = list(documents)
+            text = template.render(json.dumps(context, ensure_ascii=False))
+            if continue_final_message:
+                last = messages[-1].get("content") if messages else None
+                if not isinstance(last, str) or last.strip() not in text:
+                    raise ValueError("continue_final_message: the final message is not in the text")
+                text = text[: text.rindex(last.strip()) + len(last.strip())]
+            texts.append(text)
+        if not tokenize:
+            return texts if batched else texts[0]
+        ids = [self.encode(t, add_special_tokens=False) for t in texts]
+        if return_dict:
+            enc = BatchEncoding(input_ids=ids, attention_mask=[[1] * len(r) for r in ids])
+            if return_tensors is not None:
+                if len({len(r) for r in ids}) > 1:
+                    raise ValueError("return_tensors needs conversations of equal token length")
+                enc = BatchEncoding(
+                    input_ids=_as_tensors(ids, return_tensors),
+                    attention_mask=_as_tensors(enc["attention_mask"], return_tensors),
+                )
+            elif not batched:
+                enc = BatchEncoding(input_ids=ids[0], attention_mask=enc["attention_mask"][0])
+            return enc
+        if return_tensors is not None:
+            return _as_tensors(ids, return_tensors)
+        return ids if batched else ids[0]
+
     @property
     def special_tokens_set(self) -> set[str]:
         """The special tokens' texts (tiktoken's ``special_tokens_set``)."""
@@ -566,6 +672,34 @@ def _as_tensor(ids: list[int], kind: str) -> Any:
     raise ValueError(f"return_tensors must be None, 'np' or 'pt', not {kind!r}")
 
 
+def _as_tensors(rows: list[list[int]], kind: str) -> Any:
+    """Equal-length rows as a ``[n, len]`` int64 tensor: ``"pt"`` or ``"np"``."""
+    if kind == "pt":
+        import torch
+
+        return torch.tensor(rows, dtype=torch.int64)
+    if kind == "np":
+        import numpy as np
+
+        return np.array(rows, dtype=np.int64)
+    raise ValueError(f"return_tensors must be None, 'np' or 'pt', not {kind!r}")
+
+
+_templates: dict[str, _core.ChatTemplate] = {}
+_templates_lock = threading.Lock()
+
+
+def _chat_template(source: str) -> _core.ChatTemplate:
+    """The compiled template (cached by source)."""
+    with _templates_lock:
+        t = _templates.get(source)
+        if t is None:
+            if len(_templates) >= 16:
+                _templates.clear()
+            t = _templates[source] = _core.ChatTemplate(source)
+        return t
+
+
 def _rebuild(cls: type[Tokenizer], data: bytes, kind: str, opts: dict[str, Any]) -> Tokenizer:
     return cls(data, kind, **opts)
 
@@ -595,6 +729,15 @@ def _apply_config(tok: Tokenizer, folder: Path) -> None:
     for key in ("padding_side", "truncation_side"):
         if config.get(key) in ("left", "right"):
             setattr(tok, key, config[key])
+    template = config.get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        template = jinja.read_text(encoding="utf-8")
+    if isinstance(template, str):
+        tok.chat_template = template
 
 
 def _config_lowercase(folder: Path) -> bool:

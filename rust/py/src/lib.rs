@@ -28,10 +28,12 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(train::train_bpe, m)?)?;
     m.add_function(wrap_pyfunction!(train::train_wordpiece, m)?)?;
     m.add_class::<tokenizer::PyTokenizer>()?;
-    m.add_class::<model::PyGpt2>()?;
+    m.add_class::<model::PyCausalLm>()?;
     m.add_class::<model::PyCache>()?;
     m.add_class::<model::PyGeneration>()?;
     m.add_class::<model::PyBert>()?;
     m.add_class::<tokenizer::PyDecodeStream>()?;
+    m.add_class::<tokenizer::PyChatTemplate>()?;
+    m.add_function(wrap_pyfunction!(tokenizer::gguf_tokenizer, m)?)?;
     Ok(())
 }

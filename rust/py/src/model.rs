@@ -8,8 +8,10 @@
 use std::sync::Arc;
 
 use ferrolm_core::model::generate::{Adjust, GenerateParams, Generation};
-use ferrolm_core::model::gpt2::{Cache, Gpt2, KvDtype};
+use ferrolm_core::model::gpt2::Gpt2;
+use ferrolm_core::model::llama::Llama;
 use ferrolm_core::model::sampling::Sampling;
+use ferrolm_core::model::{Cache, CausalLm, KvDtype};
 use ferrolm_core::quant::QType;
 use ferrolm_core::tokenizer::Tokenizer;
 use ferrolm_core::Error;
@@ -59,11 +61,46 @@ impl PyCache {
     }
 }
 
-/// A GPT-2 model loaded from a folder (immutable; share it across threads).
+/// A decoder-only language model (GPT-2, Llama) loaded from a folder or a GGUF file
+/// (immutable; share it across threads).
 #[derive(Debug)]
-#[pyclass(frozen, module = "ferrolm._core", name = "Gpt2")]
-pub struct PyGpt2 {
-    model: Arc<Gpt2>,
+#[pyclass(frozen, module = "ferrolm._core", name = "CausalLM")]
+pub struct PyCausalLm {
+    model: Arc<dyn CausalLm>,
+    arch: Arch,
+}
+
+/// The architecture behind a [`PyCausalLm`], for what is not in [`CausalLm`].
+#[derive(Debug)]
+enum Arch {
+    Gpt2(Arc<Gpt2>),
+    Llama(Arc<Llama>),
+}
+
+fn kv_dtype_of(name: &str) -> PyResult<KvDtype> {
+    KvDtype::parse(name).ok_or_else(|| {
+        pyo3::exceptions::PyValueError::new_err(format!(
+            "kv_cache_dtype={name:?}: expected \"float32\" or \"float16\""
+        ))
+    })
+}
+
+impl PyCausalLm {
+    fn gpt2(model: Gpt2) -> Self {
+        let m = Arc::new(model);
+        PyCausalLm {
+            model: m.clone(),
+            arch: Arch::Gpt2(m),
+        }
+    }
+
+    fn llama(model: Llama) -> Self {
+        let m = Arc::new(model);
+        PyCausalLm {
+            model: m.clone(),
+            arch: Arch::Llama(m),
+        }
+    }
 }
 
 /// The sampling and stopping arguments, as `generate` receives them from Python.
@@ -163,8 +200,8 @@ fn progress_fn(progress: Option<Py<PyAny>>) -> impl Fn(usize, usize) + Sync {
 }
 
 #[pymethods]
-impl PyGpt2 {
-    /// Loads `config.json` and `model.safetensors` (or its shards) from a folder, the
+impl PyCausalLm {
+    /// Loads a GPT-2 folder: `config.json` and `model.safetensors` (or its shards), the
     /// matrices quantized to `quantize` (`progress(done, total)` per matrix).
     /// `kv_cache_dtype`: `"float32"` (default) or `"float16"` for the caches it makes.
     #[staticmethod]
@@ -175,66 +212,138 @@ impl PyGpt2 {
         quantize: Option<&str>,
         progress: Option<Py<PyAny>>,
         kv_cache_dtype: &str,
-    ) -> PyResult<PyGpt2> {
+    ) -> PyResult<PyCausalLm> {
         let q = parse_quantize(quantize)?;
-        let kv = KvDtype::parse(kv_cache_dtype).ok_or_else(|| {
-            pyo3::exceptions::PyValueError::new_err(format!(
-                "kv_cache_dtype={kv_cache_dtype:?}: expected \"float32\" or \"float16\""
-            ))
-        })?;
+        let kv = kv_dtype_of(kv_cache_dtype)?;
         let report = progress_fn(progress);
         let mut model = detached(py, || Gpt2::load_with(&path, q, Some(&report)))?;
         model.set_kv_dtype(kv);
-        Ok(PyGpt2 {
-            model: Arc::new(model),
-        })
+        Ok(PyCausalLm::gpt2(model))
+    }
+
+    /// Loads a Llama-family model: a Hugging Face folder (`config.json` + safetensors) or,
+    /// with `gguf=True`, a GGUF file (its quantized tensors used as they are; f32 / f16 ones
+    /// quantized to `quantize` if given).
+    #[staticmethod]
+    #[pyo3(signature = (path, *, gguf = false, quantize = None, progress = None, kv_cache_dtype = "float32"))]
+    fn load_llama(
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        gguf: bool,
+        quantize: Option<&str>,
+        progress: Option<Py<PyAny>>,
+        kv_cache_dtype: &str,
+    ) -> PyResult<PyCausalLm> {
+        let q = parse_quantize(quantize)?;
+        let kv = kv_dtype_of(kv_cache_dtype)?;
+        let report = progress_fn(progress);
+        let mut model = detached(py, || {
+            if gguf {
+                Llama::load_gguf(&path, q, Some(&report))
+            } else {
+                Llama::load(&path, q, Some(&report))
+            }
+        })?;
+        model.set_kv_dtype(kv);
+        Ok(PyCausalLm::llama(model))
+    }
+
+    /// `"gpt2"` or `"llama"`.
+    #[getter]
+    fn model_type(&self) -> &'static str {
+        match self.arch {
+            Arch::Gpt2(_) => "gpt2",
+            Arch::Llama(_) => "llama",
+        }
     }
 
     /// The element type of the KV caches: `"float32"` or `"float16"`.
     #[getter]
     fn kv_cache_dtype(&self) -> &'static str {
-        self.model.kv_dtype().name()
+        match &self.arch {
+            Arch::Gpt2(m) => m.kv_dtype().name(),
+            Arch::Llama(m) => m.kv_dtype().name(),
+        }
     }
 
     /// The matrices' quantized format (`"q8_0"`, `"q4_0"`, `"q4_1"`), or None for f32.
     #[getter]
     fn quantization(&self) -> Option<&'static str> {
-        self.model.quantization().map(QType::name)
+        match &self.arch {
+            Arch::Gpt2(m) => m.quantization(),
+            Arch::Llama(m) => m.quantization(),
+        }
+        .map(QType::name)
     }
 
-    /// Writes `model.safetensors` into the folder `path` (which must exist).
+    /// Writes `model.safetensors` into the folder `path` (which must exist; GPT-2 only).
     fn save(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
-        let model = Arc::clone(&self.model);
-        detached(py, move || model.save(&path))
+        match &self.arch {
+            Arch::Gpt2(m) => {
+                let model = Arc::clone(m);
+                detached(py, move || model.save(&path))
+            }
+            Arch::Llama(_) => Err(pyo3::exceptions::PyNotImplementedError::new_err(
+                "save_pretrained is implemented for GPT-2 models; a Llama model loads from its \
+                 Hugging Face folder or GGUF file",
+            )),
+        }
     }
 
     /// The config fields the forward pass uses.
     #[getter]
     fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let c = &self.model.config;
         let d = PyDict::new(py);
-        d.set_item("vocab_size", c.vocab_size)?;
-        d.set_item("n_embd", c.n_embd)?;
-        d.set_item("n_layer", c.n_layer)?;
-        d.set_item("n_head", c.n_head)?;
-        d.set_item("n_positions", c.n_positions)?;
-        d.set_item("n_inner", c.n_inner)?;
-        d.set_item("bos_token_id", c.bos_token_id)?;
-        d.set_item("eos_token_id", c.eos_token_id)?;
-        d.set_item("tie_word_embeddings", c.tie_word_embeddings)?;
+        match &self.arch {
+            Arch::Gpt2(m) => {
+                let c = &m.config;
+                d.set_item("model_type", "gpt2")?;
+                d.set_item("vocab_size", c.vocab_size)?;
+                d.set_item("n_embd", c.n_embd)?;
+                d.set_item("n_layer", c.n_layer)?;
+                d.set_item("n_head", c.n_head)?;
+                d.set_item("n_positions", c.n_positions)?;
+                d.set_item("n_inner", c.n_inner)?;
+                d.set_item("bos_token_id", c.bos_token_id)?;
+                d.set_item("eos_token_id", c.eos_token_id)?;
+                d.set_item("tie_word_embeddings", c.tie_word_embeddings)?;
+            }
+            Arch::Llama(m) => {
+                let c = &m.config;
+                d.set_item("model_type", "llama")?;
+                d.set_item("vocab_size", c.vocab_size)?;
+                d.set_item("hidden_size", c.hidden_size)?;
+                d.set_item("intermediate_size", c.intermediate_size)?;
+                d.set_item("num_hidden_layers", c.num_hidden_layers)?;
+                d.set_item("num_attention_heads", c.num_attention_heads)?;
+                d.set_item("num_key_value_heads", c.num_key_value_heads)?;
+                d.set_item("head_dim", c.head_dim)?;
+                d.set_item("max_position_embeddings", c.max_position_embeddings)?;
+                d.set_item("rms_norm_eps", c.rms_norm_eps)?;
+                d.set_item("rope_theta", c.rope_theta)?;
+                d.set_item("bos_token_id", c.bos_token_id)?;
+                d.set_item("eos_token_id", c.eos_token_id.clone())?;
+                d.set_item("tie_word_embeddings", c.tie_word_embeddings)?;
+            }
+        }
+        d.set_item("n_ctx", self.model.n_ctx())?;
         Ok(d)
     }
 
-    /// Bytes of weight data in the checkpoint.
+    /// Bytes of weights read per decoded token.
     #[getter]
     fn weight_bytes(&self) -> usize {
-        self.model.weight_bytes()
+        match &self.arch {
+            Arch::Gpt2(m) => m.weight_bytes(),
+            Arch::Llama(m) => m.weight_bytes(),
+        }
     }
 
-    /// A new, empty cache for `batch` sequences.
-    fn new_cache(&self, batch: usize) -> PyCache {
+    /// A new, empty cache for `batch` sequences (it grows as they do).
+    #[pyo3(signature = (batch, capacity = None))]
+    fn new_cache(&self, batch: usize, capacity: Option<usize>) -> PyCache {
         PyCache {
-            inner: Mutex::new(self.model.new_cache(batch)),
+            inner: Mutex::new(self.model.new_cache(batch, capacity)),
         }
     }
 
@@ -392,7 +501,7 @@ impl PyGpt2 {
     }
 }
 
-/// A generation in progress (from `Gpt2.start`): `step()` until it returns None.
+/// A generation in progress (from `CausalLM.start`): `step()` until it returns None.
 #[derive(Debug)]
 #[pyclass(frozen, module = "ferrolm._core", name = "Generation")]
 pub struct PyGeneration {

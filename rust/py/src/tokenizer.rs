@@ -663,3 +663,61 @@ fn allowed_has(allowed: Allowed<'_>, id: u32) -> bool {
         Allowed::Only(ids) => ids.contains(&id),
     }
 }
+
+/// `(tokenizer.json text, special tokens by role, chat template, add_bos_token)`.
+type GgufTokenizer = (String, Vec<(&'static str, String)>, Option<String>, bool);
+
+/// What a GGUF file says about its tokenizer: `(tokenizer.json document as a str, [(role,
+/// token)] for bos / eos / unk / pad, the chat template or None, add_bos_token)`, or None when
+/// the file carries no tokenizer (no `tokenizer.ggml.model`).
+#[pyfunction]
+pub fn gguf_tokenizer(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Option<GgufTokenizer>> {
+    detached(py, || {
+        let g = ferrolm_core::io::gguf::Gguf::open(&path)?;
+        if g.meta("tokenizer.ggml.model").is_none() {
+            return Ok(None);
+        }
+        let doc = ferrolm_core::tokenizer::formats::gguf::to_hf_json(&g)?;
+        let text = serde_json::to_string(&doc)
+            .map_err(|e| Error::Internal(format!("tokenizer document: {e}")))?;
+        let template = g
+            .meta("tokenizer.chat_template")
+            .and_then(ferrolm_core::io::gguf::Value::as_str)
+            .map(str::to_owned);
+        let add_bos = g
+            .meta("tokenizer.ggml.add_bos_token")
+            .and_then(ferrolm_core::io::gguf::Value::as_bool)
+            .unwrap_or(false);
+        Ok(Some((
+            text,
+            ferrolm_core::tokenizer::formats::gguf::special_tokens(&g),
+            template,
+            add_bos,
+        )))
+    })
+}
+
+/// A compiled Jinja chat template (rendered as transformers' `apply_chat_template` renders).
+#[derive(Debug)]
+#[pyclass(frozen, module = "ferrolm._core", name = "ChatTemplate")]
+pub struct PyChatTemplate {
+    inner: ferrolm_core::tokenizer::chat::ChatTemplate,
+}
+
+#[pymethods]
+impl PyChatTemplate {
+    #[new]
+    fn new(py: Python<'_>, source: &str) -> PyResult<Self> {
+        let inner = attached(py, || {
+            ferrolm_core::tokenizer::chat::ChatTemplate::new(source)
+        })?;
+        Ok(PyChatTemplate { inner })
+    }
+
+    /// Renders with the JSON object `context` (`messages`, `add_generation_prompt`, ...).
+    fn render(&self, py: Python<'_>, context: &str) -> PyResult<String> {
+        let ctx: serde_json::Value = serde_json::from_str(context)
+            .map_err(|e| PyValueError::new_err(format!("chat template context: {e}")))?;
+        attached(py, || self.inner.render(&ctx))
+    }
+}

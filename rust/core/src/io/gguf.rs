@@ -191,7 +191,7 @@ fn type_name(id: u32) -> String {
     known
         .iter()
         .find(|(i, _)| *i == id)
-        .map_or_else(|| format!("type {id}"), |(_, n)| (*n).to_owned())
+        .map_or_else(|| format!("id {id}"), |(_, n)| (*n).to_owned())
 }
 
 /// One tensor's description.
@@ -455,7 +455,8 @@ impl Gguf {
         })
     }
 
-    fn what(&self) -> String {
+    /// The file's path, for messages.
+    pub fn what(&self) -> String {
         self.path.display().to_string()
     }
 
@@ -530,9 +531,22 @@ impl Gguf {
     /// The 2-D quantized tensor `name` (`dims = [k, n]`: `n` rows of `k`) repacked losslessly
     /// into ferrolm's tiles; an F32 / F16 / BF16 tensor is quantized to `fallback`.
     pub fn qmatrix(&self, name: &str, k: usize, n: usize, fallback: QType) -> Result<QMatrix> {
+        self.qmatrix_rows(name, k, n, fallback, &|j| j)
+    }
+
+    /// [`Gguf::qmatrix`] with row `j` taken from the file's row `row_of(j)` (a permutation of
+    /// `0..n`).
+    pub fn qmatrix_rows(
+        &self,
+        name: &str,
+        k: usize,
+        n: usize,
+        fallback: QType,
+        row_of: &dyn Fn(usize) -> usize,
+    ) -> Result<QMatrix> {
         let (t, ty) = self.tensor(name, &[k, n])?;
         let Some(qt) = ty.qtype() else {
-            let w = self.f32(name, &[k, n])?;
+            let w = permute_rows(&self.f32(name, &[k, n])?, k, row_of);
             return Ok(QMatrix::quantize(fallback, &w, n, k, false));
         };
         let (_, bytes) = ty.block();
@@ -542,8 +556,9 @@ impl Gguf {
         let mut out = vec![0u8; n.div_ceil(ROWS) * blocks * tb];
         for j in 0..n {
             let (g, r) = (j / ROWS, j % ROWS);
+            let src_row = row_of(j);
             for b in 0..blocks {
-                let at = (j * blocks + b) * bytes;
+                let at = (src_row * blocks + b) * bytes;
                 let block = ggml_block(ty, &src[at..at + bytes]);
                 let tile = (g * blocks + b) * tb;
                 put_block(qt, &mut out[tile..tile + tb], r, &block);
@@ -551,6 +566,17 @@ impl Gguf {
         }
         QMatrix::from_bytes(qt, n, k, ByteData::Owned(out), name)
     }
+}
+
+/// The rows of `w` (rows of `k`) reordered: row `j` of the result is row `row_of(j)` of `w`.
+pub fn permute_rows(w: &[f32], k: usize, row_of: &dyn Fn(usize) -> usize) -> Vec<f32> {
+    let n = w.len() / k.max(1);
+    let mut out = Vec::with_capacity(w.len());
+    for j in 0..n {
+        let src = row_of(j);
+        out.extend_from_slice(&w[src * k..(src + 1) * k]);
+    }
+    out
 }
 
 /// One ggml block as a [`Block`]: Q8_0 = f16 d + 32 i8; Q4_0 = f16 d + 16 bytes (quant `i` in

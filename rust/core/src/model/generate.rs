@@ -7,8 +7,9 @@
 
 use std::sync::Arc;
 
-use crate::model::gpt2::{Cache, Gpt2};
+use crate::model::kv::Cache;
 use crate::model::sampling::{self, Rng, Sampling};
+use crate::model::CausalLm;
 use crate::{Error, Result};
 
 /// The arguments of `generate` (already resolved from `max_length`, `generation_config.json`
@@ -32,7 +33,7 @@ pub type Adjust<'a> = &'a mut dyn FnMut(&[u32], usize, &mut [f32]) -> Result<()>
 /// A generation in progress: call [`Generation::step`] until it returns `None`.
 #[derive(Debug)]
 pub struct Generation {
-    model: Arc<Gpt2>,
+    model: Arc<dyn CausalLm>,
     params: GenerateParams,
     cache: Cache,
     /// Per output sequence: its prompt (unpadded) and the tokens generated so far.
@@ -57,7 +58,11 @@ pub struct Generation {
 impl Generation {
     /// Prefills `prompts` (each non-empty) and prepares `num_return_sequences` continuations of
     /// each.
-    pub fn new(model: Arc<Gpt2>, prompts: &[Vec<u32>], params: GenerateParams) -> Result<Self> {
+    pub fn new(
+        model: Arc<dyn CausalLm>,
+        prompts: &[Vec<u32>],
+        params: GenerateParams,
+    ) -> Result<Self> {
         params.sampling.validate()?;
         if prompts.is_empty() {
             return Err(Error::invalid("generate: no prompt given"));
@@ -70,7 +75,7 @@ impl Generation {
                 "generate: an empty prompt (start it with the BOS token)",
             ));
         }
-        let n_pos = model.config.n_positions;
+        let n_pos = model.n_ctx();
         let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
         if width > n_pos {
             return Err(Error::invalid(format!(
@@ -85,11 +90,13 @@ impl Generation {
             tokens[i * width + off..(i + 1) * width].copy_from_slice(p);
             mask[i * width + off..(i + 1) * width].fill(1);
         }
-        let mut cache = model.new_cache(b);
+        // Room for the prompt and every new token: the cache never grows while decoding.
+        let room = (width + params.max_new_tokens).min(n_pos);
+        let mut cache = model.new_cache(b, Some(room));
         let mut logits = Vec::new();
         model.forward_into(&mut cache, &tokens, &mask, width, true, &mut logits)?;
         let n = params.num_return_sequences;
-        let vocab = model.config.vocab_size;
+        let vocab = model.vocab_size();
         let (cache, logits) = if n == 1 {
             (cache, logits)
         } else {
@@ -136,7 +143,7 @@ impl Generation {
     pub fn done(&self) -> bool {
         self.finished.iter().all(|&f| f)
             || self.steps >= self.params.max_new_tokens
-            || (!self.fresh && self.cache.len(0) >= self.model.config.n_positions)
+            || (!self.fresh && self.cache.len(0) >= self.model.n_ctx())
     }
 
     /// Generates one token for every sequence that has not ended. `stop(i, new_tokens)` may end
@@ -173,7 +180,7 @@ impl Generation {
             let (ids, cols) = self.output();
             f(&ids, cols, &mut self.logits)?;
         }
-        let vocab = self.model.config.vocab_size;
+        let vocab = self.model.vocab_size();
         let ban: &[u32] = if self.steps < self.params.min_new_tokens {
             &self.params.eos
         } else {

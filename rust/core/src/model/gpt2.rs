@@ -23,11 +23,14 @@ use serde_json::Value;
 
 use crate::io::safetensors::{Checkpoint, F32Tensor};
 use crate::kernels::{self, SendPtr};
+use crate::model::kv::{attention, QkvLayout, Work};
+pub use crate::model::kv::{Cache, KvDtype};
 use crate::model::weights::{
     self, f32_entry, mat_entry, norm_entries, table_entry, Layout, Mat, Named, Progress, Quant,
     Table, Weights,
 };
 pub(crate) use crate::model::weights::{Linear, Norm};
+use crate::model::CausalLm;
 use crate::quant::{QActs, QMatrix, QType, ROWS};
 use crate::runtime::pool;
 use crate::{Error, Result};
@@ -207,111 +210,6 @@ pub struct Gpt2 {
     weight_bytes: usize,
 }
 
-/// The element type of a KV cache: f32, or f16 (half the memory, attention reads converted
-/// on the fly; keys and values rounded to nearest even as they are stored).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum KvDtype {
-    #[default]
-    F32,
-    F16,
-}
-
-impl KvDtype {
-    /// `float32` / `f32`, `float16` / `f16`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "float32" | "f32" => Some(KvDtype::F32),
-            "float16" | "f16" => Some(KvDtype::F16),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            KvDtype::F32 => "float32",
-            KvDtype::F16 => "float16",
-        }
-    }
-}
-
-/// The keys or the values of a KV cache.
-#[derive(Debug, Clone)]
-enum Kv {
-    F32(Vec<f32>),
-    F16(Vec<u16>),
-}
-
-impl Kv {
-    fn zeros(dtype: KvDtype, n: usize) -> Self {
-        match dtype {
-            KvDtype::F32 => Kv::F32(vec![0.0; n]),
-            KvDtype::F16 => Kv::F16(vec![0; n]),
-        }
-    }
-
-    fn dtype(&self) -> KvDtype {
-        match self {
-            Kv::F32(_) => KvDtype::F32,
-            Kv::F16(_) => KvDtype::F16,
-        }
-    }
-
-    fn bytes(&self) -> usize {
-        match self {
-            Kv::F32(v) => v.len() * 4,
-            Kv::F16(v) => v.len() * 2,
-        }
-    }
-
-    /// Stores `x` at `at`.
-    #[inline]
-    fn put(&mut self, kern: &kernels::Kernels, at: usize, x: &[f32]) {
-        match self {
-            Kv::F32(v) => v[at..at + x.len()].copy_from_slice(x),
-            Kv::F16(v) => (kern.to_f16)(x, &mut v[at..at + x.len()]),
-        }
-    }
-
-    /// `q · self[at..at + q.len()]`.
-    #[inline]
-    fn dot(&self, kern: &kernels::Kernels, q: &[f32], at: usize) -> f32 {
-        match self {
-            Kv::F32(v) => (kern.dot)(q, &v[at..at + q.len()]),
-            Kv::F16(v) => (kern.dot_f16)(q, &v[at..at + q.len()]),
-        }
-    }
-
-    /// `out += w · self[at..at + out.len()]`.
-    #[inline]
-    fn axpy(&self, kern: &kernels::Kernels, w: f32, at: usize, out: &mut [f32]) {
-        match self {
-            Kv::F32(v) => (kern.axpy)(w, &v[at..at + out.len()], out),
-            Kv::F16(v) => (kern.axpy_f16)(w, &v[at..at + out.len()], out),
-        }
-    }
-
-    /// `out = self[at..at + out.len()]` as f32.
-    #[inline]
-    fn read(&self, kern: &kernels::Kernels, at: usize, out: &mut [f32]) {
-        match self {
-            Kv::F32(v) => out.copy_from_slice(&v[at..at + out.len()]),
-            Kv::F16(v) => {
-                out.fill(0.0);
-                (kern.axpy_f16)(1.0, &v[at..at + out.len()], out);
-            }
-        }
-    }
-
-    /// `self[dst..dst + n] = src[from..from + n]` (the same dtype).
-    fn copy_from(&mut self, dst: usize, src: &Kv, from: usize, n: usize) {
-        match (self, src) {
-            (Kv::F32(a), Kv::F32(b)) => a[dst..dst + n].copy_from_slice(&b[from..from + n]),
-            (Kv::F16(a), Kv::F16(b)) => a[dst..dst + n].copy_from_slice(&b[from..from + n]),
-            _ => unreachable!("caches are expanded into their own dtype"),
-        }
-    }
-}
-
 impl Gpt2 {
     /// Loads `config.json` and the safetensors checkpoint of a model folder.
     pub fn load(folder: &Path) -> Result<Self> {
@@ -435,9 +333,13 @@ impl Gpt2 {
         self.weight_bytes
     }
 
-    /// An empty KV cache for `slots` sequences of up to `n_positions` tokens.
-    pub fn new_cache(&self, slots: usize) -> Cache {
-        Cache::new(&self.config, slots, self.kv_dtype)
+    /// An empty KV cache for `slots` sequences of up to `n_positions` tokens (room for
+    /// `capacity` to start with; it grows as needed).
+    pub fn new_cache(&self, slots: usize, capacity: Option<usize>) -> Cache {
+        let c = &self.config;
+        let n = c.n_positions;
+        let cap = capacity.unwrap_or_else(|| Cache::default_capacity(n));
+        Cache::new(c.n_layer, c.n_embd, n, slots, self.kv_dtype, cap)
     }
 
     /// The element type of the KV caches this model makes from now on.
@@ -449,24 +351,8 @@ impl Gpt2 {
         self.kv_dtype
     }
 
-    /// Advances every slot of `cache` by `t` tokens: `tokens` and `mask` are `[slots × t]`
-    /// (mask 1 = a real token, 0 = padding). Returns the logits `[slots × t × vocab]`, or with
-    /// `last_only` those of each slot's last position `[slots × vocab]`.
-    pub fn forward(
-        &self,
-        cache: &mut Cache,
-        tokens: &[u32],
-        mask: &[u8],
-        t: usize,
-        last_only: bool,
-    ) -> Result<Vec<f32>> {
-        let mut logits = Vec::new();
-        self.forward_into(cache, tokens, mask, t, last_only, &mut logits)?;
-        Ok(logits)
-    }
-
-    /// [`Gpt2::forward`] writing into `logits` (resized), reusing the cache's work buffers:
-    /// decoding allocates nothing per token once they have grown.
+    /// [`CausalLm::forward_into`]: reuses the cache's work buffers, so decoding allocates
+    /// nothing per token once they have grown.
     pub fn forward_into(
         &self,
         cache: &mut Cache,
@@ -478,48 +364,19 @@ impl Gpt2 {
     ) -> Result<()> {
         let c = &self.config;
         let slots = cache.slots;
-        if tokens.len() != slots * t || mask.len() != slots * t {
-            return Err(Error::invalid(format!(
-                "forward: {} tokens and {} mask values for {slots} sequences of {t}",
-                tokens.len(),
-                mask.len()
-            )));
-        }
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
-            return Err(Error::OutOfRange(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                c.vocab_size
-            )));
-        }
-        for s in 0..slots {
-            if cache.len[s] + t > c.n_positions {
-                return Err(Error::invalid(format!(
-                    "sequence of {} tokens is longer than the model's n_positions = {}",
-                    cache.len[s] + t,
-                    c.n_positions
-                )));
-            }
-        }
+        cache.begin(tokens, mask, t, c.vocab_size, "n_positions")?;
         let kern = kernels::get();
         let (d, hd, nh) = (c.n_embd, c.head_dim(), c.n_head);
         let rows = slots * t;
-        let ws = &mut cache.work;
-        ws.ensure(rows, c);
-        // Positions: real tokens count from the slot's next position; padding gets position 0.
-        let positions = &mut ws.positions;
-        positions.clear();
-        for s in 0..slots {
-            let mut p = cache.next_pos[s];
-            for i in 0..t {
-                if mask[s * t + i] != 0 {
-                    positions.push(p);
-                    p += 1;
-                } else {
-                    positions.push(0);
-                }
-            }
-        }
-        pool::install(|| -> Result<()> {
+        cache.work.ensure(rows, d, 3 * d, d, c.n_inner);
+        let lay = QkvLayout {
+            stride: 3 * d,
+            k_off: d,
+            v_off: 2 * d,
+            kv_d: d,
+        };
+        let mut ws = std::mem::take(&mut cache.work);
+        let result = pool::install(|| -> Result<()> {
             // x = wte[ids] + wpe[pos]                                  [rows, d]
             let wpe = self.wpe.values();
             for (r, row) in ws.x[..rows * d].chunks_exact_mut(d).enumerate() {
@@ -540,16 +397,7 @@ impl Gpt2 {
                     &mut ws.scratch,
                 );
                 // k, v appended to the cache; attention per (slot, head)   [rows, d]
-                cache_append(
-                    kern,
-                    (&mut cache.k, &mut cache.v),
-                    &cache.geom,
-                    l,
-                    &cache.len,
-                    &ws.qkv,
-                    t,
-                    d,
-                );
+                cache.append(kern, l, &ws.qkv, t, &lay);
                 let scale = {
                     let mut s = if c.scale_attn_weights {
                         1.0 / (hd as f32).sqrt()
@@ -561,26 +409,16 @@ impl Gpt2 {
                     }
                     s
                 };
-                attention(
-                    kern,
-                    &AttnArgs {
-                        qkv: &ws.qkv[..rows * 3 * d],
-                        k: &cache.k,
-                        v: &cache.v,
-                        geom: &cache.geom,
-                        layer: l,
-                        len: &cache.len,
-                        valid: &cache.valid,
-                        mask,
-                        t,
-                        d,
-                        hd,
-                        nh,
-                        scale,
-                    },
-                    &mut ws.att[..rows * d],
-                    &mut ws.scores,
+                let args = cache.attn_args(
+                    &ws.qkv[..rows * 3 * d],
+                    mask,
+                    l,
+                    t,
+                    (nh, nh, hd),
+                    &lay,
+                    scale,
                 );
+                attention(kern, &args, &mut ws.att[..rows * d], &mut ws.scores);
                 // x = x + att @ c_proj + b
                 linear(
                     kern,
@@ -615,259 +453,67 @@ impl Gpt2 {
             }
             // logits = ln_f(x) @ wteᵀ
             // The rows whose logits are wanted (each slot's last, or all), gathered into `att`.
-            let m = if last_only { slots } else { rows };
-            for i in 0..m {
-                let r = if last_only { i * t + t - 1 } else { i };
-                ws.att[i * d..(i + 1) * d].copy_from_slice(&ws.x[r * d..(r + 1) * d]);
-            }
-            layer_norm(&ws.att[..m * d], &mut ws.h[..m * d], &self.ln_f, c);
-            logits.clear();
-            logits.resize(m * c.vocab_size, 0.0);
-            match self.lm_head.as_ref().unwrap_or(&self.wte) {
-                Table::F32(head) => {
-                    let head = head.values();
-                    gemm_nt_parallel(kern, &ws.h[..m * d], m, d, head, c.vocab_size, logits);
-                }
-                Table::Q(head) => {
-                    qmatmul(kern, &ws.h[..m * d], m, head, logits, &mut ws.scratch.qa)
-                }
-            }
+            let head = self.lm_head.as_ref().unwrap_or(&self.wte);
+            let norm = |x: &[f32], out: &mut [f32]| layer_norm(x, out, &self.ln_f, c);
+            head_logits(kern, &mut ws, (slots, t, d, last_only), norm, head, logits);
             Ok(())
-        })??;
-        // The new positions are now part of each slot's history.
-        for s in 0..slots {
-            for i in 0..t {
-                let real = mask[s * t + i] != 0;
-                let at = s * c.n_positions + cache.len[s] + i;
-                cache.valid[at] = u8::from(real);
-                if real {
-                    cache.next_pos[s] += 1;
-                }
-            }
-            cache.len[s] += t;
-        }
+        });
+        cache.work = ws;
+        result??;
+        cache.commit(mask, t);
         Ok(())
     }
 }
 
-/// Where slot `s`, layer `l`, position `p` starts in the cache's `k` / `v` buffers.
-#[derive(Debug, Clone, Copy)]
-struct Geom {
-    n_ctx: usize,
-    n_layer: usize,
-    d: usize,
-}
+impl CausalLm for Gpt2 {
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
 
-impl Geom {
-    #[inline]
-    fn at(&self, s: usize, l: usize, p: usize) -> usize {
-        ((s * self.n_layer + l) * self.n_ctx + p) * self.d
+    fn n_ctx(&self) -> usize {
+        self.config.n_positions
+    }
+
+    fn new_cache(&self, slots: usize, capacity: Option<usize>) -> Cache {
+        Gpt2::new_cache(self, slots, capacity)
+    }
+
+    fn forward_into(
+        &self,
+        cache: &mut Cache,
+        tokens: &[u32],
+        mask: &[u8],
+        t: usize,
+        last_only: bool,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        Gpt2::forward_into(self, cache, tokens, mask, t, last_only, logits)
     }
 }
 
-/// Copies the new keys and values (columns d..2d and 2d..3d of `qkv`) into the cache.
-#[allow(clippy::too_many_arguments)]
-fn cache_append(
+/// The logits of each slot's last row (`last_only`) or of every row: the rows of `ws.x`
+/// gathered, normalized by `norm`, times `headᵀ` (`[vocab × d]`).
+pub(crate) fn head_logits(
     kern: &kernels::Kernels,
-    (k, v): (&mut Kv, &mut Kv),
-    geom: &Geom,
-    l: usize,
-    len: &[usize],
-    qkv: &[f32],
-    t: usize,
-    d: usize,
+    ws: &mut Work,
+    (slots, t, d, last_only): (usize, usize, usize, bool),
+    norm: impl Fn(&[f32], &mut [f32]),
+    head: &Table,
+    logits: &mut Vec<f32>,
 ) {
-    for (s, &start) in len.iter().enumerate() {
-        for i in 0..t {
-            let row = &qkv[(s * t + i) * 3 * d..(s * t + i + 1) * 3 * d];
-            let at = geom.at(s, l, start + i);
-            k.put(kern, at, &row[d..2 * d]);
-            v.put(kern, at, &row[2 * d..3 * d]);
-        }
+    let m = if last_only { slots } else { slots * t };
+    for i in 0..m {
+        let r = if last_only { i * t + t - 1 } else { i };
+        ws.att[i * d..(i + 1) * d].copy_from_slice(&ws.x[r * d..(r + 1) * d]);
     }
-}
-
-struct AttnArgs<'a> {
-    qkv: &'a [f32],
-    k: &'a Kv,
-    v: &'a Kv,
-    geom: &'a Geom,
-    layer: usize,
-    len: &'a [usize],
-    valid: &'a [u8],
-    mask: &'a [u8],
-    t: usize,
-    d: usize,
-    hd: usize,
-    nh: usize,
-    scale: f32,
-}
-
-/// Causal attention of the `t` new positions of every slot over that slot's cache, in parallel
-/// over (slot, head) pairs. `out` is `[rows, d]`; `scores` a scratch of at least
-/// `slots × heads × n_ctx`.
-fn attention(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
-    if a.t >= BLOCKED_ATTN_ROWS {
-        attention_blocked(kern, a, out);
-        return;
+    norm(&ws.att[..m * d], &mut ws.h[..m * d]);
+    let (x, vocab) = (&ws.h[..m * d], head.rows());
+    logits.clear();
+    logits.resize(m * vocab, 0.0);
+    match head {
+        Table::F32(w) => gemm_nt_parallel(kern, x, m, d, w.values(), vocab, logits),
+        Table::Q(w) => qmatmul(kern, x, m, w, logits, &mut ws.scratch.qa),
     }
-    let slots = a.len.len();
-    let n_ctx = a.geom.n_ctx;
-    scores.resize(slots * a.nh * n_ctx, 0.0);
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    // Work in multiply-adds: small (a decoded token over a short context) runs on this thread,
-    // since waking the pool costs more than it saves.
-    let work: usize = a.len.iter().map(|&l| (l + a.t) * a.t).sum::<usize>() * a.nh * a.hd;
-    let job = |(job, sc): (usize, &mut [f32])| {
-        let (s, h) = (job / a.nh, job % a.nh);
-        let base = a.len[s];
-        for i in 0..a.t {
-            let row = s * a.t + i;
-            let q = &a.qkv[row * 3 * a.d + h * a.hd..row * 3 * a.d + (h + 1) * a.hd];
-            let upto = base + i + 1; // positions 0..=base+i
-            let mut max = f32::NEG_INFINITY;
-            let mut any_masked = false;
-            for (p, slot) in sc.iter_mut().enumerate().take(upto) {
-                // A position is seen if it is a real token (the query's own always is, so
-                // a padded query has something to attend to; its output is never used).
-                let seen = if p < base {
-                    a.valid[s * n_ctx + p] != 0
-                } else {
-                    p == base + i || a.mask[s * a.t + (p - base)] != 0
-                };
-                if seen {
-                    let at = a.geom.at(s, a.layer, p) + h * a.hd;
-                    let x = a.k.dot(kern, q, at) * a.scale;
-                    *slot = x;
-                    max = max.max(x);
-                } else {
-                    *slot = f32::NEG_INFINITY;
-                    any_masked = true;
-                }
-            }
-            // softmax: exp(x - max) vectorized; masked positions weigh exactly 0.
-            for x in sc[..upto].iter_mut() {
-                *x -= max;
-            }
-            let probs = &mut sc[..upto];
-            if any_masked {
-                let masked: Vec<bool> = probs.iter().map(|x| *x == f32::NEG_INFINITY).collect();
-                (kern.exp)(probs);
-                for (x, m) in probs.iter_mut().zip(masked) {
-                    if m {
-                        *x = 0.0;
-                    }
-                }
-            } else {
-                (kern.exp)(probs);
-            }
-            let sum: f32 = probs.iter().sum();
-            // SAFETY: each (slot, head) job writes only row `row`'s columns of head `h`,
-            // disjoint from every other job's; `out` outlives the parallel loop.
-            let o = unsafe {
-                std::slice::from_raw_parts_mut(out_ptr.get().add(row * a.d + h * a.hd), a.hd)
-            };
-            o.fill(0.0);
-            let inv = 1.0 / sum;
-            for (p, &w) in sc[..upto].iter().enumerate() {
-                if w != 0.0 {
-                    let at = a.geom.at(s, a.layer, p) + h * a.hd;
-                    a.v.axpy(kern, w * inv, at, o);
-                }
-            }
-        }
-    };
-    if work <= SERIAL_ELEMS * 16 {
-        scores.chunks_mut(n_ctx).enumerate().for_each(job);
-    } else {
-        scores.par_chunks_mut(n_ctx).enumerate().for_each(job);
-    }
-}
-
-/// From this many new tokens per slot on (a prompt), attention runs as matmuls per query tile.
-const BLOCKED_ATTN_ROWS: usize = 16;
-/// Queries per tile of the blocked attention.
-const ATTN_TILE: usize = 64;
-
-/// Attention for a prompt: per (slot, head, tile of [`ATTN_TILE`] queries) the head's keys and
-/// values up to the tile's last query are gathered, scores = Q Kᵀ by `gemm_nt`, masked and
-/// softmaxed per row (as [`attention`] does), and the output = P V by `gemm` — instead of one
-/// dot product per (query, key) pair.
-fn attention_blocked(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32]) {
-    let (n_ctx, hd, d, t) = (a.geom.n_ctx, a.hd, a.d, a.t);
-    let tiles = t.div_ceil(ATTN_TILE);
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    let jobs = a.len.len() * a.nh * tiles;
-    type Bufs = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<bool>);
-    let job = |(kb, vb, qb, sc, seen): &mut Bufs, job: usize| {
-        let (s, h, tile) = (job / (a.nh * tiles), (job / tiles) % a.nh, job % tiles);
-        let base = a.len[s];
-        let (i0, i1) = (tile * ATTN_TILE, ((tile + 1) * ATTN_TILE).min(t));
-        let (m, keys) = (i1 - i0, base + i1);
-        kb.resize(keys * hd, 0.0);
-        vb.resize(keys * hd, 0.0);
-        for p in 0..keys {
-            let at = a.geom.at(s, a.layer, p) + h * hd;
-            a.k.read(kern, at, &mut kb[p * hd..(p + 1) * hd]);
-            a.v.read(kern, at, &mut vb[p * hd..(p + 1) * hd]);
-        }
-        qb.clear();
-        for i in i0..i1 {
-            let row = (s * t + i) * 3 * d + h * hd;
-            qb.extend_from_slice(&a.qkv[row..row + hd]);
-        }
-        sc.resize(m * keys, 0.0);
-        // SAFETY: `sc` is m × keys.
-        unsafe { (kern.gemm_nt)(m, keys, hd, qb, kb, sc.as_mut_ptr(), keys) };
-        for (ii, row) in sc.chunks_exact_mut(keys).enumerate() {
-            let i = i0 + ii;
-            let upto = base + i + 1;
-            let mut max = f32::NEG_INFINITY;
-            for (p, x) in row.iter_mut().enumerate() {
-                let seen = p < upto
-                    && if p < base {
-                        a.valid[s * n_ctx + p] != 0
-                    } else {
-                        p == base + i || a.mask[s * t + (p - base)] != 0
-                    };
-                if seen {
-                    *x *= a.scale;
-                    max = max.max(*x);
-                } else {
-                    *x = f32::NEG_INFINITY;
-                }
-            }
-            for x in row.iter_mut() {
-                *x -= max;
-            }
-            let probs = &mut row[..upto];
-            seen.clear();
-            seen.extend(probs.iter().map(|x| *x != f32::NEG_INFINITY));
-            (kern.exp)(probs);
-            let mut sum = 0.0f32;
-            for (x, &keep) in probs.iter_mut().zip(seen.iter()) {
-                if keep {
-                    sum += *x;
-                } else {
-                    *x = 0.0;
-                }
-            }
-            let inv = 1.0 / sum;
-            for x in probs.iter_mut() {
-                *x *= inv;
-            }
-            row[upto..].fill(0.0);
-        }
-        // SAFETY: rows i0..i1 of slot s, head h's columns: this job's alone; `out` outlives
-        // the parallel loop.
-        unsafe {
-            let o = out_ptr.get().add((s * t + i0) * d + h * hd);
-            (kern.gemm)(m, hd, keys, sc, vb, hd, o, d);
-        }
-    };
-    (0..jobs)
-        .into_par_iter()
-        .for_each_init(Bufs::default, |bufs, j| job(bufs, j));
 }
 
 fn layer_norm(x: &[f32], out: &mut [f32], n: &Norm, c: &Gpt2Config) {
@@ -1129,136 +775,6 @@ const NT_PACKED_ROWS: usize = 48;
 
 /// Rows of the LM head transposed per packed panel.
 const NT_BLOCK: usize = 128;
-
-/// Work buffers of the forward pass, grown to the largest call and reused.
-#[derive(Debug, Default)]
-struct Work {
-    x: Vec<f32>,
-    h: Vec<f32>,
-    qkv: Vec<f32>,
-    att: Vec<f32>,
-    mlp: Vec<f32>,
-    scores: Vec<f32>,
-    /// Partial sums and quantized activations of the matmuls.
-    scratch: Scratch,
-    /// The position id of each row.
-    positions: Vec<usize>,
-}
-
-impl Work {
-    fn ensure(&mut self, rows: usize, c: &Gpt2Config) {
-        let d = c.n_embd;
-        let grow = |v: &mut Vec<f32>, n: usize| {
-            if v.len() < n {
-                v.resize(n, 0.0);
-            }
-        };
-        grow(&mut self.x, rows * d);
-        grow(&mut self.h, rows * d);
-        grow(&mut self.qkv, rows * 3 * d);
-        grow(&mut self.att, rows * d);
-        grow(&mut self.mlp, rows * c.n_inner);
-    }
-}
-
-/// The KV cache of `slots` sequences: keys and values of every layer at every position so far,
-/// `[slot][layer][n_positions][d]` (heads side by side within `d`), preallocated.
-#[derive(Debug)]
-pub struct Cache {
-    slots: usize,
-    geom: Geom,
-    k: Kv,
-    v: Kv,
-    /// Positions filled per slot (padding included).
-    len: Vec<usize>,
-    /// `[slot][n_positions]`: 1 where the position holds a real token.
-    valid: Vec<u8>,
-    /// The position id of each slot's next real token.
-    next_pos: Vec<usize>,
-    work: Work,
-}
-
-impl Cache {
-    fn new(c: &Gpt2Config, slots: usize, dtype: KvDtype) -> Self {
-        let geom = Geom {
-            n_ctx: c.n_positions,
-            n_layer: c.n_layer,
-            d: c.n_embd,
-        };
-        let size = slots * c.n_layer * c.n_positions * c.n_embd;
-        Cache {
-            slots,
-            geom,
-            k: Kv::zeros(dtype, size),
-            v: Kv::zeros(dtype, size),
-            len: vec![0; slots],
-            valid: vec![0; slots * c.n_positions],
-            next_pos: vec![0; slots],
-            work: Work::default(),
-        }
-    }
-
-    pub fn slots(&self) -> usize {
-        self.slots
-    }
-
-    /// Positions filled in slot `s` (padding included).
-    pub fn len(&self, s: usize) -> usize {
-        self.len[s]
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len.iter().all(|&l| l == 0)
-    }
-
-    /// The element type of the keys and values.
-    pub fn dtype(&self) -> KvDtype {
-        self.k.dtype()
-    }
-
-    /// Bytes held by keys and values.
-    pub fn bytes(&self) -> usize {
-        self.k.bytes() + self.v.bytes()
-    }
-
-    /// A cache of `sources.len()` slots, slot `i` a copy of this cache's slot `sources[i]`: a
-    /// prompt prefilled once, shared by several sampled continuations.
-    pub fn expand(&self, sources: &[usize]) -> Result<Cache> {
-        if let Some(&bad) = sources.iter().find(|&&s| s >= self.slots) {
-            return Err(Error::OutOfRange(format!(
-                "slot {bad} of a cache of {}",
-                self.slots
-            )));
-        }
-        let g = self.geom;
-        let per = g.n_layer * g.n_ctx * g.d;
-        let n = sources.len();
-        let mut k = Kv::zeros(self.k.dtype(), n * per);
-        let mut v = Kv::zeros(self.v.dtype(), n * per);
-        let mut valid = vec![0; n * g.n_ctx];
-        for (i, &s) in sources.iter().enumerate() {
-            // Only the filled positions of each layer need copying.
-            for l in 0..g.n_layer {
-                let (src, dst) = (g.at(s, l, 0), g.at(i, l, 0));
-                let used = self.len[s] * g.d;
-                k.copy_from(dst, &self.k, src, used);
-                v.copy_from(dst, &self.v, src, used);
-            }
-            valid[i * g.n_ctx..(i + 1) * g.n_ctx]
-                .copy_from_slice(&self.valid[s * g.n_ctx..(s + 1) * g.n_ctx]);
-        }
-        Ok(Cache {
-            slots: n,
-            geom: g,
-            k,
-            v,
-            len: sources.iter().map(|&s| self.len[s]).collect(),
-            valid,
-            next_pos: sources.iter().map(|&s| self.next_pos[s]).collect(),
-            work: Work::default(),
-        })
-    }
-}
 
 #[cfg(test)]
 mod tests {

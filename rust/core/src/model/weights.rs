@@ -45,6 +45,14 @@ pub(crate) enum Table {
 }
 
 impl Table {
+    /// Rows (tokens).
+    pub(crate) fn rows(&self) -> usize {
+        match self {
+            Table::F32(t) => t.shape[0],
+            Table::Q(q) => q.n,
+        }
+    }
+
     /// Row `r` into `out` (`d` values).
     #[inline]
     pub(crate) fn row_into(&self, r: usize, out: &mut [f32]) {

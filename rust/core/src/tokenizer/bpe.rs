@@ -26,6 +26,9 @@ const COPY_SLACK: usize = 16;
 /// Pieces up to this many bytes merge by rescanning; longer ones use the heap.
 const SMALL_PIECE: usize = 128;
 const NO_MERGE: u32 = u32::MAX;
+/// `byte_ids` of a byte the vocabulary has no token for (Hugging Face vocabularies may lack
+/// some; such bytes are dropped before merging, as `tokenizers` drops them without an unk).
+const MISSING_BYTE: u32 = u32::MAX;
 
 /// A byte-level BPE vocabulary with its merges.
 #[derive(Debug, Clone)]
@@ -37,6 +40,8 @@ pub struct Bpe {
     offsets: Vec<u32>,
     lookup: PieceTable,
     byte_ids: [u32; 256],
+    /// Whether some byte has no token ([`MISSING_BYTE`]).
+    missing_bytes: bool,
     merges: PairTable,
     /// Which tokens may be taken whole when a piece equals them (`None`: all, tiktoken's rule).
     whole_ok: Option<Vec<bool>>,
@@ -146,7 +151,7 @@ impl Bpe {
     /// Builds a BPE from tiktoken-style ranks: each token's bytes and its rank, which is both its
     /// id and its merge priority. `what` names the source in errors.
     pub fn from_ranks(what: &str, ranks: Vec<(Vec<u8>, u32)>) -> Result<Self> {
-        Self::build(what, &ranks, |lookup| {
+        Self::build(what, &ranks, false, |lookup| {
             let mut merges = Vec::new();
             for (tok, rank) in &ranks {
                 for k in 1..tok.len() {
@@ -169,7 +174,7 @@ impl Bpe {
         merges: &[(Vec<u8>, Vec<u8>)],
         ignore_merges: bool,
     ) -> Result<Self> {
-        let mut bpe = Self::build(what, &vocab, |lookup| {
+        let mut bpe = Self::build(what, &vocab, true, |lookup| {
             let mut out = Vec::with_capacity(merges.len());
             for (i, (a, b)) in merges.iter().enumerate() {
                 let missing = |t: &[u8]| {
@@ -215,10 +220,12 @@ impl Bpe {
     }
 
     /// The vocabulary tables shared by both constructors; `pairs` lists the merges as
-    /// `(pair key, priority, merged id)` given the bytes -> id map.
+    /// `(pair key, priority, merged id)` given the bytes -> id map. A byte without a token is
+    /// an error unless `missing_ok`.
     fn build<'t>(
         what: &str,
         tokens: &'t [(Vec<u8>, u32)],
+        missing_ok: bool,
         pairs: impl FnOnce(&FxHashMap<&'t [u8], u32>) -> Result<Vec<(u64, u32, u32)>>,
     ) -> Result<Self> {
         if tokens.is_empty() {
@@ -253,11 +260,19 @@ impl Bpe {
                 ));
             }
         }
-        let mut byte_ids = [0_u32; 256];
+        let mut byte_ids = [MISSING_BYTE; 256];
+        let mut missing_bytes = false;
         for (b, slot) in byte_ids.iter_mut().enumerate() {
-            *slot = *lookup.get(&[b as u8][..]).ok_or_else(|| {
-                Error::format(what, format!("no token for the single byte 0x{b:02x}"))
-            })?;
+            match lookup.get(&[b as u8][..]) {
+                Some(&id) => *slot = id,
+                None if missing_ok => missing_bytes = true,
+                None => {
+                    return Err(Error::format(
+                        what,
+                        format!("no token for the single byte 0x{b:02x}"),
+                    ))
+                }
+            }
         }
         let mut bytes = Vec::with_capacity(tokens.iter().map(|(t, _)| t.len()).sum());
         let mut offsets = Vec::with_capacity(by_id.len() + 1);
@@ -277,6 +292,7 @@ impl Bpe {
             offsets,
             lookup,
             byte_ids,
+            missing_bytes,
             merges,
             whole_ok: None,
             len: tokens.len(),
@@ -383,7 +399,12 @@ impl Bpe {
         let piece = &text[start..end];
         match piece.len() {
             0 => {}
-            1 => out.push(self.byte_ids[piece[0] as usize]),
+            1 => {
+                let id = self.byte_ids[piece[0] as usize];
+                if id != MISSING_BYTE {
+                    out.push(id);
+                }
+            }
             n if n <= CACHED_BYTES => {
                 let key = Key::new(text, start, end);
                 let tail = |id| self.token_bytes(id).unwrap_or(&[]);
@@ -436,6 +457,9 @@ impl Bpe {
         let ranks = &mut s.ranks;
         ids.clear();
         ids.extend(piece.iter().map(|&b| self.byte_ids[b as usize]));
+        if self.missing_bytes {
+            ids.retain(|&id| id != MISSING_BYTE);
+        }
         ranks.clear();
         ranks.extend(ids.windows(2).map(|w| self.merge_of(w[0], w[1]).0));
         loop {
@@ -469,13 +493,20 @@ impl Bpe {
     /// (A priority names one pair of tokens, so an entry whose priority still matches is that
     /// same merge, valid.) Entries are one `u64` each, which keeps the heap in cache.
     fn merge_large(&self, piece: &[u8], out: &mut Vec<u32>, s: &mut Scratch) {
-        let n = piece.len();
         let none = u32::MAX;
         let dead = u32::MAX - 1;
         let entry = |rank: u32, left: u32| Reverse((u64::from(rank) << 32) | u64::from(left));
         s.ids.clear();
         s.ids
             .extend(piece.iter().map(|&b| self.byte_ids[b as usize]));
+        if self.missing_bytes {
+            s.ids.retain(|&id| id != MISSING_BYTE);
+            if s.ids.len() < 2 {
+                out.extend_from_slice(&s.ids);
+                return;
+            }
+        }
+        let n = s.ids.len();
         s.next.clear();
         s.next
             .extend((1..=n as u32).map(|i| if i as usize == n { none } else { i }));
@@ -656,6 +687,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("merge 1 uses \"zz\""), "{e}");
+    }
+
+    #[test]
+    fn bytes_without_a_token_are_dropped_before_merging() {
+        // Like `tokenizers` without an unk token: the byte vanishes and its neighbours merge.
+        let mut vocab: Vec<(Vec<u8>, u32)> = (0..=255_u8)
+            .filter(|&b| b != 4)
+            .map(|b| (vec![b], u32::from(b)))
+            .collect();
+        vocab.push((b"ab".to_vec(), 300));
+        let merges = vec![(b"a".to_vec(), b"b".to_vec())];
+        let bpe = Bpe::from_merges("hf", vocab.clone(), &merges, false).unwrap();
+        let enc = |s: &[u8]| {
+            let mut out = vec![];
+            bpe.encode_piece(s, 0, s.len(), &mut out, &mut Scratch::default());
+            out
+        };
+        assert_eq!(enc(b"a\x04b"), vec![300]);
+        assert_eq!(enc(b"\x04"), Vec::<u32>::new());
+        let long: Vec<u8> = b"a\x04b".iter().copied().cycle().take(3 * 100).collect();
+        assert_eq!(enc(&long), vec![300; 100]);
+        // tiktoken rank files must cover every byte.
+        assert!(Bpe::from_ranks("t", vocab).is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod bert;
 pub mod bpe;
 pub mod byte_bpe;
 pub mod byte_level;
+pub mod chat;
 pub mod formats;
 pub mod piece_table;
 pub mod pipeline;
@@ -61,6 +62,14 @@ impl Tokenizer {
     /// A tokenizer from a Hugging Face tokenizer.json file's contents.
     pub fn from_hf_json(what: &str, data: &[u8]) -> Result<Self> {
         formats::hf_json::parse(what, data).map(|t| Tokenizer::Hf(Box::new(t)))
+    }
+
+    /// The tokenizer a GGUF file's `tokenizer.ggml.*` metadata describes.
+    pub fn from_gguf(g: &crate::io::gguf::Gguf) -> Result<Self> {
+        let doc = formats::gguf::to_hf_json(g)?;
+        let data = serde_json::to_vec(&doc)
+            .map_err(|e| crate::Error::Internal(format!("tokenizer document: {e}")))?;
+        Self::from_hf_json(&g.what(), &data)
     }
 
     /// A byte-level BPE tokenizer from GPT-2's `vocab.json` and `merges.txt` contents.

@@ -2,6 +2,7 @@
 //! the inputs of a model constructor and reports malformed input as `Error::Format` naming the
 //! file (and line or JSON section).
 
+pub mod gguf;
 pub mod gpt2_files;
 pub mod hf_json;
 pub mod tiktoken;

@@ -1,0 +1,640 @@
+//! The KV cache and attention shared by the decoders (GPT-2, Llama): keys and values of every
+//! layer at every position so far, per sequence ("slot"), and causal attention of new positions
+//! over them, with grouped-query heads (several query heads reading one key/value head).
+//!
+//! The cache grows as sequences do (doubling, up to the model's context), so a model with a
+//! long context costs memory for the positions used, not the ones it could use.
+
+use rayon::prelude::*;
+
+use crate::kernels::{self, SendPtr};
+use crate::{Error, Result};
+
+use super::gpt2::{Scratch, SERIAL_ELEMS};
+
+/// The element type of a KV cache: f32, or f16 (half the memory, attention reads converted
+/// on the fly; keys and values rounded to nearest even as they are stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvDtype {
+    #[default]
+    F32,
+    F16,
+}
+
+impl KvDtype {
+    /// `float32` / `f32`, `float16` / `f16`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "float32" | "f32" => Some(KvDtype::F32),
+            "float16" | "f16" => Some(KvDtype::F16),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F32 => "float32",
+            KvDtype::F16 => "float16",
+        }
+    }
+}
+
+/// The keys or the values of a KV cache.
+#[derive(Debug, Clone)]
+pub(crate) enum Kv {
+    F32(Vec<f32>),
+    F16(Vec<u16>),
+}
+
+impl Kv {
+    fn zeros(dtype: KvDtype, n: usize) -> Self {
+        match dtype {
+            KvDtype::F32 => Kv::F32(vec![0.0; n]),
+            KvDtype::F16 => Kv::F16(vec![0; n]),
+        }
+    }
+
+    fn dtype(&self) -> KvDtype {
+        match self {
+            Kv::F32(_) => KvDtype::F32,
+            Kv::F16(_) => KvDtype::F16,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Kv::F32(v) => v.len() * 4,
+            Kv::F16(v) => v.len() * 2,
+        }
+    }
+
+    /// Stores `x` at `at`.
+    #[inline]
+    fn put(&mut self, kern: &kernels::Kernels, at: usize, x: &[f32]) {
+        match self {
+            Kv::F32(v) => v[at..at + x.len()].copy_from_slice(x),
+            Kv::F16(v) => (kern.to_f16)(x, &mut v[at..at + x.len()]),
+        }
+    }
+
+    /// `q · self[at..at + q.len()]`.
+    #[inline]
+    fn dot(&self, kern: &kernels::Kernels, q: &[f32], at: usize) -> f32 {
+        match self {
+            Kv::F32(v) => (kern.dot)(q, &v[at..at + q.len()]),
+            Kv::F16(v) => (kern.dot_f16)(q, &v[at..at + q.len()]),
+        }
+    }
+
+    /// `out += w · self[at..at + out.len()]`.
+    #[inline]
+    fn axpy(&self, kern: &kernels::Kernels, w: f32, at: usize, out: &mut [f32]) {
+        match self {
+            Kv::F32(v) => (kern.axpy)(w, &v[at..at + out.len()], out),
+            Kv::F16(v) => (kern.axpy_f16)(w, &v[at..at + out.len()], out),
+        }
+    }
+
+    /// `out = self[at..at + out.len()]` as f32.
+    #[inline]
+    fn read(&self, kern: &kernels::Kernels, at: usize, out: &mut [f32]) {
+        match self {
+            Kv::F32(v) => out.copy_from_slice(&v[at..at + out.len()]),
+            Kv::F16(v) => {
+                out.fill(0.0);
+                (kern.axpy_f16)(1.0, &v[at..at + out.len()], out);
+            }
+        }
+    }
+
+    /// `self[dst..dst + n] = src[from..from + n]` (the same dtype).
+    fn copy_from(&mut self, dst: usize, src: &Kv, from: usize, n: usize) {
+        match (self, src) {
+            (Kv::F32(a), Kv::F32(b)) => a[dst..dst + n].copy_from_slice(&b[from..from + n]),
+            (Kv::F16(a), Kv::F16(b)) => a[dst..dst + n].copy_from_slice(&b[from..from + n]),
+            _ => unreachable!("caches are expanded into their own dtype"),
+        }
+    }
+}
+
+/// Where slot `s`, layer `l`, position `p` starts in the cache's `k` / `v` buffers: positions
+/// of `d` values (every key/value head side by side), `n_ctx` per layer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Geom {
+    pub(crate) n_ctx: usize,
+    pub(crate) n_layer: usize,
+    pub(crate) d: usize,
+}
+
+impl Geom {
+    #[inline]
+    pub(crate) fn at(&self, s: usize, l: usize, p: usize) -> usize {
+        ((s * self.n_layer + l) * self.n_ctx + p) * self.d
+    }
+}
+
+/// Where the queries, keys and values sit in each row of a layer's projection buffer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QkvLayout {
+    /// Values per row.
+    pub(crate) stride: usize,
+    /// The keys' first column (the queries start at 0).
+    pub(crate) k_off: usize,
+    /// The values' first column.
+    pub(crate) v_off: usize,
+    /// Key (and value) columns: key/value heads × head size.
+    pub(crate) kv_d: usize,
+}
+
+impl Cache {
+    /// Copies the new keys and values of layer `l` (as `lay` places them in `qkv`, `[slots ×
+    /// t]` rows) into the cache.
+    pub(crate) fn append(
+        &mut self,
+        kern: &kernels::Kernels,
+        l: usize,
+        qkv: &[f32],
+        t: usize,
+        lay: &QkvLayout,
+    ) {
+        for (s, &start) in self.len.iter().enumerate() {
+            for i in 0..t {
+                let row = &qkv[(s * t + i) * lay.stride..(s * t + i + 1) * lay.stride];
+                let at = self.geom.at(s, l, start + i);
+                self.k.put(kern, at, &row[lay.k_off..lay.k_off + lay.kv_d]);
+                self.v.put(kern, at, &row[lay.v_off..lay.v_off + lay.kv_d]);
+            }
+        }
+    }
+
+    /// The attention inputs of layer `l` over this cache for `t` new positions per slot.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn attn_args<'a>(
+        &'a self,
+        qkv: &'a [f32],
+        mask: &'a [u8],
+        l: usize,
+        t: usize,
+        heads: (usize, usize, usize),
+        lay: &QkvLayout,
+        scale: f32,
+    ) -> AttnArgs<'a> {
+        let (nh, nkv, hd) = heads;
+        AttnArgs {
+            qkv,
+            k: &self.k,
+            v: &self.v,
+            geom: &self.geom,
+            layer: l,
+            len: &self.len,
+            valid: &self.valid,
+            mask,
+            t,
+            stride: lay.stride,
+            d: nh * hd,
+            hd,
+            nh,
+            group: nh / nkv,
+            scale,
+        }
+    }
+}
+
+pub(crate) struct AttnArgs<'a> {
+    qkv: &'a [f32],
+    k: &'a Kv,
+    v: &'a Kv,
+    geom: &'a Geom,
+    layer: usize,
+    len: &'a [usize],
+    valid: &'a [u8],
+    mask: &'a [u8],
+    t: usize,
+    /// Values per row of `qkv` (the queries are its first `d` columns).
+    stride: usize,
+    /// Output columns: query heads × head size.
+    d: usize,
+    hd: usize,
+    nh: usize,
+    /// Query heads per key/value head.
+    group: usize,
+    scale: f32,
+}
+
+/// Causal attention of the `t` new positions of every slot over that slot's cache, in parallel
+/// over (slot, head) pairs. `out` is `[rows, d]`; `scores` a scratch of at least
+/// `slots × heads × n_ctx`.
+pub(crate) fn attention(
+    kern: &kernels::Kernels,
+    a: &AttnArgs<'_>,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    if a.t >= BLOCKED_ATTN_ROWS {
+        attention_blocked(kern, a, out);
+        return;
+    }
+    let slots = a.len.len();
+    let n_ctx = a.geom.n_ctx;
+    scores.resize(slots * a.nh * n_ctx, 0.0);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    // Work in multiply-adds: small (a decoded token over a short context) runs on this thread,
+    // since waking the pool costs more than it saves.
+    let work: usize = a.len.iter().map(|&l| (l + a.t) * a.t).sum::<usize>() * a.nh * a.hd;
+    let job = |(job, sc): (usize, &mut [f32])| {
+        let (s, h) = (job / a.nh, job % a.nh);
+        let base = a.len[s];
+        for i in 0..a.t {
+            let row = s * a.t + i;
+            let q = &a.qkv[row * a.stride + h * a.hd..row * a.stride + (h + 1) * a.hd];
+            let kv_col = (h / a.group) * a.hd;
+            let upto = base + i + 1; // positions 0..=base+i
+            let mut max = f32::NEG_INFINITY;
+            let mut any_masked = false;
+            for (p, slot) in sc.iter_mut().enumerate().take(upto) {
+                // A position is seen if it is a real token (the query's own always is, so
+                // a padded query has something to attend to; its output is never used).
+                let seen = if p < base {
+                    a.valid[s * n_ctx + p] != 0
+                } else {
+                    p == base + i || a.mask[s * a.t + (p - base)] != 0
+                };
+                if seen {
+                    let at = a.geom.at(s, a.layer, p) + kv_col;
+                    let x = a.k.dot(kern, q, at) * a.scale;
+                    *slot = x;
+                    max = max.max(x);
+                } else {
+                    *slot = f32::NEG_INFINITY;
+                    any_masked = true;
+                }
+            }
+            // softmax: exp(x - max) vectorized; masked positions weigh exactly 0.
+            for x in sc[..upto].iter_mut() {
+                *x -= max;
+            }
+            let probs = &mut sc[..upto];
+            if any_masked {
+                let masked: Vec<bool> = probs.iter().map(|x| *x == f32::NEG_INFINITY).collect();
+                (kern.exp)(probs);
+                for (x, m) in probs.iter_mut().zip(masked) {
+                    if m {
+                        *x = 0.0;
+                    }
+                }
+            } else {
+                (kern.exp)(probs);
+            }
+            let sum: f32 = probs.iter().sum();
+            // SAFETY: each (slot, head) job writes only row `row`'s columns of head `h`,
+            // disjoint from every other job's; `out` outlives the parallel loop.
+            let o = unsafe {
+                std::slice::from_raw_parts_mut(out_ptr.get().add(row * a.d + h * a.hd), a.hd)
+            };
+            o.fill(0.0);
+            let inv = 1.0 / sum;
+            for (p, &w) in sc[..upto].iter().enumerate() {
+                if w != 0.0 {
+                    let at = a.geom.at(s, a.layer, p) + kv_col;
+                    a.v.axpy(kern, w * inv, at, o);
+                }
+            }
+        }
+    };
+    if work <= SERIAL_ELEMS * 16 {
+        scores.chunks_mut(n_ctx).enumerate().for_each(job);
+    } else {
+        scores.par_chunks_mut(n_ctx).enumerate().for_each(job);
+    }
+}
+
+/// From this many new tokens per slot on (a prompt), attention runs as matmuls per query tile.
+const BLOCKED_ATTN_ROWS: usize = 16;
+/// Queries per tile of the blocked attention.
+const ATTN_TILE: usize = 64;
+
+/// Attention for a prompt: per (slot, head, tile of [`ATTN_TILE`] queries) the head's keys and
+/// values up to the tile's last query are gathered, scores = Q Kᵀ by `gemm_nt`, masked and
+/// softmaxed per row (as [`attention`] does), and the output = P V by `gemm` — instead of one
+/// dot product per (query, key) pair.
+fn attention_blocked(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32]) {
+    let (n_ctx, hd, d, t) = (a.geom.n_ctx, a.hd, a.d, a.t);
+    let tiles = t.div_ceil(ATTN_TILE);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let jobs = a.len.len() * a.nh * tiles;
+    type Bufs = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<bool>);
+    let job = |(kb, vb, qb, sc, seen): &mut Bufs, job: usize| {
+        let (s, h, tile) = (job / (a.nh * tiles), (job / tiles) % a.nh, job % tiles);
+        let base = a.len[s];
+        let (i0, i1) = (tile * ATTN_TILE, ((tile + 1) * ATTN_TILE).min(t));
+        let (m, keys) = (i1 - i0, base + i1);
+        kb.resize(keys * hd, 0.0);
+        vb.resize(keys * hd, 0.0);
+        for p in 0..keys {
+            let at = a.geom.at(s, a.layer, p) + (h / a.group) * hd;
+            a.k.read(kern, at, &mut kb[p * hd..(p + 1) * hd]);
+            a.v.read(kern, at, &mut vb[p * hd..(p + 1) * hd]);
+        }
+        qb.clear();
+        for i in i0..i1 {
+            let row = (s * t + i) * a.stride + h * hd;
+            qb.extend_from_slice(&a.qkv[row..row + hd]);
+        }
+        sc.resize(m * keys, 0.0);
+        // SAFETY: `sc` is m × keys.
+        unsafe { (kern.gemm_nt)(m, keys, hd, qb, kb, sc.as_mut_ptr(), keys) };
+        for (ii, row) in sc.chunks_exact_mut(keys).enumerate() {
+            let i = i0 + ii;
+            let upto = base + i + 1;
+            let mut max = f32::NEG_INFINITY;
+            for (p, x) in row.iter_mut().enumerate() {
+                let seen = p < upto
+                    && if p < base {
+                        a.valid[s * n_ctx + p] != 0
+                    } else {
+                        p == base + i || a.mask[s * t + (p - base)] != 0
+                    };
+                if seen {
+                    *x *= a.scale;
+                    max = max.max(*x);
+                } else {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+            for x in row.iter_mut() {
+                *x -= max;
+            }
+            let probs = &mut row[..upto];
+            seen.clear();
+            seen.extend(probs.iter().map(|x| *x != f32::NEG_INFINITY));
+            (kern.exp)(probs);
+            let mut sum = 0.0f32;
+            for (x, &keep) in probs.iter_mut().zip(seen.iter()) {
+                if keep {
+                    sum += *x;
+                } else {
+                    *x = 0.0;
+                }
+            }
+            let inv = 1.0 / sum;
+            for x in probs.iter_mut() {
+                *x *= inv;
+            }
+            row[upto..].fill(0.0);
+        }
+        // SAFETY: rows i0..i1 of slot s, head h's columns: this job's alone; `out` outlives
+        // the parallel loop.
+        unsafe {
+            let o = out_ptr.get().add((s * t + i0) * d + h * hd);
+            (kern.gemm)(m, hd, keys, sc, vb, hd, o, d);
+        }
+    };
+    (0..jobs)
+        .into_par_iter()
+        .for_each_init(Bufs::default, |bufs, j| job(bufs, j));
+}
+
+/// Work buffers of a forward pass, grown to the largest call and reused.
+#[derive(Debug, Default)]
+pub(crate) struct Work {
+    pub(crate) x: Vec<f32>,
+    pub(crate) h: Vec<f32>,
+    pub(crate) qkv: Vec<f32>,
+    pub(crate) att: Vec<f32>,
+    pub(crate) mlp: Vec<f32>,
+    pub(crate) scores: Vec<f32>,
+    /// Partial sums and quantized activations of the matmuls.
+    pub(crate) scratch: Scratch,
+    /// The position id of each row.
+    pub(crate) positions: Vec<usize>,
+}
+
+impl Work {
+    /// Room for `rows` rows: `d` wide residual stream, `qkv` wide projections, `att` wide
+    /// attention output, `mlp` wide MLP activations.
+    pub(crate) fn ensure(&mut self, rows: usize, d: usize, qkv: usize, att: usize, mlp: usize) {
+        let grow = |v: &mut Vec<f32>, n: usize| {
+            if v.len() < n {
+                v.resize(n, 0.0);
+            }
+        };
+        grow(&mut self.x, rows * d);
+        grow(&mut self.h, rows * d.max(att));
+        grow(&mut self.qkv, rows * qkv);
+        grow(&mut self.att, rows * d.max(att));
+        grow(&mut self.mlp, rows * mlp);
+    }
+}
+
+/// The KV cache of `slots` sequences: keys and values of every layer at every position so far,
+/// `[slot][layer][n_ctx][d]` (key/value heads side by side within `d`). `n_ctx` grows as the
+/// sequences do, up to the model's context.
+#[derive(Debug)]
+pub struct Cache {
+    pub(crate) slots: usize,
+    pub(crate) geom: Geom,
+    pub(crate) k: Kv,
+    pub(crate) v: Kv,
+    /// Positions filled per slot (padding included).
+    pub(crate) len: Vec<usize>,
+    /// `[slot][n_ctx]`: 1 where the position holds a real token.
+    pub(crate) valid: Vec<u8>,
+    /// The position id of each slot's next real token.
+    pub(crate) next_pos: Vec<usize>,
+    /// The model's context: no slot grows past it.
+    pub(crate) max_ctx: usize,
+    pub(crate) work: Work,
+}
+
+/// Positions a new cache has room for before it first grows.
+const INITIAL_CTX: usize = 64;
+
+impl Cache {
+    /// An empty cache for `slots` sequences of up to `max_ctx` positions, keys and values of
+    /// `n_layer` layers × `d` values each, room for `capacity` positions to start with.
+    pub(crate) fn new(
+        n_layer: usize,
+        d: usize,
+        max_ctx: usize,
+        slots: usize,
+        dtype: KvDtype,
+        capacity: usize,
+    ) -> Self {
+        let n_ctx = capacity.clamp(1, max_ctx.max(1));
+        let geom = Geom { n_ctx, n_layer, d };
+        let size = slots * n_layer * n_ctx * d;
+        Cache {
+            slots,
+            geom,
+            k: Kv::zeros(dtype, size),
+            v: Kv::zeros(dtype, size),
+            len: vec![0; slots],
+            valid: vec![0; slots * n_ctx],
+            next_pos: vec![0; slots],
+            max_ctx,
+            work: Work::default(),
+        }
+    }
+
+    /// The first capacity of a cache made without a length in mind.
+    pub(crate) fn default_capacity(max_ctx: usize) -> usize {
+        INITIAL_CTX.min(max_ctx)
+    }
+
+    /// Makes room for `t` more positions in every slot (doubling the capacity, at most to the
+    /// model's context), or says which sequence would outgrow the context.
+    pub(crate) fn reserve(&mut self, t: usize, what: &str) -> Result<()> {
+        let need = self.len.iter().map(|&l| l + t).max().unwrap_or(0);
+        if need > self.max_ctx {
+            return Err(Error::invalid(format!(
+                "sequence of {need} tokens is longer than the model's {what} = {}",
+                self.max_ctx
+            )));
+        }
+        if need <= self.geom.n_ctx {
+            return Ok(());
+        }
+        let old = self.geom;
+        let n_ctx = need.max(2 * old.n_ctx).min(self.max_ctx);
+        let geom = Geom { n_ctx, ..old };
+        let size = self.slots * old.n_layer * n_ctx * old.d;
+        let mut k = Kv::zeros(self.k.dtype(), size);
+        let mut v = Kv::zeros(self.v.dtype(), size);
+        let mut valid = vec![0u8; self.slots * n_ctx];
+        for s in 0..self.slots {
+            let used = self.len[s] * old.d;
+            for l in 0..old.n_layer {
+                k.copy_from(geom.at(s, l, 0), &self.k, old.at(s, l, 0), used);
+                v.copy_from(geom.at(s, l, 0), &self.v, old.at(s, l, 0), used);
+            }
+            valid[s * n_ctx..s * n_ctx + self.len[s]]
+                .copy_from_slice(&self.valid[s * old.n_ctx..s * old.n_ctx + self.len[s]]);
+        }
+        (self.k, self.v, self.valid, self.geom) = (k, v, valid, geom);
+        Ok(())
+    }
+
+    /// Checks a forward call's input (`tokens` and `mask`, `[slots × t]`, ids below `vocab`),
+    /// makes room for `t` more positions (`what` names the model's context limit in errors) and
+    /// fills in the new rows' positions.
+    pub(crate) fn begin(
+        &mut self,
+        tokens: &[u32],
+        mask: &[u8],
+        t: usize,
+        vocab: usize,
+        what: &str,
+    ) -> Result<()> {
+        let slots = self.slots;
+        if tokens.len() != slots * t || mask.len() != slots * t {
+            return Err(Error::invalid(format!(
+                "forward: {} tokens and {} mask values for {slots} sequences of {t}",
+                tokens.len(),
+                mask.len()
+            )));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::OutOfRange(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        self.reserve(t, what)?;
+        self.positions(mask, t);
+        Ok(())
+    }
+
+    /// Fills `work.positions` with the position id of each of the `[slots × t]` new rows:
+    /// real tokens count on from the slot's next position, padding gets 0.
+    fn positions(&mut self, mask: &[u8], t: usize) {
+        let positions = &mut self.work.positions;
+        positions.clear();
+        for s in 0..self.slots {
+            let mut p = self.next_pos[s];
+            for i in 0..t {
+                if mask[s * t + i] != 0 {
+                    positions.push(p);
+                    p += 1;
+                } else {
+                    positions.push(0);
+                }
+            }
+        }
+    }
+
+    /// Records the `t` new positions of every slot (after every layer has appended them).
+    pub(crate) fn commit(&mut self, mask: &[u8], t: usize) {
+        for s in 0..self.slots {
+            for i in 0..t {
+                let real = mask[s * t + i] != 0;
+                let at = s * self.geom.n_ctx + self.len[s] + i;
+                self.valid[at] = u8::from(real);
+                if real {
+                    self.next_pos[s] += 1;
+                }
+            }
+            self.len[s] += t;
+        }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Positions filled in slot `s` (padding included).
+    pub fn len(&self, s: usize) -> usize {
+        self.len[s]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len.iter().all(|&l| l == 0)
+    }
+
+    /// The element type of the keys and values.
+    pub fn dtype(&self) -> KvDtype {
+        self.k.dtype()
+    }
+
+    /// Bytes held by keys and values.
+    pub fn bytes(&self) -> usize {
+        self.k.bytes() + self.v.bytes()
+    }
+
+    /// A cache of `sources.len()` slots, slot `i` a copy of this cache's slot `sources[i]`: a
+    /// prompt prefilled once, shared by several sampled continuations.
+    pub fn expand(&self, sources: &[usize]) -> Result<Cache> {
+        if let Some(&bad) = sources.iter().find(|&&s| s >= self.slots) {
+            return Err(Error::OutOfRange(format!(
+                "slot {bad} of a cache of {}",
+                self.slots
+            )));
+        }
+        let g = self.geom;
+        let per = g.n_layer * g.n_ctx * g.d;
+        let n = sources.len();
+        let mut k = Kv::zeros(self.k.dtype(), n * per);
+        let mut v = Kv::zeros(self.v.dtype(), n * per);
+        let mut valid = vec![0; n * g.n_ctx];
+        for (i, &s) in sources.iter().enumerate() {
+            // Only the filled positions of each layer need copying.
+            for l in 0..g.n_layer {
+                let (src, dst) = (g.at(s, l, 0), g.at(i, l, 0));
+                let used = self.len[s] * g.d;
+                k.copy_from(dst, &self.k, src, used);
+                v.copy_from(dst, &self.v, src, used);
+            }
+            valid[i * g.n_ctx..(i + 1) * g.n_ctx]
+                .copy_from_slice(&self.valid[s * g.n_ctx..(s + 1) * g.n_ctx]);
+        }
+        Ok(Cache {
+            slots: n,
+            geom: g,
+            k,
+            v,
+            len: sources.iter().map(|&s| self.len[s]).collect(),
+            valid,
+            next_pos: sources.iter().map(|&s| self.next_pos[s]).collect(),
+            max_ctx: self.max_ctx,
+            work: Work::default(),
+        })
+    }
+}
