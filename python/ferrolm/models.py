@@ -615,8 +615,14 @@ class LlamaForCausalLM(PreTrainedCausalLM):
                     p, gguf=True, quantize=q, progress=progress, kv_cache_dtype=kv_cache_dtype
                 )
 
-            core = load_core(load_gguf, path, quantize, show_progress)
-            tokenizer = Tokenizer._from_gguf(path)
+            from concurrent.futures import ThreadPoolExecutor
+
+            # The tokenizer is built from the file's metadata while the weights load (both
+            # run in Rust with the GIL released).
+            with ThreadPoolExecutor(1, thread_name_prefix="ferrolm-tokenizer") as ex:
+                pending = ex.submit(Tokenizer._from_gguf, path)
+                core = load_core(load_gguf, path, quantize, show_progress)
+                tokenizer = pending.result()
             return cls(core, path, tokenizer, generation_config={})
         config = _read_json(path / "config.json")
         if config.get("model_type") != "llama":

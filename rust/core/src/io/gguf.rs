@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memmap2::Mmap;
+use rayon::prelude::*;
 
 use crate::io::half::{bf16_to_f32, f16_to_f32};
 use crate::io::safetensors::ByteData;
@@ -542,7 +543,7 @@ impl Gguf {
         k: usize,
         n: usize,
         fallback: QType,
-        row_of: &dyn Fn(usize) -> usize,
+        row_of: &(dyn Fn(usize) -> usize + Sync),
     ) -> Result<QMatrix> {
         let (t, ty) = self.tensor(name, &[k, n])?;
         let Some(qt) = ty.qtype() else {
@@ -554,15 +555,19 @@ impl Gguf {
         let blocks = k / BLOCK;
         let tb = qt.tile_bytes();
         let mut out = vec![0u8; n.div_ceil(ROWS) * blocks * tb];
-        for j in 0..n {
-            let (g, r) = (j / ROWS, j % ROWS);
-            let src_row = row_of(j);
-            for b in 0..blocks {
-                let at = (src_row * blocks + b) * bytes;
-                let block = ggml_block(ty, &src[at..at + bytes]);
-                let tile = (g * blocks + b) * tb;
-                put_block(qt, &mut out[tile..tile + tb], r, &block);
+        // One row group's tiles are contiguous: groups are repacked in parallel.
+        let group = |(g, tiles): (usize, &mut [u8])| {
+            for r in 0..ROWS.min(n - g * ROWS) {
+                let src_row = row_of(g * ROWS + r);
+                for b in 0..blocks {
+                    let at = (src_row * blocks + b) * bytes;
+                    let block = ggml_block(ty, &src[at..at + bytes]);
+                    put_block(qt, &mut tiles[b * tb..(b + 1) * tb], r, &block);
+                }
             }
+        };
+        if blocks > 0 {
+            out.par_chunks_mut(blocks * tb).enumerate().for_each(group);
         }
         QMatrix::from_bytes(qt, n, k, ByteData::Owned(out), name)
     }

@@ -488,7 +488,7 @@ fn zeros(n: usize) -> F32Tensor {
 /// GGUF's `attn_q` / `attn_k` row for Hugging Face's row `j`: within each head of `hd` rows,
 /// HF row `half·hd/2 + i` is the file's row `2i + half` (convert_hf_to_gguf's permutation,
 /// undone).
-fn unpermute(hd: usize) -> impl Fn(usize) -> usize {
+fn unpermute(hd: usize) -> impl Fn(usize) -> usize + Sync {
     move |j| {
         let (h, r) = (j / hd, j % hd);
         let (half, i) = (r / (hd / 2), r % (hd / 2));
@@ -586,6 +586,14 @@ impl Llama {
         quantize: Option<QType>,
         progress: Option<Progress<'_>>,
     ) -> Result<Self> {
+        pool::install(|| Self::read_gguf(path, quantize, progress))?
+    }
+
+    fn read_gguf(
+        path: &Path,
+        quantize: Option<QType>,
+        progress: Option<Progress<'_>>,
+    ) -> Result<Self> {
         let g = Gguf::open(path)?;
         let c = LlamaConfig::from_gguf(&g)?;
         let (d, inner, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
@@ -600,7 +608,7 @@ impl Llama {
         let mat = |name: &str,
                    n_in: usize,
                    n_out: usize,
-                   row_of: &dyn Fn(usize) -> usize|
+                   row_of: &(dyn Fn(usize) -> usize + Sync)|
          -> Result<Mat> {
             let (_, ty) = g.tensor(name, &[n_in, n_out])?;
             let m = match (ty.qtype(), quantize) {
@@ -625,21 +633,22 @@ impl Llama {
             tick();
             Ok(m)
         };
-        let bias = |name: &str, n: usize, row_of: &dyn Fn(usize) -> usize| -> Result<F32Tensor> {
-            if !g.contains(name) {
-                return Ok(zeros(n));
-            }
-            let b = g.f32(name, &[n])?;
-            Ok(F32Tensor {
-                data: F32Data::Owned((0..n).map(|j| b[row_of(j)]).collect()),
-                shape: vec![n],
-            })
-        };
+        let bias =
+            |name: &str, n: usize, row_of: &(dyn Fn(usize) -> usize + Sync)| -> Result<F32Tensor> {
+                if !g.contains(name) {
+                    return Ok(zeros(n));
+                }
+                let b = g.f32(name, &[n])?;
+                Ok(F32Tensor {
+                    data: F32Data::Owned((0..n).map(|j| b[row_of(j)]).collect()),
+                    shape: vec![n],
+                })
+            };
         let id = |j: usize| j;
         let lin = |p: &str,
                    n_in: usize,
                    n_out: usize,
-                   row_of: &dyn Fn(usize) -> usize|
+                   row_of: &(dyn Fn(usize) -> usize + Sync)|
          -> Result<Linear> {
             Ok(Linear {
                 w: mat(&format!("{p}.weight"), n_in, n_out, row_of)?,
