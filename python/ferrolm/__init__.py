@@ -16,6 +16,7 @@ from ferrolm.encoders import (
     BertForSequenceClassification,
     BertModel,
 )
+from ferrolm.lstm import LSTMLanguageModel
 from ferrolm.models import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -95,6 +96,7 @@ __all__ = [
     "GPT2LMHeadModel",
     "GPT2Tokenizer",
     "InternalError",
+    "LSTMLanguageModel",
     "LlamaForCausalLM",
     "PreTrainedCausalLM",
     "Tokenizer",

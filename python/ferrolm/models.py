@@ -684,9 +684,11 @@ def _model_type(path: Path) -> str:
     if path.is_file():
         with open(path, "rb") as f:
             magic = f.read(4)
-        if magic != b"GGUF":
-            raise FormatError(f"{path}: not a GGUF file nor a model folder")
-        return "llama"
+        if magic == b"GGUF":
+            return "llama"
+        if magic[:2] == b"PK" and path.suffix == ".keras":
+            return "lstm"
+        raise FormatError(f"{path}: not a GGUF file, a .keras file nor a model folder")
     config = _read_json(path / "config.json")
     if not config and not (path / "config.json").is_file():
         raise FileNotFoundError(2, "no config.json in the model folder", str(path / "config.json"))
@@ -697,10 +699,9 @@ class AutoModelForCausalLM:
     """``from_pretrained(path)`` picks the model class from ``config.json``'s ``model_type``."""
 
     @staticmethod
-    def from_pretrained(
-        name_or_path: str | os.PathLike[str], **kwargs: Any
-    ) -> GPT2LMHeadModel | LlamaForCausalLM:
-        """A GPT-2 or Llama folder, a ``.gguf`` file, or a short name such as ``"smollm2"``."""
+    def from_pretrained(name_or_path: str | os.PathLike[str], **kwargs: Any) -> PreTrainedCausalLM:
+        """A GPT-2, Llama or LSTM folder, a ``.gguf`` or ``.keras`` file, or a short name such
+        as ``"smollm2"``."""
         path = resolve_model_path(name_or_path, kwargs.get("gguf_file"))
         model_type = _model_type(path)
         if model_type == "llama":
@@ -708,9 +709,13 @@ class AutoModelForCausalLM:
         if model_type == "gpt2":
             kwargs.pop("gguf_file", None)
             return GPT2LMHeadModel.from_pretrained(path, **kwargs)
+        if model_type == "lstm":
+            from ferrolm.lstm import LSTMLanguageModel
+
+            return LSTMLanguageModel.from_pretrained(path, **kwargs)
         raise FormatError(
-            f"{path}: unsupported architecture model_type={model_type!r}; ferrolm runs gpt2 "
-            "and llama"
+            f"{path}: unsupported architecture model_type={model_type!r}; ferrolm runs gpt2, "
+            "llama and lstm"
         )
 
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use ferrolm_core::model::generate::{Adjust, GenerateParams, Generation};
 use ferrolm_core::model::gpt2::Gpt2;
 use ferrolm_core::model::llama::Llama;
+use ferrolm_core::model::lstm::{Lstm, OutputActivation};
 use ferrolm_core::model::sampling::Sampling;
 use ferrolm_core::model::{Cache, CausalLm, KvDtype};
 use ferrolm_core::quant::QType;
@@ -50,6 +51,36 @@ impl PyCache {
         self.inner.lock().bytes()
     }
 
+    /// A recurrent model's state of sequence `i` (`h` and `c` of every layer, f32 bytes);
+    /// empty for the Transformers.
+    fn get_state<'py>(&self, py: Python<'py>, i: usize) -> PyResult<Bound<'py, PyByteArray>> {
+        let c = self.inner.lock();
+        if i >= c.slots() {
+            return Err(pyo3::exceptions::PyIndexError::new_err(format!(
+                "sequence {i} of a cache of {}",
+                c.slots()
+            )));
+        }
+        f32_bytes(py, c.state(i))
+    }
+
+    /// Replaces a recurrent model's state of sequence `i` (f32 bytes, as `get_state` gives).
+    fn set_state(&self, i: usize, values: &[u8]) -> PyResult<()> {
+        let v: Vec<f32> = values
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if !values.len().is_multiple_of(4) {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "state bytes must be a whole number of float32 values",
+            ));
+        }
+        self.inner
+            .lock()
+            .set_state(i, &v)
+            .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
+    }
+
     /// A cache of `len(rows)` sequences, each a copy of sequence `rows[i]` of this one.
     fn select(&self, py: Python<'_>, rows: Vec<usize>) -> PyResult<PyCache> {
         let guard = self.inner.lock();
@@ -75,6 +106,7 @@ pub struct PyCausalLm {
 enum Arch {
     Gpt2(Arc<Gpt2>),
     Llama(Arc<Llama>),
+    Lstm(Arc<Lstm>),
 }
 
 fn kv_dtype_of(name: &str) -> PyResult<KvDtype> {
@@ -91,6 +123,14 @@ impl PyCausalLm {
         PyCausalLm {
             model: m.clone(),
             arch: Arch::Gpt2(m),
+        }
+    }
+
+    fn lstm(model: Lstm) -> Self {
+        let m = Arc::new(model);
+        PyCausalLm {
+            model: m.clone(),
+            arch: Arch::Lstm(m),
         }
     }
 
@@ -248,12 +288,27 @@ impl PyCausalLm {
         Ok(PyCausalLm::llama(model))
     }
 
-    /// `"gpt2"` or `"llama"`.
+    /// Loads an LSTM language model folder (`config.json` with `model_type` "lstm" and
+    /// safetensors in PyTorch's layout), the matrices quantized to `quantize` if given.
+    #[staticmethod]
+    #[pyo3(signature = (path, *, quantize = None))]
+    fn load_lstm(
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        quantize: Option<&str>,
+    ) -> PyResult<PyCausalLm> {
+        let q = parse_quantize(quantize)?;
+        let model = detached(py, || Lstm::load(&path, q))?;
+        Ok(PyCausalLm::lstm(model))
+    }
+
+    /// `"gpt2"`, `"llama"` or `"lstm"`.
     #[getter]
     fn model_type(&self) -> &'static str {
         match self.arch {
             Arch::Gpt2(_) => "gpt2",
             Arch::Llama(_) => "llama",
+            Arch::Lstm(_) => "lstm",
         }
     }
 
@@ -263,6 +318,7 @@ impl PyCausalLm {
         match &self.arch {
             Arch::Gpt2(m) => m.kv_dtype().name(),
             Arch::Llama(m) => m.kv_dtype().name(),
+            Arch::Lstm(_) => "float32",
         }
     }
 
@@ -272,6 +328,7 @@ impl PyCausalLm {
         match &self.arch {
             Arch::Gpt2(m) => m.quantization(),
             Arch::Llama(m) => m.quantization(),
+            Arch::Lstm(m) => m.quantization(),
         }
         .map(QType::name)
     }
@@ -283,10 +340,12 @@ impl PyCausalLm {
                 let model = Arc::clone(m);
                 detached(py, move || model.save(&path))
             }
-            Arch::Llama(_) => Err(pyo3::exceptions::PyNotImplementedError::new_err(
-                "save_pretrained is implemented for GPT-2 models; a Llama model loads from its \
-                 Hugging Face folder or GGUF file",
-            )),
+            Arch::Llama(_) | Arch::Lstm(_) => {
+                Err(pyo3::exceptions::PyNotImplementedError::new_err(
+                    "save_pretrained is implemented for GPT-2 models; this model loads from \
+                     its own folder or file",
+                ))
+            }
         }
     }
 
@@ -325,6 +384,22 @@ impl PyCausalLm {
                 d.set_item("eos_token_id", c.eos_token_id.clone())?;
                 d.set_item("tie_word_embeddings", c.tie_word_embeddings)?;
             }
+            Arch::Lstm(m) => {
+                let c = &m.config;
+                d.set_item("model_type", "lstm")?;
+                d.set_item("vocab_size", c.vocab_size)?;
+                d.set_item("embedding_dim", c.embedding_dim)?;
+                d.set_item("hidden_size", c.hidden_size)?;
+                d.set_item("num_layers", c.num_layers)?;
+                let act = match c.output_activation {
+                    OutputActivation::Linear => "linear",
+                    OutputActivation::Softmax => "softmax",
+                };
+                d.set_item("output_activation", act)?;
+                d.set_item("bos_token_id", c.bos_token_id)?;
+                d.set_item("eos_token_id", c.eos_token_id.clone())?;
+                d.set_item("state_size", c.state_size())?;
+            }
         }
         d.set_item("n_ctx", self.model.n_ctx())?;
         Ok(d)
@@ -336,6 +411,7 @@ impl PyCausalLm {
         match &self.arch {
             Arch::Gpt2(m) => m.weight_bytes(),
             Arch::Llama(m) => m.weight_bytes(),
+            Arch::Lstm(m) => m.weight_bytes(),
         }
     }
 

@@ -350,10 +350,22 @@ impl Gpt2 {
     pub fn kv_dtype(&self) -> KvDtype {
         self.kv_dtype
     }
+}
 
-    /// [`CausalLm::forward_into`]: reuses the cache's work buffers, so decoding allocates
-    /// nothing per token once they have grown.
-    pub fn forward_into(
+impl CausalLm for Gpt2 {
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn n_ctx(&self) -> usize {
+        self.config.n_positions
+    }
+
+    fn new_cache(&self, slots: usize, capacity: Option<usize>) -> Cache {
+        Gpt2::new_cache(self, slots, capacity)
+    }
+
+    fn forward_into(
         &self,
         cache: &mut Cache,
         tokens: &[u32],
@@ -462,32 +474,6 @@ impl Gpt2 {
         result??;
         cache.commit(mask, t);
         Ok(())
-    }
-}
-
-impl CausalLm for Gpt2 {
-    fn vocab_size(&self) -> usize {
-        self.config.vocab_size
-    }
-
-    fn n_ctx(&self) -> usize {
-        self.config.n_positions
-    }
-
-    fn new_cache(&self, slots: usize, capacity: Option<usize>) -> Cache {
-        Gpt2::new_cache(self, slots, capacity)
-    }
-
-    fn forward_into(
-        &self,
-        cache: &mut Cache,
-        tokens: &[u32],
-        mask: &[u8],
-        t: usize,
-        last_only: bool,
-        logits: &mut Vec<f32>,
-    ) -> Result<()> {
-        Gpt2::forward_into(self, cache, tokens, mask, t, last_only, logits)
     }
 }
 

@@ -443,6 +443,9 @@ pub struct Cache {
     pub(crate) next_pos: Vec<usize>,
     /// The model's context: no slot grows past it.
     pub(crate) max_ctx: usize,
+    /// A recurrent model's state, `rnn_per_slot` values per slot (empty for the Transformers).
+    pub(crate) rnn: Vec<f32>,
+    pub(crate) rnn_per_slot: usize,
     pub(crate) work: Work,
 }
 
@@ -472,8 +475,19 @@ impl Cache {
             valid: vec![0; slots * n_ctx],
             next_pos: vec![0; slots],
             max_ctx,
+            rnn: Vec::new(),
+            rnn_per_slot: 0,
             work: Work::default(),
         }
+    }
+
+    /// An empty cache for a recurrent model: `per_slot` state values per sequence (zeros), no
+    /// keys or values; positions are still counted (up to `max_ctx`).
+    pub(crate) fn recurrent(slots: usize, per_slot: usize, max_ctx: usize) -> Self {
+        let mut c = Cache::new(1, 0, max_ctx, slots, KvDtype::F32, INITIAL_CTX.min(max_ctx));
+        c.rnn = vec![0.0; slots * per_slot];
+        c.rnn_per_slot = per_slot;
+        c
     }
 
     /// The first capacity of a cache made without a length in mind.
@@ -594,9 +608,29 @@ impl Cache {
         self.k.dtype()
     }
 
-    /// Bytes held by keys and values.
+    /// Bytes held by keys and values (or a recurrent model's state).
     pub fn bytes(&self) -> usize {
-        self.k.bytes() + self.v.bytes()
+        self.k.bytes() + self.v.bytes() + self.rnn.len() * 4
+    }
+
+    /// A recurrent model's state of slot `s` (empty for the Transformers).
+    pub fn state(&self, s: usize) -> &[f32] {
+        let p = self.rnn_per_slot;
+        &self.rnn[s * p..(s + 1) * p]
+    }
+
+    /// Replaces slot `s`'s recurrent state (`values` must have the state's size).
+    pub fn set_state(&mut self, s: usize, values: &[f32]) -> Result<()> {
+        let p = self.rnn_per_slot;
+        if s >= self.slots || values.len() != p {
+            return Err(Error::invalid(format!(
+                "state of slot {s}: {} values given, the model's state has {p} ({} slots)",
+                values.len(),
+                self.slots
+            )));
+        }
+        self.rnn[s * p..(s + 1) * p].copy_from_slice(values);
+        Ok(())
     }
 
     /// A cache of `sources.len()` slots, slot `i` a copy of this cache's slot `sources[i]`: a
@@ -634,6 +668,14 @@ impl Cache {
             valid,
             next_pos: sources.iter().map(|&s| self.next_pos[s]).collect(),
             max_ctx: self.max_ctx,
+            rnn: sources
+                .iter()
+                .flat_map(|&s| {
+                    let p = self.rnn_per_slot;
+                    self.rnn[s * p..(s + 1) * p].iter().copied()
+                })
+                .collect(),
+            rnn_per_slot: self.rnn_per_slot,
             work: Work::default(),
         })
     }

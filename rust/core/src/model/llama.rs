@@ -772,9 +772,32 @@ impl Llama {
     pub fn kv_dtype(&self) -> KvDtype {
         self.kv_dtype
     }
+}
 
-    /// [`CausalLm::forward_into`].
-    pub fn forward_into(
+impl CausalLm for Llama {
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn n_ctx(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+
+    fn new_cache(&self, slots: usize, capacity: Option<usize>) -> Cache {
+        let c = &self.config;
+        let n = c.max_position_embeddings;
+        let cap = capacity.unwrap_or_else(|| Cache::default_capacity(n));
+        Cache::new(
+            c.num_hidden_layers,
+            c.kv_dim(),
+            n,
+            slots,
+            self.kv_dtype,
+            cap,
+        )
+    }
+
+    fn forward_into(
         &self,
         cache: &mut Cache,
         tokens: &[u32],
@@ -878,42 +901,6 @@ impl Llama {
         result??;
         cache.commit(mask, t);
         Ok(())
-    }
-}
-
-impl CausalLm for Llama {
-    fn vocab_size(&self) -> usize {
-        self.config.vocab_size
-    }
-
-    fn n_ctx(&self) -> usize {
-        self.config.max_position_embeddings
-    }
-
-    fn new_cache(&self, slots: usize, capacity: Option<usize>) -> Cache {
-        let c = &self.config;
-        let n = c.max_position_embeddings;
-        let cap = capacity.unwrap_or_else(|| Cache::default_capacity(n));
-        Cache::new(
-            c.num_hidden_layers,
-            c.kv_dim(),
-            n,
-            slots,
-            self.kv_dtype,
-            cap,
-        )
-    }
-
-    fn forward_into(
-        &self,
-        cache: &mut Cache,
-        tokens: &[u32],
-        mask: &[u8],
-        t: usize,
-        last_only: bool,
-        logits: &mut Vec<f32>,
-    ) -> Result<()> {
-        Llama::forward_into(self, cache, tokens, mask, t, last_only, logits)
     }
 }
 

@@ -5,6 +5,7 @@ pub mod generate;
 pub mod gpt2;
 pub mod kv;
 pub mod llama;
+pub mod lstm;
 pub mod sampling;
 pub(crate) mod weights;
 
