@@ -16,6 +16,11 @@ pub struct ChatTemplate {
 
 const NAME: &str = "chat_template";
 
+/// Template instructions one render may run: far more than any real template needs for a long
+/// conversation, and a bound on what a crafted one (a template inside a GGUF file is untrusted
+/// text) can make a render do: nested loops end with an error instead of hanging.
+const FUEL: u64 = 5_000_000;
+
 fn raise_exception(message: String) -> std::result::Result<Value, JinjaError> {
     Err(JinjaError::new(ErrorKind::InvalidOperation, message))
 }
@@ -69,6 +74,7 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_filter("tojson", tojson);
@@ -129,5 +135,11 @@ mod tests {
             "{\"a\": [1, \"é<\"]}"
         );
         assert!(ChatTemplate::new("{% for %}").is_err());
+        // A crafted template runs out of fuel instead of hanging.
+        let t = ChatTemplate::new(
+            "{% for i in range(99999) %}{% for j in range(99999) %}{{ i }}{% endfor %}{% endfor %}",
+        )
+        .unwrap();
+        assert!(t.render(&json!({})).is_err());
     }
 }
