@@ -542,6 +542,36 @@ def test_tokenizer_argument(refs: dict[int, Ref], text_ref: Ref) -> None:
     assert model.tokenizer is tok
 
 
+def test_cli_generate_and_perplexity_take_a_tokenizer(text_ref: Ref, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    tok = text_ref.model.tokenizer
+    # A model folder without its tokenizer: the CLI asks for one, then uses --tokenizer.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (bare / f).write_bytes((text_ref.folder / f).read_bytes())
+    cli = [sys.executable, "-m", "ferrolm"]
+    run = lambda *a: subprocess.run([*cli, *a], capture_output=True, text=True)  # noqa: E731
+    no_tok = run("generate", "--model", str(bare), "The quick", "--max-new-tokens", "5")
+    assert no_tok.returncode != 0 and "--tokenizer" in no_tok.stderr
+    tj = str(text_ref.folder / "tokenizer.json")
+    gen = run(
+        "generate", "--model", str(bare), "--tokenizer", tj, "The quick", "--max-new-tokens", "5"
+    )
+    assert gen.returncode == 0, gen.stderr
+    p = tok.encode("The quick")
+    new = text_ref.model.generate([p], max_new_tokens=5)[0][len(p) :]
+    assert gen.stdout.rstrip("\n") == "The quick" + tok.decode(new, skip_special_tokens=True)
+    text = tmp_path / "t.txt"
+    text.write_text("The early fox catches the lazy worm; practice makes the Romans bold.")
+    ppl = run("perplexity", "--model", str(bare), "--tokenizer", tj, str(text))
+    assert ppl.returncode == 0, ppl.stderr
+    want = ferrolm.perplexity(text_ref.model, tok, text.read_text())
+    assert float(ppl.stdout) == pytest.approx(want, rel=1e-4)
+
+
 # --------------------------------------------------------------------------- Auto
 
 

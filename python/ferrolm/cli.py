@@ -66,6 +66,14 @@ def _load_tokenizer(spec: str) -> ferrolm.Tokenizer:
     )
 
 
+def _load_model(args: argparse.Namespace) -> Any:
+    """``--model``, with ``--tokenizer`` replacing (or supplying) its tokenizer."""
+    model = ferrolm.AutoModelForCausalLM.from_pretrained(args.model)
+    if getattr(args, "tokenizer", None):
+        model.tokenizer = _load_tokenizer(args.tokenizer)
+    return model
+
+
 def _tokenize(args: argparse.Namespace) -> int:
     tok = _load_tokenizer(args.tokenizer)
     texts = [sys.stdin.read() if t == "-" else t for t in args.text]
@@ -183,7 +191,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     if args.threads:
         ferrolm.set_num_threads(args.threads)
-    model = ferrolm.AutoModelForCausalLM.from_pretrained(args.model)
+    model = _load_model(args)
     tok = model._need_tokenizer()
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     kw = _gen_kwargs(args)
@@ -217,7 +225,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _perplexity(args: argparse.Namespace) -> int:
     if args.threads:
         ferrolm.set_num_threads(args.threads)
-    model = ferrolm.AutoModelForCausalLM.from_pretrained(args.model)
+    model = _load_model(args)
     tok = model._need_tokenizer()
     ppl = ferrolm.perplexity(model, tok, Path(args.file), stride=args.stride)
     print(f"{ppl:.4f}")
@@ -341,7 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
         "-m",
         required=True,
         metavar="PATH",
-        help="a model folder, a .gguf file, or smollm2",
+        help="a model folder, a .gguf or .keras file, or smollm2",
+    )
+    p.add_argument(
+        "--tokenizer",
+        metavar="NAME|PATH",
+        help="a tokenizer for a model without one (a .keras file): a tokenizer.json, a folder, "
+        "or a built-in name",
     )
     p.add_argument("prompt", metavar="PROMPT", help='the prompt, or "-" for stdin')
     p.add_argument("--max-new-tokens", type=int, default=50, metavar="N", help="default: 50")
@@ -365,7 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
         "of the transformers documentation (windows of the model's context, at most 1024 "
         "tokens, moved by --stride).",
     )
-    p.add_argument("--model", "-m", required=True, metavar="DIR", help="the model folder")
+    p.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        metavar="PATH",
+        help="a model folder, a .gguf or .keras file, or smollm2",
+    )
+    p.add_argument("--tokenizer", metavar="NAME|PATH", help="as for generate")
     p.add_argument("file", metavar="FILE", help="a UTF-8 text file")
     p.add_argument("--stride", type=int, help="default: 512 (at most the window)")
     p.add_argument("--threads", type=int, help="threads (default: all cores)")

@@ -517,7 +517,8 @@ class PreTrainedCausalLM:
     def _need_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
             raise ValueError(
-                f"{self.name_or_path} has no tokenizer files (tokenizer.json or vocab.json)"
+                f"{self.name_or_path} has no tokenizer files (tokenizer.json or vocab.json); "
+                "pass one (tokenizer= when loading, --tokenizer in the CLI)"
             )
         return self.tokenizer
 
