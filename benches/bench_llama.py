@@ -40,6 +40,7 @@ from pathlib import Path
 from common import machine
 
 import ferrolm
+from ferrolm.perplexity import nll_of
 
 QUESTION = "What is a language model?"
 PREFILL = 512
@@ -127,9 +128,7 @@ def ferrolm_perplexity(model: ferrolm.PreTrainedCausalLM, text: str, chunks: int
             chunk = [bos, *chunk[1:]]
         logits = model([chunk]).logits[0].astype(np.float64)
         rows = logits[first : CTX - 1]
-        top = rows.max(axis=1, keepdims=True)
-        log_z = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
-        nll += float((log_z - rows[np.arange(len(rows)), chunk[first + 1 :]]).sum())
+        nll += nll_of(rows, chunk[first + 1 :])
         count += len(rows)
     return math.exp(nll / count)
 

@@ -13,7 +13,17 @@ from typing import Any
 
 from ferrolm._progress import Progress
 
-__all__ = ["perplexity"]
+__all__ = ["nll_of", "perplexity"]
+
+
+def nll_of(logits: Any, targets: Any) -> float:
+    """The summed negative log-likelihood of ``targets`` (one id per row) under ``logits``
+    (``[rows, vocab]``, float64 for precision), by a max-shifted log-sum-exp."""
+    import numpy as np
+
+    top = logits.max(axis=1, keepdims=True)
+    log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    return float((log_z - logits[np.arange(len(logits)), targets]).sum())
 
 
 def perplexity(
@@ -66,10 +76,7 @@ def perplexity(
             # Token j (j >= 1) is predicted by the logits at j - 1; score the last target_len.
             first = max(1, len(chunk) - target_len)
             rows = logits[first - 1 : len(chunk) - 1]
-            top = rows.max(axis=1, keepdims=True)
-            log_z = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
-            picked = rows[np.arange(len(rows)), chunk[first:]]
-            nll_sum += float((log_z - picked).sum())
+            nll_sum += nll_of(rows, chunk[first:])
             scored += len(rows)
             bar.update(end - prev_end)
             prev_end = end

@@ -661,15 +661,7 @@ class Tokenizer(_core.Tokenizer):
 
 def _as_tensor(ids: list[int], kind: str) -> Any:
     """``[ids]`` as a ``[1, n]`` int64 tensor: ``"pt"`` (torch) or ``"np"`` (numpy)."""
-    if kind == "pt":
-        import torch
-
-        return torch.tensor([ids], dtype=torch.int64)
-    if kind == "np":
-        import numpy as np
-
-        return np.array([ids], dtype=np.int64)
-    raise ValueError(f"return_tensors must be None, 'np' or 'pt', not {kind!r}")
+    return _as_tensors([ids], kind)
 
 
 def _as_tensors(rows: list[list[int]], kind: str) -> Any:

@@ -97,7 +97,6 @@ impl PyCache {
 #[derive(Debug)]
 #[pyclass(frozen, module = "ferrolm._core", name = "CausalLM")]
 pub struct PyCausalLm {
-    model: Arc<dyn CausalLm>,
     arch: Arch,
 }
 
@@ -119,26 +118,29 @@ fn kv_dtype_of(name: &str) -> PyResult<KvDtype> {
 
 impl PyCausalLm {
     fn gpt2(model: Gpt2) -> Self {
-        let m = Arc::new(model);
         PyCausalLm {
-            model: m.clone(),
-            arch: Arch::Gpt2(m),
+            arch: Arch::Gpt2(Arc::new(model)),
         }
     }
 
     fn lstm(model: Lstm) -> Self {
-        let m = Arc::new(model);
         PyCausalLm {
-            model: m.clone(),
-            arch: Arch::Lstm(m),
+            arch: Arch::Lstm(Arc::new(model)),
         }
     }
 
     fn llama(model: Llama) -> Self {
-        let m = Arc::new(model);
         PyCausalLm {
-            model: m.clone(),
-            arch: Arch::Llama(m),
+            arch: Arch::Llama(Arc::new(model)),
+        }
+    }
+
+    /// The model, whatever its architecture.
+    fn model(&self) -> Arc<dyn CausalLm> {
+        match &self.arch {
+            Arch::Gpt2(m) => m.clone(),
+            Arch::Llama(m) => m.clone(),
+            Arch::Lstm(m) => m.clone(),
         }
     }
 }
@@ -401,7 +403,7 @@ impl PyCausalLm {
                 d.set_item("state_size", c.state_size())?;
             }
         }
-        d.set_item("n_ctx", self.model.n_ctx())?;
+        d.set_item("n_ctx", self.model().n_ctx())?;
         Ok(d)
     }
 
@@ -419,7 +421,7 @@ impl PyCausalLm {
     #[pyo3(signature = (batch, capacity = None))]
     fn new_cache(&self, batch: usize, capacity: Option<usize>) -> PyCache {
         PyCache {
-            inner: Mutex::new(self.model.new_cache(batch, capacity)),
+            inner: Mutex::new(self.model().new_cache(batch, capacity)),
         }
     }
 
@@ -438,7 +440,8 @@ impl PyCausalLm {
     ) -> PyResult<Bound<'py, PyByteArray>> {
         let mut guard = cache.inner.lock();
         let c: &mut Cache = &mut guard;
-        let logits = detached(py, || self.model.forward(c, &tokens, &mask, t, last_only))?;
+        let model = self.model();
+        let logits = detached(py, || model.forward(c, &tokens, &mask, t, last_only))?;
         f32_bytes(py, &logits)
     }
 
@@ -493,7 +496,7 @@ impl PyCausalLm {
             *raised.lock() = Some(e);
             Error::Internal("interrupted by a Python exception".into())
         };
-        let model = Arc::clone(&self.model);
+        let model = self.model();
         let result = detached(py, || {
             let mut g = Generation::new(model, &prompts, args.params.clone())?;
             let stop = stop_check(tok.as_deref(), &args.stop);
@@ -566,7 +569,7 @@ impl PyCausalLm {
             seed,
             stop,
         );
-        let model = Arc::clone(&self.model);
+        let model = self.model();
         let params = args.params.clone();
         let g = detached(py, move || Generation::new(model, &prompts, params))?;
         Ok(PyGeneration {

@@ -407,6 +407,8 @@ pub(crate) struct Work {
     pub(crate) scratch: Scratch,
     /// The position id of each row.
     pub(crate) positions: Vec<usize>,
+    /// Rotary embeddings' cos then sin per row (Llama).
+    pub(crate) rope: Vec<f32>,
 }
 
 impl Work {

@@ -618,16 +618,7 @@ impl Llama {
                 }
                 (None, _) => {
                     let w = gguf::permute_rows(&g.f32(name, &[n_in, n_out])?, n_in, row_of);
-                    let mut t = vec![0.0f32; n_in * n_out];
-                    for (o, row) in w.chunks_exact(n_in).enumerate() {
-                        for (i, &x) in row.iter().enumerate() {
-                            t[i * n_out + o] = x;
-                        }
-                    }
-                    Mat::F32(F32Tensor {
-                        data: F32Data::Owned(t),
-                        shape: vec![n_in, n_out],
-                    })
+                    Mat::F32(weights::transposed(&w, n_out, n_in))
                 }
             };
             tick();
@@ -830,8 +821,8 @@ impl CausalLm for Llama {
         let result = pool::install(|| -> Result<()> {
             // RoPE's cos / sin per row, computed once for every layer.       [rows, hd/2]
             let half = hd / 2;
-            let mut cos = vec![0.0f32; rows * half];
-            let mut sin = vec![0.0f32; rows * half];
+            ws.rope.resize(2 * rows * half, 0.0);
+            let (cos, sin) = ws.rope.split_at_mut(rows * half);
             for (r, &p) in ws.positions.iter().enumerate() {
                 for (i, &f) in self.inv_freq.iter().enumerate() {
                     let a = p as f32 * f;
@@ -859,7 +850,7 @@ impl CausalLm for Llama {
                     &mut tmp,
                     &mut ws.scratch,
                 );
-                rope(qkv, lay.stride, nh + nkv, hd, &cos, &sin);
+                rope(qkv, lay.stride, nh + nkv, hd, cos, sin);
                 cache.append(kern, l, qkv, t, &lay);
                 let args = cache.attn_args(qkv, mask, l, t, (nh, nkv, hd), &lay, scale);
                 attention(kern, &args, &mut ws.att[..rows * qd], &mut ws.scores);

@@ -23,12 +23,11 @@
 
 use std::path::Path;
 
-use rayon::prelude::*;
 use serde_json::Value;
 
 use crate::io::safetensors::{Checkpoint, F32Data, F32Tensor};
 use crate::kernels;
-use crate::model::gpt2::{linear, SERIAL_ELEMS};
+use crate::model::gpt2::linear;
 use crate::model::kv::Cache;
 use crate::model::weights::{self, Linear, Mat, Table};
 use crate::model::CausalLm;
@@ -178,16 +177,7 @@ impl Lstm {
             let t = ck.f32(name, &[n_out, n_in])?;
             Ok(match quantize {
                 Some(ty) => Mat::Q(QMatrix::quantize(ty, t.values(), n_out, n_in, false)),
-                None => {
-                    let w = t.values();
-                    let mut out = vec![0.0f32; n_in * n_out];
-                    for (o, row) in w.chunks_exact(n_in).enumerate() {
-                        for (i, &x) in row.iter().enumerate() {
-                            out[i * n_out + o] = x;
-                        }
-                    }
-                    Mat::F32(owned(out, vec![n_in, n_out]))
-                }
+                None => Mat::F32(weights::transposed(t.values(), n_out, n_in)),
             })
         };
         let vector = |name: &str, n: usize| -> Result<Vec<f32>> {
@@ -400,26 +390,6 @@ impl CausalLm for Lstm {
         result??;
         cache.commit(mask, t);
         Ok(())
-    }
-}
-
-/// Softmax over each row of `n` (in place), on the pool when large.
-pub fn softmax_rows(kern: &kernels::Kernels, x: &mut [f32], n: usize) {
-    let run = |row: &mut [f32]| {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        for v in row.iter_mut() {
-            *v -= max;
-        }
-        (kern.exp)(row);
-        let inv = 1.0 / row.iter().sum::<f32>();
-        for v in row.iter_mut() {
-            *v *= inv;
-        }
-    };
-    if x.len() <= SERIAL_ELEMS {
-        x.chunks_exact_mut(n).for_each(run);
-    } else {
-        x.par_chunks_mut(n).for_each(run);
     }
 }
 

@@ -323,7 +323,7 @@ impl<'a> Weights<'a> {
         let m = match self.quant {
             Quant::None => Mat::F32(match layout {
                 Layout::InOut => get(&wname, &[n_in, n_out])?,
-                Layout::OutIn => transposed(&get(&wname, &[n_out, n_in])?, n_out, n_in),
+                Layout::OutIn => transposed(get(&wname, &[n_out, n_in])?.values(), n_out, n_in),
             }),
             Quant::To(ty) => {
                 let shape = match layout {
@@ -382,9 +382,8 @@ impl<'a> Weights<'a> {
     }
 }
 
-/// An `[out, in]` matrix as `[in, out]`, in memory.
-fn transposed(t: &F32Tensor, n_out: usize, n_in: usize) -> F32Tensor {
-    let w = t.values();
+/// An `[out, in]` matrix (`nn.Linear`'s layout) as `[in, out]`, in memory.
+pub(crate) fn transposed(w: &[f32], n_out: usize, n_in: usize) -> F32Tensor {
     let mut out = vec![0.0f32; n_in * n_out];
     for (o, row) in w.chunks_exact(n_in).enumerate() {
         for (i, &v) in row.iter().enumerate() {
