@@ -45,6 +45,13 @@ pub enum Error {
     /// An index (token id, position, layer) beyond the end of what it indexes.
     #[error("{0}")]
     OutOfRange(String),
+    /// A buffer the request needs is larger than the memory the process can still get (checked
+    /// before allocating); says how much it needs and how much there is.
+    #[error("{0}")]
+    OutOfMemory(String),
+    /// The caller asked the work to stop (a cancellation flag, Ctrl-C from Python).
+    #[error("cancelled")]
+    Cancelled,
     /// A bug in ferrolm: a broken invariant or a caught panic. Never the caller's fault.
     #[error("internal error (please report it): {0}")]
     Internal(String),

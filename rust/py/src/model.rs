@@ -15,12 +15,11 @@ use ferrolm_core::model::sampling::Sampling;
 use ferrolm_core::model::{Cache, CausalLm, KvDtype};
 use ferrolm_core::quant::QType;
 use ferrolm_core::tokenizer::Tokenizer;
-use ferrolm_core::Error;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict};
 
-use crate::errors::{attached, detached};
+use crate::errors::{attached, detached, detached_interruptible};
 use crate::tokenizer::PyTokenizer;
 
 /// A KV cache for some number of sequences; pass it back to `forward` to continue them.
@@ -419,10 +418,17 @@ impl PyCausalLm {
 
     /// A new, empty cache for `batch` sequences (it grows as they do).
     #[pyo3(signature = (batch, capacity = None))]
-    fn new_cache(&self, batch: usize, capacity: Option<usize>) -> PyCache {
-        PyCache {
-            inner: Mutex::new(self.model().new_cache(batch, capacity)),
-        }
+    fn new_cache(
+        &self,
+        py: Python<'_>,
+        batch: usize,
+        capacity: Option<usize>,
+    ) -> PyResult<PyCache> {
+        let model = self.model();
+        let cache = detached(py, || model.new_cache(batch, capacity))?;
+        Ok(PyCache {
+            inner: Mutex::new(cache),
+        })
     }
 
     /// Advances every sequence of `cache` by `t` tokens (`tokens`, `mask`: `batch × t`,
@@ -441,7 +447,17 @@ impl PyCausalLm {
         let mut guard = cache.inner.lock();
         let c: &mut Cache = &mut guard;
         let model = self.model();
-        let logits = detached(py, || model.forward(c, &tokens, &mask, t, last_only))?;
+        let logits = if tokens.len() < INTERRUPTIBLE_ROWS {
+            detached(py, || model.forward(c, &tokens, &mask, t, last_only))?
+        } else {
+            // A long input: Ctrl-C stops it between layers (the cache stays as it was).
+            detached_interruptible(py, |int| {
+                c.set_cancel(Some(int.flag()));
+                let out = model.forward(c, &tokens, &mask, t, last_only);
+                c.set_cancel(None);
+                out
+            })?
+        };
         f32_bytes(py, &logits)
     }
 
@@ -490,26 +506,22 @@ impl PyCausalLm {
             stop,
         );
         let tok = tokenizer.map(PyTokenizer::core);
-        // A Python error raised inside the Rust loop (Ctrl-C, the hook's), re-raised as is.
-        let raised: Mutex<Option<PyErr>> = Mutex::new(None);
-        let keep = |e: PyErr| {
-            *raised.lock() = Some(e);
-            Error::Internal("interrupted by a Python exception".into())
-        };
         let model = self.model();
-        let result = detached(py, || {
-            let mut g = Generation::new(model, &prompts, args.params.clone())?;
+        let (ids, cols) = detached_interruptible(py, |int| {
+            let mut g =
+                Generation::new_with(model, &prompts, args.params.clone(), Some(int.flag()))?;
             let stop = stop_check(tok.as_deref(), &args.stop);
             let mut hook =
                 |ids: &[u32], cols: usize, logits: &mut [f32]| -> ferrolm_core::Result<()> {
                     let Some(h) = &logits_hook else {
                         return Ok(());
                     };
-                    Python::attach(|py| call_hook(py, h, ids, cols, logits)).map_err(keep)
+                    Python::attach(|py| call_hook(py, h, ids, cols, logits))
+                        .map_err(|e| int.keep(e))
                 };
             loop {
                 // Ctrl-C: checked between steps, in C (no Python code runs).
-                Python::attach(|py| py.check_signals()).map_err(keep)?;
+                int.check()?;
                 let adjust: Option<Adjust<'_>> = if logits_hook.is_some() {
                     Some(&mut hook)
                 } else {
@@ -520,11 +532,7 @@ impl PyCausalLm {
                 }
             }
             Ok(g.output())
-        });
-        if let Some(e) = raised.lock().take() {
-            return Err(e);
-        }
-        let (ids, cols) = result?;
+        })?;
         let rows = ids.len().checked_div(cols).unwrap_or(0);
         let bytes: Vec<u8> = ids.iter().flat_map(|v| v.to_le_bytes()).collect();
         Ok((PyBytes::new(py, &bytes), rows, cols))
@@ -571,7 +579,12 @@ impl PyCausalLm {
         );
         let model = self.model();
         let params = args.params.clone();
-        let g = detached(py, move || Generation::new(model, &prompts, params))?;
+        let g = detached_interruptible(py, move |int| {
+            let mut g = Generation::new_with(model, &prompts, params, Some(int.flag()))?;
+            // The steps run later, one call each (Ctrl-C arrives between them).
+            g.set_cancel(None);
+            Ok(g)
+        })?;
         Ok(PyGeneration {
             state: Mutex::new(g),
             stop: args.stop,
@@ -608,6 +621,10 @@ impl PyGeneration {
         Ok((PyBytes::new(py, &bytes), rows, cols))
     }
 }
+
+/// From this many tokens on, `forward` runs interruptibly (on a thread of its own, the caller
+/// watching for Ctrl-C).
+const INTERRUPTIBLE_ROWS: usize = 64;
 
 /// A `bytearray` (so that numpy arrays over it are writable, as torch logits are).
 fn f32_bytes<'py>(py: Python<'py>, v: &[f32]) -> PyResult<Bound<'py, PyByteArray>> {

@@ -19,13 +19,21 @@ use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PySet, PyString};
 use rayon::prelude::*;
 
 use crate::convert::{ids_from, IntCache};
-use crate::errors::{attached, detached};
+use crate::errors::{attached, detached, detached_interruptible};
 
 /// Token ids with the character offsets of each.
 type IdsWithOffsets = (Vec<u32>, Vec<(usize, usize)>);
 
 /// Texts shorter than this many bytes are encoded without releasing the GIL.
 const DETACH_BYTES: usize = 4096;
+
+/// `encode_batch` encodes its texts in groups of about this many bytes per thread, checking for
+/// Ctrl-C between groups.
+const BATCH_GROUP_BYTES: usize = 1 << 20;
+
+/// The longest text one call takes, in characters: 2^31 - 1. Longer input is refused before
+/// anything is copied or allocated.
+pub(crate) const MAX_TEXT_CHARS: usize = (1 << 31) - 1;
 
 /// A tokenizer (byte-level BPE or WordPiece; immutable, safe to share across threads).
 #[derive(Debug)]
@@ -125,6 +133,13 @@ pub(crate) fn text_of<'a, 'py>(obj: &'a Bound<'py, PyAny>) -> PyResult<std::borr
                 .unwrap_or_default()
         ))
     })?;
+    let chars = s.len()?;
+    if chars > MAX_TEXT_CHARS {
+        return Err(PyValueError::new_err(format!(
+            "text of {chars} characters: ferrolm takes at most 2^31 - 1 = {MAX_TEXT_CHARS} per \
+             text; split it into parts"
+        )));
+    }
     match s.to_str() {
         Ok(t) => Ok(std::borrow::Cow::Borrowed(t)),
         Err(_) => {
@@ -491,17 +506,40 @@ impl PyTokenizer {
         }
         let inner = &self.inner;
         let refs: Vec<&str> = strs.iter().map(|c| c.as_ref()).collect();
-        let rows: Vec<Vec<u32>> = detached(py, || {
-            pool::install(|| {
-                refs.par_iter()
-                    .with_min_len(8)
-                    .map(|t| inner.encode(t, add_special_tokens, allowed))
-                    .collect()
-            })
+        // In groups of about BATCH_GROUP_BYTES per thread, checking for Ctrl-C between groups.
+        let rows: Vec<Vec<u32>> = detached_interruptible(py, |int| {
+            let budget = BATCH_GROUP_BYTES * pool::num_threads()?;
+            let mut rows = Vec::with_capacity(refs.len());
+            let mut rest = &refs[..];
+            while !rest.is_empty() {
+                int.check()?;
+                let (mut n, mut bytes) = (0, 0);
+                while n < rest.len() && (n == 0 || bytes + rest[n].len() <= budget) {
+                    bytes += rest[n].len();
+                    n += 1;
+                }
+                let (group, tail) = rest.split_at(n);
+                rows.extend(pool::install(|| {
+                    group
+                        .par_iter()
+                        .with_min_len(8)
+                        .map(|t| inner.encode(t, add_special_tokens, allowed))
+                        .collect::<Vec<_>>()
+                })?);
+                rest = tail;
+            }
+            Ok(rows)
         })?;
         let out = PyList::empty(py);
+        let mut ids = 0;
         for row in &rows {
             out.append(self.list(py, row)?)?;
+            // Building the lists of a large batch takes a while too: Ctrl-C stops it.
+            ids += row.len();
+            if ids >= 1 << 20 {
+                ids = 0;
+                py.check_signals()?;
+            }
         }
         Ok(out)
     }

@@ -401,6 +401,11 @@ impl Gguf {
         let mut by_name = BTreeMap::new();
         for (name, dims, ty_id, offset) in infos {
             let bad = |m: String| Error::format(&what, format!("tensor {name:?}: {m}"));
+            // A zero dimension would leave the others unbounded by the file's size (found by
+            // fuzzing: a [2^60, 0] tensor overflowed the size of its repacked tiles).
+            if dims.contains(&0) {
+                return Err(bad(format!("dimensions {dims:?} include a zero")));
+            }
             let elements = dims
                 .iter()
                 .try_fold(1usize, |a, &d| a.checked_mul(d))

@@ -13,8 +13,6 @@
 //!   weights are used in place as B. The work is split by columns across threads.
 //! - `gemm_nt`: `C[m×n] = A[m×k] · B[n×k]ᵀ` (each output a dot product) — for the tied LM head,
 //!   whose weight is the `[vocab, d]` embedding.
-//! - `gemv_acc`: `y += x · B` over rows of B in order — one token's matmul split by rows across
-//!   threads, each streaming a contiguous block of the weights.
 //! - `dot`, `axpy`: attention over the KV cache.
 
 pub mod quant;
@@ -100,10 +98,6 @@ pub struct Kernels {
     pub name: &'static str,
     pub gemm: GemmFn,
     pub gemm_nt: GemmNtFn,
-    /// `Y[m×n] += X[m×k] · B[k×n]` (`X` rows at stride `ldx`), B contiguous and read front to
-    /// back once for all `m` rows: decoding a few tokens. Arguments: `(m, x, ldx, b, y)`, `k` =
-    /// `b.len() / n`, `n` = `y.len() / m`.
-    pub gemv_acc: fn(usize, &[f32], usize, &[f32], &mut [f32]),
     /// `x = exp(x)` element-wise (within 2 ulp of the reference).
     pub exp: fn(&mut [f32]),
     /// GPT-2's `gelu_new`: `x = 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`, element-wise.
@@ -258,13 +252,6 @@ mod tests {
                     (kern.gemm_nt)(m, n, k, &a, &bt, d1.as_mut_ptr(), n);
                 }
                 close(&d1, &d0, 1e-5);
-                // X: m rows of k at stride k + 2.
-                let xk = rand(m * (k + 2), 6);
-                let bk = rand(k * n, 7);
-                let (mut g0, mut g1) = (rand(m * n, 8), rand(m * n, 8));
-                (reference.gemv_acc)(m, &xk, k + 2, &bk, &mut g0);
-                (kern.gemv_acc)(m, &xk, k + 2, &bk, &mut g1);
-                close(&g1, &g0, 1e-5);
                 let mut e0: Vec<f32> = rand(k + 5, 9).iter().map(|v| v * 40.0).collect();
                 let mut e1 = e0.clone();
                 let mut g0: Vec<f32> = rand(k + 5, 10).iter().map(|v| v * 12.0).collect();

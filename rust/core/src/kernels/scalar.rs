@@ -10,7 +10,6 @@ pub const KERNELS: Kernels = Kernels {
     name: "scalar",
     gemm,
     gemm_nt,
-    gemv_acc,
     exp,
     gelu_tanh,
     gelu_erf,
@@ -61,17 +60,6 @@ pub unsafe fn gemm_nt(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: *mu
             let v = dot(&a[i * k..(i + 1) * k], &b[j * k..(j + 1) * k]);
             // SAFETY: within the caller's `m × n` block at stride `ldc`.
             unsafe { *c.add(i * ldc + j) = v };
-        }
-    }
-}
-
-/// `Y[m×n] += X[m×k] · B[k×n]` (see [`super::Kernels::gemv_acc`]).
-pub fn gemv_acc(m: usize, x: &[f32], ldx: usize, b: &[f32], y: &mut [f32]) {
-    let n = y.len() / m.max(1);
-    let k = b.len() / n.max(1);
-    for (r, yr) in y.chunks_exact_mut(n).enumerate().take(m) {
-        for p in 0..k {
-            axpy(x[r * ldx + p], &b[p * n..(p + 1) * n], yr);
         }
     }
 }

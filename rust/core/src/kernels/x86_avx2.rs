@@ -16,7 +16,6 @@ pub const KERNELS: Kernels = Kernels {
     name: "avx2",
     gemm,
     gemm_nt,
-    gemv_acc,
     exp,
     gelu_tanh,
     gelu_erf,
@@ -63,7 +62,10 @@ unsafe fn gemm_avx2(
 ) {
     assert!(a.len() >= m * k);
     assert!(k == 0 || b.len() >= (k - 1) * ldb + w);
-    let full = w - w % NR;
+    // Tiles of 16 columns, then of 8, then the reference loop for the last few: each column
+    // always goes through the same arithmetic (one chain of fused multiply-adds over k, or the
+    // reference's), whatever `m`, `w`'s split across threads or the caller's blocking.
+    let full = w - w % 8;
     let mut j0 = 0;
     while j0 < full {
         let j1 = (j0 + NC).min(full);
@@ -75,23 +77,30 @@ unsafe fn gemm_avx2(
                 let r = (m - i).min(6);
                 let mut j = j0;
                 while j < j1 {
-                    // SAFETY: rows i..i+r, columns j..j+16 of C; rows p0..p1 and the same
-                    // columns of B; all within the bounds asserted above and the caller's C.
+                    let wide = j + NR <= j1;
+                    // SAFETY: rows i..i+r, columns j..j+16 (or j+8) of C; rows p0..p1 and the
+                    // same columns of B; all within the bounds asserted above and the caller's C.
                     unsafe {
                         let ap = a.as_ptr().add(i * k + p0);
                         let bp = b.as_ptr().add(p0 * ldb + j);
                         let cp = c.add(i * ldc + j);
-                        let acc = p0 > 0;
-                        match r {
-                            6 => tile::<6>(p1 - p0, ap, k, bp, ldb, cp, ldc, acc),
-                            5 => tile::<5>(p1 - p0, ap, k, bp, ldb, cp, ldc, acc),
-                            4 => tile::<4>(p1 - p0, ap, k, bp, ldb, cp, ldc, acc),
-                            3 => tile::<3>(p1 - p0, ap, k, bp, ldb, cp, ldc, acc),
-                            2 => tile::<2>(p1 - p0, ap, k, bp, ldb, cp, ldc, acc),
-                            _ => tile::<1>(p1 - p0, ap, k, bp, ldb, cp, ldc, acc),
+                        let args = (p1 - p0, ap, k, bp, ldb, cp, ldc, p0 > 0);
+                        match (wide, r) {
+                            (true, 6) => tile::<6, 2>(args),
+                            (true, 5) => tile::<5, 2>(args),
+                            (true, 4) => tile::<4, 2>(args),
+                            (true, 3) => tile::<3, 2>(args),
+                            (true, 2) => tile::<2, 2>(args),
+                            (true, _) => tile::<1, 2>(args),
+                            (false, 6) => tile::<6, 1>(args),
+                            (false, 5) => tile::<5, 1>(args),
+                            (false, 4) => tile::<4, 1>(args),
+                            (false, 3) => tile::<3, 1>(args),
+                            (false, 2) => tile::<2, 1>(args),
+                            (false, _) => tile::<1, 1>(args),
                         }
                     }
-                    j += NR;
+                    j += if wide { NR } else { 8 };
                 }
                 i += r;
             }
@@ -103,47 +112,54 @@ unsafe fn gemm_avx2(
         j0 = j1;
     }
     if full < w {
-        // The last columns (fewer than 16): the reference loop.
+        // The last columns (fewer than 8): the reference loop.
         // SAFETY: the same block, shifted to its last `w - full` columns.
         unsafe { scalar::gemm(m, w - full, k, a, &b[full..], ldb, c.add(full), ldc) }
     }
 }
 
-/// `C[R×16] (+)= A[R×kc] · B[kc×16]` in registers.
+/// The arguments of [`tile`]: `(kc, a, lda, b, ldb, c, ldc, accumulate)`.
+type TileArgs = (
+    usize,
+    *const f32,
+    usize,
+    *const f32,
+    usize,
+    *mut f32,
+    usize,
+    bool,
+);
+
+/// `C[R×8V] (+)= A[R×kc] · B[kc×8V]` in registers (R ≤ 6, V ≤ 2).
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<const R: usize>(
-    kc: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    // SAFETY: the caller's bounds: R rows of A (kc each), kc rows of 16 in B, R rows of 16 in C.
+unsafe fn tile<const R: usize, const V: usize>((kc, a, lda, b, ldb, c, ldc, accumulate): TileArgs) {
+    // SAFETY: the caller's bounds: R rows of A (kc each), kc rows of 8V in B, R rows of 8V in C.
     unsafe {
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let mut acc = [[_mm256_setzero_ps(); V]; R];
         if accumulate {
             for (r, row) in acc.iter_mut().enumerate() {
-                row[0] = _mm256_loadu_ps(c.add(r * ldc));
-                row[1] = _mm256_loadu_ps(c.add(r * ldc + 8));
+                for (v, x) in row.iter_mut().enumerate() {
+                    *x = _mm256_loadu_ps(c.add(r * ldc + 8 * v));
+                }
             }
         }
         for p in 0..kc {
-            let b0 = _mm256_loadu_ps(b.add(p * ldb));
-            let b1 = _mm256_loadu_ps(b.add(p * ldb + 8));
+            let mut bv = [_mm256_setzero_ps(); V];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = _mm256_loadu_ps(b.add(p * ldb + 8 * v));
+            }
             for (r, row) in acc.iter_mut().enumerate() {
                 let x = _mm256_broadcast_ss(&*a.add(r * lda + p));
-                row[0] = _mm256_fmadd_ps(x, b0, row[0]);
-                row[1] = _mm256_fmadd_ps(x, b1, row[1]);
+                for (v, y) in row.iter_mut().enumerate() {
+                    *y = _mm256_fmadd_ps(x, bv[v], *y);
+                }
             }
         }
         for (r, row) in acc.iter().enumerate() {
-            _mm256_storeu_ps(c.add(r * ldc), row[0]);
-            _mm256_storeu_ps(c.add(r * ldc + 8), row[1]);
+            for (v, x) in row.iter().enumerate() {
+                _mm256_storeu_ps(c.add(r * ldc + 8 * v), *x);
+            }
         }
     }
 }
@@ -245,104 +261,6 @@ unsafe fn nt_tile<const R: usize, const BR: usize>(
     }
 }
 
-pub fn gemv_acc(m: usize, x: &[f32], ldx: usize, b: &[f32], y: &mut [f32]) {
-    // SAFETY: the dispatch point hands out these kernels only on CPUs that run them.
-    unsafe { gemv_acc_avx2(m, x, ldx, b, y) }
-}
-
-/// Four rows of B at a time, held in registers while each of the `m` rows of `Y` takes them:
-/// `Y[r] += X[r,p] B[p] + X[r,p+1] B[p+1] + ...`. B is read once, in order.
-#[target_feature(enable = "avx2,fma")]
-fn gemv_acc_avx2(m: usize, x: &[f32], ldx: usize, b: &[f32], y: &mut [f32]) {
-    if m == 0 || y.is_empty() {
-        return;
-    }
-    let n = y.len() / m;
-    let k = b.len() / n;
-    assert!(b.len() == k * n && y.len() == m * n);
-    assert!(k == 0 || x.len() >= (m - 1) * ldx + k);
-    let full = n - n % 8;
-    let pb = b.as_ptr();
-    let py = y.as_mut_ptr();
-    let mut p = 0;
-    // SAFETY: rows p..p+4 < k of B and columns j..j+8 <= full <= n; row r < m of Y.
-    unsafe {
-        while p + 4 <= k {
-            let (r0, r1, r2, r3) = (
-                pb.add(p * n),
-                pb.add((p + 1) * n),
-                pb.add((p + 2) * n),
-                pb.add((p + 3) * n),
-            );
-            let mut j = 0;
-            if m == 1 {
-                // One row: its four coefficients stay in registers across the whole row.
-                let (x0, x1, x2, x3) = (
-                    _mm256_set1_ps(x[p]),
-                    _mm256_set1_ps(x[p + 1]),
-                    _mm256_set1_ps(x[p + 2]),
-                    _mm256_set1_ps(x[p + 3]),
-                );
-                while j < full {
-                    let mut acc = _mm256_loadu_ps(py.add(j));
-                    acc = _mm256_fmadd_ps(x0, _mm256_loadu_ps(r0.add(j)), acc);
-                    acc = _mm256_fmadd_ps(x1, _mm256_loadu_ps(r1.add(j)), acc);
-                    acc = _mm256_fmadd_ps(x2, _mm256_loadu_ps(r2.add(j)), acc);
-                    acc = _mm256_fmadd_ps(x3, _mm256_loadu_ps(r3.add(j)), acc);
-                    _mm256_storeu_ps(py.add(j), acc);
-                    j += 8;
-                }
-            }
-            while j < full {
-                let (b0, b1, b2, b3) = (
-                    _mm256_loadu_ps(r0.add(j)),
-                    _mm256_loadu_ps(r1.add(j)),
-                    _mm256_loadu_ps(r2.add(j)),
-                    _mm256_loadu_ps(r3.add(j)),
-                );
-                for r in 0..m {
-                    let xr = x.as_ptr().add(r * ldx + p);
-                    let yp = py.add(r * n + j);
-                    let mut acc = _mm256_loadu_ps(yp);
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(*xr), b0, acc);
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(*xr.add(1)), b1, acc);
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(*xr.add(2)), b2, acc);
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(*xr.add(3)), b3, acc);
-                    _mm256_storeu_ps(yp, acc);
-                }
-                j += 8;
-            }
-            p += 4;
-        }
-        while p < k {
-            let rp = pb.add(p * n);
-            let mut j = 0;
-            while j < full {
-                let bv = _mm256_loadu_ps(rp.add(j));
-                for r in 0..m {
-                    let yp = py.add(r * n + j);
-                    _mm256_storeu_ps(
-                        yp,
-                        _mm256_fmadd_ps(_mm256_set1_ps(x[r * ldx + p]), bv, _mm256_loadu_ps(yp)),
-                    );
-                }
-                j += 8;
-            }
-            p += 1;
-        }
-    }
-    if full < n {
-        for r in 0..m {
-            for p in 0..k {
-                let xp = x[r * ldx + p];
-                for j in full..n {
-                    y[r * n + j] += xp * b[p * n + j];
-                }
-            }
-        }
-    }
-}
-
 /// The sum of the 8 lanes.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -422,7 +340,13 @@ fn exp_avx2(x: &mut [f32]) {
             i += 8;
         }
     }
-    super::scalar::exp(&mut x[full..]);
+    // The last values through the same vector code (padded), so that a value's result does not
+    // depend on where it falls in the slice.
+    let mut buf = [0.0f32; 8];
+    buf[..n - full].copy_from_slice(&x[full..]);
+    // SAFETY: 8 floats of `buf`.
+    unsafe { _mm256_storeu_ps(buf.as_mut_ptr(), exp_v(_mm256_loadu_ps(buf.as_ptr()))) };
+    x[full..].copy_from_slice(&buf[..n - full]);
 }
 
 pub fn gelu_tanh(x: &mut [f32]) {
@@ -432,6 +356,18 @@ pub fn gelu_tanh(x: &mut [f32]) {
 
 /// `0.5 x (1 + tanh(u))` as `x − x / (1 + e^{2u})`: one exp, one division.
 #[target_feature(enable = "avx2,fma")]
+#[inline]
+fn gelu_tanh_v(v: __m256) -> __m256 {
+    let v3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
+    let u = _mm256_mul_ps(
+        _mm256_set1_ps(GELU_C),
+        _mm256_fmadd_ps(_mm256_set1_ps(GELU_A), v3, v),
+    );
+    let e = exp_v(_mm256_add_ps(u, u));
+    _mm256_sub_ps(v, _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0), e)))
+}
+
+#[target_feature(enable = "avx2,fma")]
 fn gelu_tanh_avx2(x: &mut [f32]) {
     let n = x.len();
     let full = n - n % 8;
@@ -440,19 +376,17 @@ fn gelu_tanh_avx2(x: &mut [f32]) {
     // SAFETY: 8 floats at i < full <= n.
     unsafe {
         while i < full {
-            let v = _mm256_loadu_ps(px.add(i));
-            let v3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
-            let u = _mm256_mul_ps(
-                _mm256_set1_ps(GELU_C),
-                _mm256_fmadd_ps(_mm256_set1_ps(GELU_A), v3, v),
-            );
-            let e = exp_v(_mm256_add_ps(u, u));
-            let g = _mm256_sub_ps(v, _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0), e)));
-            _mm256_storeu_ps(px.add(i), g);
+            _mm256_storeu_ps(px.add(i), gelu_tanh_v(_mm256_loadu_ps(px.add(i))));
             i += 8;
         }
     }
-    super::scalar::gelu_tanh(&mut x[full..]);
+    // The last values through the same vector code (padded), so that a value's result does not
+    // depend on where it falls in the slice.
+    let mut buf = [0.0f32; 8];
+    buf[..n - full].copy_from_slice(&x[full..]);
+    // SAFETY: 8 floats of `buf`.
+    unsafe { _mm256_storeu_ps(buf.as_mut_ptr(), gelu_tanh_v(_mm256_loadu_ps(buf.as_ptr()))) };
+    x[full..].copy_from_slice(&buf[..n - full]);
 }
 
 // erf by Abramowitz & Stegun 7.1.26: 1 − (a1 t + … + a5 t⁵) e^(−x²), t = 1 / (1 + p |x|),
@@ -472,6 +406,30 @@ pub fn gelu_erf(x: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,fma")]
+#[inline]
+fn gelu_erf_v(v: __m256) -> __m256 {
+    let u = _mm256_mul_ps(v, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+    let a = _mm256_andnot_ps(_mm256_set1_ps(-0.0), u);
+    let sign = _mm256_and_ps(_mm256_set1_ps(-0.0), u);
+    let t = _mm256_div_ps(
+        _mm256_set1_ps(1.0),
+        _mm256_fmadd_ps(_mm256_set1_ps(ERF_P), a, _mm256_set1_ps(1.0)),
+    );
+    let mut poly = _mm256_set1_ps(ERF_A[4]);
+    for &c in ERF_A[..4].iter().rev() {
+        poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(c));
+    }
+    poly = _mm256_mul_ps(poly, t);
+    let ex = exp_v(_mm256_sub_ps(_mm256_set1_ps(0.0), _mm256_mul_ps(a, a)));
+    let e = _mm256_sub_ps(_mm256_set1_ps(1.0), _mm256_mul_ps(poly, ex));
+    let erf = _mm256_xor_ps(e, sign);
+    _mm256_mul_ps(
+        _mm256_mul_ps(_mm256_set1_ps(0.5), v),
+        _mm256_add_ps(_mm256_set1_ps(1.0), erf),
+    )
+}
+
+#[target_feature(enable = "avx2,fma")]
 fn gelu_erf_avx2(x: &mut [f32]) {
     let n = x.len();
     let full = n - n % 8;
@@ -480,31 +438,17 @@ fn gelu_erf_avx2(x: &mut [f32]) {
     // SAFETY: 8 floats at i < full <= n.
     unsafe {
         while i < full {
-            let v = _mm256_loadu_ps(px.add(i));
-            let u = _mm256_mul_ps(v, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
-            let a = _mm256_andnot_ps(_mm256_set1_ps(-0.0), u);
-            let sign = _mm256_and_ps(_mm256_set1_ps(-0.0), u);
-            let t = _mm256_div_ps(
-                _mm256_set1_ps(1.0),
-                _mm256_fmadd_ps(_mm256_set1_ps(ERF_P), a, _mm256_set1_ps(1.0)),
-            );
-            let mut poly = _mm256_set1_ps(ERF_A[4]);
-            for &c in ERF_A[..4].iter().rev() {
-                poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(c));
-            }
-            poly = _mm256_mul_ps(poly, t);
-            let ex = exp_v(_mm256_sub_ps(_mm256_set1_ps(0.0), _mm256_mul_ps(a, a)));
-            let e = _mm256_sub_ps(_mm256_set1_ps(1.0), _mm256_mul_ps(poly, ex));
-            let erf = _mm256_xor_ps(e, sign);
-            let g = _mm256_mul_ps(
-                _mm256_mul_ps(_mm256_set1_ps(0.5), v),
-                _mm256_add_ps(_mm256_set1_ps(1.0), erf),
-            );
-            _mm256_storeu_ps(px.add(i), g);
+            _mm256_storeu_ps(px.add(i), gelu_erf_v(_mm256_loadu_ps(px.add(i))));
             i += 8;
         }
     }
-    super::scalar::gelu_erf(&mut x[full..]);
+    // The last values through the same vector code (padded), so that a value's result does not
+    // depend on where it falls in the slice.
+    let mut buf = [0.0f32; 8];
+    buf[..n - full].copy_from_slice(&x[full..]);
+    // SAFETY: 8 floats of `buf`.
+    unsafe { _mm256_storeu_ps(buf.as_mut_ptr(), gelu_erf_v(_mm256_loadu_ps(buf.as_ptr()))) };
+    x[full..].copy_from_slice(&buf[..n - full]);
 }
 
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -514,45 +458,21 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 #[target_feature(enable = "avx2,fma")]
 fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    // One chain of 8 lanes, reduced, then the last values in order: exactly what `nt_tile`
+    // computes for each of its dot products, so attention's scores do not depend on which of
+    // the two computed them.
     let n = a.len().min(b.len());
-    let mut i = 0;
+    let full = n - n % 8;
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    // SAFETY: every load reads 8 floats at i < n - 7 of both slices.
+    let mut i = 0;
+    // SAFETY: every load reads 8 floats at i < full <= n of both slices.
     unsafe {
-        let mut s0 = _mm256_setzero_ps();
-        let mut s1 = _mm256_setzero_ps();
-        let mut s2 = _mm256_setzero_ps();
-        let mut s3 = _mm256_setzero_ps();
-        while i + 32 <= n {
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-            s1 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(i + 8)),
-                _mm256_loadu_ps(pb.add(i + 8)),
-                s1,
-            );
-            s2 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(i + 16)),
-                _mm256_loadu_ps(pb.add(i + 16)),
-                s2,
-            );
-            s3 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(i + 24)),
-                _mm256_loadu_ps(pb.add(i + 24)),
-                s3,
-            );
-            i += 32;
-        }
-        while i + 8 <= n {
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+        let mut acc = _mm256_setzero_ps();
+        while i < full {
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc);
             i += 8;
         }
-        let s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
-        let lo = _mm256_castps256_ps128(s);
-        let hi = _mm256_extractf128_ps::<1>(s);
-        let q = _mm_add_ps(lo, hi);
-        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-        let q = _mm_add_ss(q, _mm_shuffle_ps::<1>(q, q));
-        let mut total = _mm_cvtss_f32(q);
+        let mut total = hsum256(acc);
         while i < n {
             total += a[i] * b[i];
             i += 1;

@@ -12,7 +12,6 @@ pub const KERNELS: Kernels = Kernels {
     name: "avx512",
     gemm,
     gemm_nt,
-    gemv_acc,
     exp,
     gelu_tanh,
     gelu_erf,
@@ -60,7 +59,10 @@ unsafe fn gemm_avx512(
 ) {
     assert!(a.len() >= m * k);
     assert!(k == 0 || b.len() >= (k - 1) * ldb + w);
-    let full = w - w % NR;
+    // Tiles of 64 columns, then of 16, then the reference loop for the last few: each column
+    // always goes through the same arithmetic (one chain of fused multiply-adds over k, or the
+    // reference's), whatever `m`, `w`'s split across threads or the caller's blocking.
+    let full = w - w % 16;
     let mut j0 = 0;
     while j0 < full {
         let j1 = (j0 + NC).min(full);
@@ -72,23 +74,30 @@ unsafe fn gemm_avx512(
                 let r = (m - i).min(6);
                 let mut j = j0;
                 while j < j1 {
-                    // SAFETY: rows i..i+r, columns j..j+64 of C; rows p0..p1 and the same
-                    // columns of B; all within the bounds asserted above and the caller's C.
+                    let wide = j + NR <= j1;
+                    // SAFETY: rows i..i+r, columns j..j+64 (or j+16) of C; rows p0..p1 and the
+                    // same columns of B; all within the bounds asserted above and the caller's C.
                     unsafe {
                         let ap = a.as_ptr().add(i * k + p0);
                         let bp = b.as_ptr().add(p0 * ldb + j);
                         let cp = c.add(i * ldc + j);
-                        let acc = p0 > 0;
-                        match r {
-                            6 => tile::<6>(p1 - p0, ap, k, bp, ldb, cp, ldc, acc),
-                            5 => tile::<5>(p1 - p0, ap, k, bp, ldb, cp, ldc, acc),
-                            4 => tile::<4>(p1 - p0, ap, k, bp, ldb, cp, ldc, acc),
-                            3 => tile::<3>(p1 - p0, ap, k, bp, ldb, cp, ldc, acc),
-                            2 => tile::<2>(p1 - p0, ap, k, bp, ldb, cp, ldc, acc),
-                            _ => tile::<1>(p1 - p0, ap, k, bp, ldb, cp, ldc, acc),
+                        let args = (p1 - p0, ap, k, bp, ldb, cp, ldc, p0 > 0);
+                        match (wide, r) {
+                            (true, 6) => tile::<6, 4>(args),
+                            (true, 5) => tile::<5, 4>(args),
+                            (true, 4) => tile::<4, 4>(args),
+                            (true, 3) => tile::<3, 4>(args),
+                            (true, 2) => tile::<2, 4>(args),
+                            (true, _) => tile::<1, 4>(args),
+                            (false, 6) => tile::<6, 1>(args),
+                            (false, 5) => tile::<5, 1>(args),
+                            (false, 4) => tile::<4, 1>(args),
+                            (false, 3) => tile::<3, 1>(args),
+                            (false, 2) => tile::<2, 1>(args),
+                            (false, _) => tile::<1, 1>(args),
                         }
                     }
-                    j += NR;
+                    j += if wide { NR } else { 16 };
                 }
                 i += r;
             }
@@ -100,30 +109,33 @@ unsafe fn gemm_avx512(
         j0 = j1;
     }
     if full < w {
-        // The last columns (fewer than 64): the reference loop.
+        // The last columns (fewer than 16): the reference loop.
         // SAFETY: the same block, shifted to its last `w - full` columns.
         unsafe { scalar::gemm(m, w - full, k, a, &b[full..], ldb, c.add(full), ldc) }
     }
 }
 
-/// `C[R×64] (+)= A[R×kc] · B[kc×64]` in registers: 4 vectors of B per step, shared by the R
-/// rows (R ≤ 6: 24 accumulators, 4 B vectors and one broadcast of the 32 registers).
+/// The arguments of [`tile`]: `(kc, a, lda, b, ldb, c, ldc, accumulate)`.
+type TileArgs = (
+    usize,
+    *const f32,
+    usize,
+    *const f32,
+    usize,
+    *mut f32,
+    usize,
+    bool,
+);
+
+/// `C[R×16V] (+)= A[R×kc] · B[kc×16V]` in registers: V vectors of B per step, shared by the R
+/// rows (R ≤ 6, V ≤ 4: 24 accumulators, 4 B vectors and one broadcast of the 32 registers).
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<const R: usize>(
-    kc: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    // SAFETY: the caller's bounds: R rows of A (kc each), kc rows of 64 in B, R rows of 64 in C.
+unsafe fn tile<const R: usize, const V: usize>((kc, a, lda, b, ldb, c, ldc, accumulate): TileArgs) {
+    // SAFETY: the caller's bounds: R rows of A (kc each), kc rows of 16V in B, R rows of 16V
+    // in C.
     unsafe {
-        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
         if accumulate {
             for (r, row) in acc.iter_mut().enumerate() {
                 for (v, x) in row.iter_mut().enumerate() {
@@ -133,12 +145,10 @@ unsafe fn tile<const R: usize>(
         }
         for p in 0..kc {
             let bp = b.add(p * ldb);
-            let bv = [
-                _mm512_loadu_ps(bp),
-                _mm512_loadu_ps(bp.add(16)),
-                _mm512_loadu_ps(bp.add(32)),
-                _mm512_loadu_ps(bp.add(48)),
-            ];
+            let mut bv = [_mm512_setzero_ps(); V];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(bp.add(16 * v));
+            }
             for (r, row) in acc.iter_mut().enumerate() {
                 let x = _mm512_set1_ps(*a.add(r * lda + p));
                 for (v, y) in row.iter_mut().enumerate() {
@@ -251,144 +261,6 @@ unsafe fn nt_tile<const R: usize, const BR: usize>(
     }
 }
 
-pub fn gemv_acc(m: usize, x: &[f32], ldx: usize, b: &[f32], y: &mut [f32]) {
-    // SAFETY: the dispatch point hands out these kernels only on CPUs that run them.
-    unsafe { gemv_acc_avx512(m, x, ldx, b, y) }
-}
-
-/// Four rows of B at a time, held in registers while each of the `m` rows of `Y` takes them:
-/// `Y[r] += X[r,p] B[p] + X[r,p+1] B[p+1] + ...`. B is read once, in order.
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn gemv_acc_avx512(m: usize, x: &[f32], ldx: usize, b: &[f32], y: &mut [f32]) {
-    if m == 0 || y.is_empty() {
-        return;
-    }
-    let n = y.len() / m;
-    let k = b.len() / n;
-    assert!(b.len() == k * n && y.len() == m * n);
-    assert!(k == 0 || x.len() >= (m - 1) * ldx + k);
-    let full = n - n % 16;
-    let pb = b.as_ptr();
-    let py = y.as_mut_ptr();
-    let mut p = 0;
-    // SAFETY: rows p..p+4 < k of B and columns j..j+16 <= full <= n; row r < m of Y.
-    unsafe {
-        while p + 4 <= k {
-            let (r0, r1, r2, r3) = (
-                pb.add(p * n),
-                pb.add((p + 1) * n),
-                pb.add((p + 2) * n),
-                pb.add((p + 3) * n),
-            );
-            let mut j = 0;
-            // Up to 6 rows of Y: their 4 coefficients each stay in registers across the row.
-            let xp = x.as_ptr().add(p);
-            let rows = [r0, r1, r2, r3];
-            match m {
-                1 => j = hoisted::<1>(xp, ldx, rows, py, n, full),
-                2 => j = hoisted::<2>(xp, ldx, rows, py, n, full),
-                3 => j = hoisted::<3>(xp, ldx, rows, py, n, full),
-                4 => j = hoisted::<4>(xp, ldx, rows, py, n, full),
-                5 => j = hoisted::<5>(xp, ldx, rows, py, n, full),
-                6 => j = hoisted::<6>(xp, ldx, rows, py, n, full),
-                _ => {}
-            }
-            while j < full {
-                let (b0, b1, b2, b3) = (
-                    _mm512_loadu_ps(r0.add(j)),
-                    _mm512_loadu_ps(r1.add(j)),
-                    _mm512_loadu_ps(r2.add(j)),
-                    _mm512_loadu_ps(r3.add(j)),
-                );
-                for r in 0..m {
-                    let xr = x.as_ptr().add(r * ldx + p);
-                    let yp = py.add(r * n + j);
-                    let mut acc = _mm512_loadu_ps(yp);
-                    acc = _mm512_fmadd_ps(_mm512_set1_ps(*xr), b0, acc);
-                    acc = _mm512_fmadd_ps(_mm512_set1_ps(*xr.add(1)), b1, acc);
-                    acc = _mm512_fmadd_ps(_mm512_set1_ps(*xr.add(2)), b2, acc);
-                    acc = _mm512_fmadd_ps(_mm512_set1_ps(*xr.add(3)), b3, acc);
-                    _mm512_storeu_ps(yp, acc);
-                }
-                j += 16;
-            }
-            p += 4;
-        }
-        while p < k {
-            let rp = pb.add(p * n);
-            let mut j = 0;
-            while j < full {
-                let bv = _mm512_loadu_ps(rp.add(j));
-                for r in 0..m {
-                    let yp = py.add(r * n + j);
-                    _mm512_storeu_ps(
-                        yp,
-                        _mm512_fmadd_ps(_mm512_set1_ps(x[r * ldx + p]), bv, _mm512_loadu_ps(yp)),
-                    );
-                }
-                j += 16;
-            }
-            p += 1;
-        }
-    }
-    if full < n {
-        for r in 0..m {
-            for p in 0..k {
-                let xp = x[r * ldx + p];
-                for j in full..n {
-                    y[r * n + j] += xp * b[p * n + j];
-                }
-            }
-        }
-    }
-}
-
-/// Four rows of B into R rows of Y, the `4 × R` coefficients broadcast once into registers;
-/// returns the columns done (`full`).
-///
-/// # Safety
-/// `x` points at X[0, p] (rows at stride `ldx`, 4 values each); `rows` at B[p..p+4, 0]; `y` at
-/// Y (R rows of `n`); `full` ≤ `n`, a multiple of 16.
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[inline]
-unsafe fn hoisted<const R: usize>(
-    x: *const f32,
-    ldx: usize,
-    rows: [*const f32; 4],
-    y: *mut f32,
-    n: usize,
-    full: usize,
-) -> usize {
-    // SAFETY: as the caller promises.
-    unsafe {
-        let mut xs = [[_mm512_setzero_ps(); 4]; R];
-        for (r, xr) in xs.iter_mut().enumerate() {
-            for (q, v) in xr.iter_mut().enumerate() {
-                *v = _mm512_set1_ps(*x.add(r * ldx + q));
-            }
-        }
-        let mut j = 0;
-        while j < full {
-            let bv = [
-                _mm512_loadu_ps(rows[0].add(j)),
-                _mm512_loadu_ps(rows[1].add(j)),
-                _mm512_loadu_ps(rows[2].add(j)),
-                _mm512_loadu_ps(rows[3].add(j)),
-            ];
-            for (r, xr) in xs.iter().enumerate() {
-                let yp = y.add(r * n + j);
-                let mut acc = _mm512_loadu_ps(yp);
-                for q in 0..4 {
-                    acc = _mm512_fmadd_ps(xr[q], bv[q], acc);
-                }
-                _mm512_storeu_ps(yp, acc);
-            }
-            j += 16;
-        }
-        j
-    }
-}
-
 // exp(x) = 2^n · e^r, n = round(x / ln 2), r = x − n ln 2 (ln 2 split in two, Cody–Waite), e^r
 // by Cephes' degree-6 polynomial on [−ln2/2, ln2/2].
 const EXP_HI: f32 = 88.376_26;
@@ -449,7 +321,13 @@ fn exp_avx512(x: &mut [f32]) {
             i += 16;
         }
     }
-    super::scalar::exp(&mut x[full..]);
+    // The last values through the same vector code (padded), so that a value's result does not
+    // depend on where it falls in the slice.
+    let mut buf = [0.0f32; 16];
+    buf[..n - full].copy_from_slice(&x[full..]);
+    // SAFETY: 16 floats of `buf`.
+    unsafe { _mm512_storeu_ps(buf.as_mut_ptr(), exp_v(_mm512_loadu_ps(buf.as_ptr()))) };
+    x[full..].copy_from_slice(&buf[..n - full]);
 }
 
 pub fn gelu_tanh(x: &mut [f32]) {
@@ -459,6 +337,18 @@ pub fn gelu_tanh(x: &mut [f32]) {
 
 /// `0.5 x (1 + tanh(u))` as `x − x / (1 + e^{2u})`: one exp, one division.
 #[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+fn gelu_tanh_v(v: __m512) -> __m512 {
+    let v3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
+    let u = _mm512_mul_ps(
+        _mm512_set1_ps(GELU_C),
+        _mm512_fmadd_ps(_mm512_set1_ps(GELU_A), v3, v),
+    );
+    let e = exp_v(_mm512_add_ps(u, u));
+    _mm512_sub_ps(v, _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0), e)))
+}
+
+#[target_feature(enable = "avx512f,avx2,fma")]
 fn gelu_tanh_avx512(x: &mut [f32]) {
     let n = x.len();
     let full = n - n % 16;
@@ -467,19 +357,17 @@ fn gelu_tanh_avx512(x: &mut [f32]) {
     // SAFETY: 16 floats at i < full <= n.
     unsafe {
         while i < full {
-            let v = _mm512_loadu_ps(px.add(i));
-            let v3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
-            let u = _mm512_mul_ps(
-                _mm512_set1_ps(GELU_C),
-                _mm512_fmadd_ps(_mm512_set1_ps(GELU_A), v3, v),
-            );
-            let e = exp_v(_mm512_add_ps(u, u));
-            let g = _mm512_sub_ps(v, _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0), e)));
-            _mm512_storeu_ps(px.add(i), g);
+            _mm512_storeu_ps(px.add(i), gelu_tanh_v(_mm512_loadu_ps(px.add(i))));
             i += 16;
         }
     }
-    super::scalar::gelu_tanh(&mut x[full..]);
+    // The last values through the same vector code (padded), so that a value's result does not
+    // depend on where it falls in the slice.
+    let mut buf = [0.0f32; 16];
+    buf[..n - full].copy_from_slice(&x[full..]);
+    // SAFETY: 16 floats of `buf`.
+    unsafe { _mm512_storeu_ps(buf.as_mut_ptr(), gelu_tanh_v(_mm512_loadu_ps(buf.as_ptr()))) };
+    x[full..].copy_from_slice(&buf[..n - full]);
 }
 
 // erf by Abramowitz & Stegun 7.1.26: 1 − (a1 t + … + a5 t⁵) e^(−x²), t = 1 / (1 + p |x|),
@@ -499,6 +387,36 @@ pub fn gelu_erf(x: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+fn gelu_erf_v(v: __m512) -> __m512 {
+    let u = _mm512_mul_ps(v, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+    let a = _mm512_abs_ps(u);
+    let sign = _mm512_castsi512_ps(_mm512_and_si512(
+        _mm512_castps_si512(u),
+        _mm512_set1_epi32(i32::MIN),
+    ));
+    let t = _mm512_div_ps(
+        _mm512_set1_ps(1.0),
+        _mm512_fmadd_ps(_mm512_set1_ps(ERF_P), a, _mm512_set1_ps(1.0)),
+    );
+    let mut poly = _mm512_set1_ps(ERF_A[4]);
+    for &c in ERF_A[..4].iter().rev() {
+        poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(c));
+    }
+    poly = _mm512_mul_ps(poly, t);
+    let ex = exp_v(_mm512_sub_ps(_mm512_set1_ps(0.0), _mm512_mul_ps(a, a)));
+    let e = _mm512_sub_ps(_mm512_set1_ps(1.0), _mm512_mul_ps(poly, ex));
+    let erf = _mm512_castsi512_ps(_mm512_xor_si512(
+        _mm512_castps_si512(e),
+        _mm512_castps_si512(sign),
+    ));
+    _mm512_mul_ps(
+        _mm512_mul_ps(_mm512_set1_ps(0.5), v),
+        _mm512_add_ps(_mm512_set1_ps(1.0), erf),
+    )
+}
+
+#[target_feature(enable = "avx512f,avx2,fma")]
 fn gelu_erf_avx512(x: &mut [f32]) {
     let n = x.len();
     let full = n - n % 16;
@@ -507,37 +425,17 @@ fn gelu_erf_avx512(x: &mut [f32]) {
     // SAFETY: 16 floats at i < full <= n.
     unsafe {
         while i < full {
-            let v = _mm512_loadu_ps(px.add(i));
-            let u = _mm512_mul_ps(v, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
-            let a = _mm512_abs_ps(u);
-            let sign = _mm512_castsi512_ps(_mm512_and_si512(
-                _mm512_castps_si512(u),
-                _mm512_set1_epi32(i32::MIN),
-            ));
-            let t = _mm512_div_ps(
-                _mm512_set1_ps(1.0),
-                _mm512_fmadd_ps(_mm512_set1_ps(ERF_P), a, _mm512_set1_ps(1.0)),
-            );
-            let mut poly = _mm512_set1_ps(ERF_A[4]);
-            for &c in ERF_A[..4].iter().rev() {
-                poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(c));
-            }
-            poly = _mm512_mul_ps(poly, t);
-            let ex = exp_v(_mm512_sub_ps(_mm512_set1_ps(0.0), _mm512_mul_ps(a, a)));
-            let e = _mm512_sub_ps(_mm512_set1_ps(1.0), _mm512_mul_ps(poly, ex));
-            let erf = _mm512_castsi512_ps(_mm512_xor_si512(
-                _mm512_castps_si512(e),
-                _mm512_castps_si512(sign),
-            ));
-            let g = _mm512_mul_ps(
-                _mm512_mul_ps(_mm512_set1_ps(0.5), v),
-                _mm512_add_ps(_mm512_set1_ps(1.0), erf),
-            );
-            _mm512_storeu_ps(px.add(i), g);
+            _mm512_storeu_ps(px.add(i), gelu_erf_v(_mm512_loadu_ps(px.add(i))));
             i += 16;
         }
     }
-    super::scalar::gelu_erf(&mut x[full..]);
+    // The last values through the same vector code (padded), so that a value's result does not
+    // depend on where it falls in the slice.
+    let mut buf = [0.0f32; 16];
+    buf[..n - full].copy_from_slice(&x[full..]);
+    // SAFETY: 16 floats of `buf`.
+    unsafe { _mm512_storeu_ps(buf.as_mut_ptr(), gelu_erf_v(_mm512_loadu_ps(buf.as_ptr()))) };
+    x[full..].copy_from_slice(&buf[..n - full]);
 }
 
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -547,27 +445,21 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 #[target_feature(enable = "avx512f,avx2,fma")]
 fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+    // One chain of 16 lanes, reduced, then the last values in order: exactly what `nt_tile`
+    // computes for each of its dot products, so attention's scores do not depend on which of
+    // the two computed them.
     let n = a.len().min(b.len());
-    let mut i = 0;
+    let full = n - n % 16;
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    // SAFETY: every load reads 16 floats at i < n - 15 of both slices.
+    let mut i = 0;
+    // SAFETY: every load reads 16 floats at i < full <= n of both slices.
     unsafe {
-        let mut s0 = _mm512_setzero_ps();
-        let mut s1 = _mm512_setzero_ps();
-        while i + 32 <= n {
-            s0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), s0);
-            s1 = _mm512_fmadd_ps(
-                _mm512_loadu_ps(pa.add(i + 16)),
-                _mm512_loadu_ps(pb.add(i + 16)),
-                s1,
-            );
-            i += 32;
-        }
-        while i + 16 <= n {
-            s0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), s0);
+        let mut acc = _mm512_setzero_ps();
+        while i < full {
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc);
             i += 16;
         }
-        let mut total = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+        let mut total = _mm512_reduce_add_ps(acc);
         while i < n {
             total += a[i] * b[i];
             i += 1;

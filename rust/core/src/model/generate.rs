@@ -5,6 +5,7 @@
 //! continuations. Output follows `transformers`: each row is the (left-padded) prompt, then the
 //! new tokens; a sequence that has ended is filled with the pad token while others go on.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::model::kv::Cache;
@@ -47,7 +48,8 @@ pub struct Generation {
     logits: Vec<f32>,
     fresh: bool,
     steps: usize,
-    rng: Rng,
+    /// One random stream per output sequence ([`Rng::stream`]).
+    rngs: Vec<Rng>,
     scratch: sampling::Scratch,
     step_tokens: Vec<u32>,
     step_mask: Vec<u8>,
@@ -62,6 +64,17 @@ impl Generation {
         model: Arc<dyn CausalLm>,
         prompts: &[Vec<u32>],
         params: GenerateParams,
+    ) -> Result<Self> {
+        Self::new_with(model, prompts, params, None)
+    }
+
+    /// [`Generation::new`] with a cancellation flag: once set (from any thread, Ctrl-C), the
+    /// prefill and every later step stop between two layers with [`Error::Cancelled`].
+    pub fn new_with(
+        model: Arc<dyn CausalLm>,
+        prompts: &[Vec<u32>],
+        params: GenerateParams,
+        cancel: Option<Arc<AtomicBool>>,
     ) -> Result<Self> {
         params.sampling.validate()?;
         if prompts.is_empty() {
@@ -92,7 +105,8 @@ impl Generation {
         }
         // Room for the prompt and every new token: the cache never grows while decoding.
         let room = (width + params.max_new_tokens).min(n_pos);
-        let mut cache = model.new_cache(b, Some(room));
+        let mut cache = model.new_cache(b, Some(room))?;
+        cache.set_cancel(cancel);
         let mut logits = Vec::new();
         model.forward_into(&mut cache, &tokens, &mask, width, true, &mut logits)?;
         let n = params.num_return_sequences;
@@ -120,13 +134,18 @@ impl Generation {
             logits,
             fresh: true,
             steps: 0,
-            rng: Rng::new(params.seed),
+            rngs: (0..seqs).map(|i| Rng::stream(params.seed, i)).collect(),
             scratch: sampling::Scratch::default(),
             step_tokens: vec![0; seqs],
             step_mask: vec![1; seqs],
             produced: vec![None; seqs],
             params,
         })
+    }
+
+    /// Replaces the cancellation flag (see [`Generation::new_with`]).
+    pub fn set_cancel(&mut self, cancel: Option<Arc<AtomicBool>>) {
+        self.cache.set_cancel(cancel);
     }
 
     /// The number of output sequences.
@@ -198,7 +217,7 @@ impl Generation {
                 &self.history[i],
                 ban,
                 &self.params.sampling,
-                &mut self.rng,
+                &mut self.rngs[i],
                 &mut self.scratch,
             );
             self.history[i].push(tok);

@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use crate::io::safetensors::{Checkpoint, F32Tensor};
 use crate::kernels::{self, SendPtr};
-use crate::model::kv::{attention, QkvLayout, Work};
+use crate::model::kv::{attention, check_cancel, QkvLayout, Work};
 pub use crate::model::kv::{Cache, KvDtype};
 use crate::model::weights::{
     self, f32_entry, mat_entry, norm_entries, table_entry, Layout, Mat, Named, Progress, Quant,
@@ -32,7 +32,7 @@ use crate::model::weights::{
 pub(crate) use crate::model::weights::{Linear, Norm};
 use crate::model::CausalLm;
 use crate::quant::{QActs, QMatrix, QType, ROWS};
-use crate::runtime::pool;
+use crate::runtime::{mem, pool};
 use crate::{Error, Result};
 
 /// The activation of the MLP (`activation_function` in config.json).
@@ -335,7 +335,7 @@ impl Gpt2 {
 
     /// An empty KV cache for `slots` sequences of up to `n_positions` tokens (room for
     /// `capacity` to start with; it grows as needed).
-    pub fn new_cache(&self, slots: usize, capacity: Option<usize>) -> Cache {
+    pub fn new_cache(&self, slots: usize, capacity: Option<usize>) -> Result<Cache> {
         let c = &self.config;
         let n = c.n_positions;
         let cap = capacity.unwrap_or_else(|| Cache::default_capacity(n));
@@ -361,7 +361,7 @@ impl CausalLm for Gpt2 {
         self.config.n_positions
     }
 
-    fn new_cache(&self, slots: usize, capacity: Option<usize>) -> Cache {
+    fn new_cache(&self, slots: usize, capacity: Option<usize>) -> Result<Cache> {
         Gpt2::new_cache(self, slots, capacity)
     }
 
@@ -376,11 +376,12 @@ impl CausalLm for Gpt2 {
     ) -> Result<()> {
         let c = &self.config;
         let slots = cache.slots;
+        check_logits(slots, t, c.vocab_size, last_only)?;
         cache.begin(tokens, mask, t, c.vocab_size, "n_positions")?;
         let kern = kernels::get();
         let (d, hd, nh) = (c.n_embd, c.head_dim(), c.n_head);
         let rows = slots * t;
-        cache.work.ensure(rows, d, 3 * d, d, c.n_inner);
+        cache.work.ensure(rows, d, 3 * d, d, c.n_inner)?;
         let lay = QkvLayout {
             stride: 3 * d,
             k_off: d,
@@ -388,6 +389,7 @@ impl CausalLm for Gpt2 {
             kv_d: d,
         };
         let mut ws = std::mem::take(&mut cache.work);
+        let cancel = cache.cancel.clone();
         let result = pool::install(|| -> Result<()> {
             // x = wte[ids] + wpe[pos]                                  [rows, d]
             let wpe = self.wpe.values();
@@ -397,6 +399,7 @@ impl CausalLm for Gpt2 {
                 add_in(row, &wpe[pos * d..(pos + 1) * d]);
             }
             for (l, blk) in self.blocks.iter().enumerate() {
+                check_cancel(&cancel)?;
                 // h = ln_1(x)                                           [rows, d]
                 layer_norm(&ws.x[..rows * d], &mut ws.h[..rows * d], &blk.ln_1, c);
                 // qkv = h @ c_attn + b                                  [rows, 3d]
@@ -408,6 +411,7 @@ impl CausalLm for Gpt2 {
                     &mut ws.qkv[..rows * 3 * d],
                     &mut ws.scratch,
                 );
+                check_cancel(&cancel)?;
                 // k, v appended to the cache; attention per (slot, head)   [rows, d]
                 cache.append(kern, l, &ws.qkv, t, &lay);
                 let scale = {
@@ -441,6 +445,7 @@ impl CausalLm for Gpt2 {
                     &mut ws.scratch,
                 );
                 add_in(&mut ws.x[..rows * d], &ws.h[..rows * d]);
+                check_cancel(&cancel)?;
                 // x = x + act(ln_2(x) @ c_fc + b) @ c_proj + b
                 layer_norm(&ws.x[..rows * d], &mut ws.h[..rows * d], &blk.ln_2, c);
                 let inner = c.n_inner;
@@ -467,14 +472,23 @@ impl CausalLm for Gpt2 {
             // The rows whose logits are wanted (each slot's last, or all), gathered into `att`.
             let head = self.lm_head.as_ref().unwrap_or(&self.wte);
             let norm = |x: &[f32], out: &mut [f32]| layer_norm(x, out, &self.ln_f, c);
-            head_logits(kern, &mut ws, (slots, t, d, last_only), norm, head, logits);
-            Ok(())
+            head_logits(kern, &mut ws, (slots, t, d, last_only), norm, head, logits)
         });
         cache.work = ws;
         result??;
         cache.commit(mask, t);
         Ok(())
     }
+}
+
+/// Refuses a forward call whose logits would not fit in memory, before any work.
+pub(crate) fn check_logits(slots: usize, t: usize, vocab: usize, last_only: bool) -> Result<()> {
+    let rows = if last_only {
+        slots
+    } else {
+        slots.saturating_mul(t)
+    };
+    mem::check(rows.saturating_mul(vocab), 4, "the logits of this input").map(|_| ())
 }
 
 /// The logits of each slot's last row (`last_only`) or of every row: the rows of `ws.x`
@@ -486,7 +500,7 @@ pub(crate) fn head_logits(
     norm: impl Fn(&[f32], &mut [f32]),
     head: &Table,
     logits: &mut Vec<f32>,
-) {
+) -> Result<()> {
     let m = if last_only { slots } else { slots * t };
     for i in 0..m {
         let r = if last_only { i * t + t - 1 } else { i };
@@ -495,11 +509,12 @@ pub(crate) fn head_logits(
     norm(&ws.att[..m * d], &mut ws.h[..m * d]);
     let (x, vocab) = (&ws.h[..m * d], head.rows());
     logits.clear();
-    logits.resize(m * vocab, 0.0);
+    mem::grow(logits, m.saturating_mul(vocab), "the logits")?;
     match head {
         Table::F32(w) => gemm_nt_parallel(kern, x, m, d, w.values(), vocab, logits),
         Table::Q(w) => qmatmul(kern, x, m, w, logits, &mut ws.scratch.qa),
     }
+    Ok(())
 }
 
 fn layer_norm(x: &[f32], out: &mut [f32], n: &Norm, c: &Gpt2Config) {
@@ -559,10 +574,14 @@ fn column_chunk(n: usize, threads: usize) -> usize {
     per.div_ceil(64).max(1) * 64
 }
 
-/// `out[m × n_out] = x[m × n_in] @ w + b`, on the pool. A few rows (decoded tokens): the weight
-/// rows are split across threads, each streaming a contiguous block into its own partial sum
-/// (`part`, reused), then summed. A few rows: split by columns (each weight read once). Many
-/// rows: split by rows of `x`, each task running the cache-blocked `gemm`.
+/// `out[m × n_out] = x[m × n_in] @ w + b`, on the pool. A few rows (decoded tokens, a short
+/// prompt): split by columns in multiples of 64 (each weight read once). Many rows: split by
+/// rows of `x`, each task running the cache-blocked `gemm` over all columns.
+///
+/// Either way every output is the same chain of multiply-adds over `n_in` (see the kernels'
+/// `gemm`), then the bias: a row's result does not depend on the other rows of the call or
+/// on the number of threads, which makes generation reproducible across batch sizes and
+/// thread counts.
 pub(crate) fn linear(
     kern: &kernels::Kernels,
     x: &[f32],
@@ -582,36 +601,7 @@ pub(crate) fn linear(
             return;
         }
     };
-    let part = &mut scratch.part;
     let threads = rayon::current_num_threads();
-    if m <= GEMV_ROWS {
-        let tasks = threads.min(k.div_ceil(64)).max(1);
-        let rows = k.div_ceil(tasks).div_ceil(4) * 4;
-        let size = m * n;
-        if part.len() < tasks * size {
-            part.resize(tasks * size, 0.0);
-        }
-        let part = &mut part[..tasks * size];
-        let run = |(t, acc): (usize, &mut [f32])| {
-            acc.fill(0.0);
-            let (p0, p1) = ((t * rows).min(k), ((t + 1) * rows).min(k));
-            if p0 < p1 {
-                (kern.gemv_acc)(m, &x[p0..], k, &w[p0 * n..p1 * n], acc);
-            }
-        };
-        if tasks == 1 {
-            part.chunks_mut(size).enumerate().for_each(run);
-        } else {
-            part.par_chunks_mut(size).enumerate().for_each(run);
-        }
-        for row in out[..size].chunks_exact_mut(n) {
-            row.copy_from_slice(lin.b.values());
-        }
-        for acc in part.chunks_exact(size) {
-            add_in(&mut out[..size], acc);
-        }
-        return;
-    }
     if m >= ROW_SPLIT_ROWS.max(4 * threads) {
         let per = m.div_ceil(threads * 2).max(4);
         out.par_chunks_mut(per * n)
@@ -638,11 +628,9 @@ pub(crate) fn linear(
     }
 }
 
-/// Reusable buffers of the matmuls: per-thread partial sums (f32 decode) and the quantized
-/// activations (quantized matmuls).
+/// Reusable buffers of the matmuls: the quantized activations (quantized matmuls).
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
-    pub(crate) part: Vec<f32>,
     pub(crate) qa: QActs,
 }
 
@@ -696,11 +684,10 @@ pub(crate) fn qmatmul(
 
 /// `out[m × n] = x[m × k] · bᵀ` with `b` `[n × k]`, split by rows of `b` across the pool.
 ///
-/// For up to [`NT_PACKED_ROWS`] rows each output is a dot product (tiles of 6 rows × 4 rows of
-/// `b`). For many rows
-/// (a prompt's logits) each task transposes blocks of [`NT_BLOCK`] rows of `b` into a `[k ×
-/// NT_BLOCK]` panel and runs the register-tiled `gemm` on it: the packing is paid once per
-/// block and amortized over all `m` rows.
+/// Each output is a dot product computed by the kernels' `gemm_nt` tiles, the same arithmetic
+/// for every `m` and split (so a row's logits do not depend on the rest of its batch). Each
+/// task walks its rows of `b` in blocks of [`NT_BLOCK`], running all `m` rows of `x` over a
+/// block while it is in cache: `b` is read from memory once per call.
 pub(crate) fn gemm_nt_parallel(
     kern: &kernels::Kernels,
     x: &[f32],
@@ -712,37 +699,13 @@ pub(crate) fn gemm_nt_parallel(
 ) {
     let chunk = column_chunk(n, rayon::current_num_threads()).max(256);
     let ptr = SendPtr(out.as_mut_ptr());
-    let packed = m >= NT_PACKED_ROWS;
     (0..n.div_ceil(chunk)).into_par_iter().for_each(|ci| {
-        let j0 = ci * chunk;
-        let wid = chunk.min(n - j0);
-        if !packed {
-            // SAFETY: columns j0..j0+wid of the m rows of `out` (m × n), disjoint per task.
-            unsafe {
-                (kern.gemm_nt)(
-                    m,
-                    wid,
-                    k,
-                    x,
-                    &b[j0 * k..(j0 + wid) * k],
-                    ptr.get().add(j0),
-                    n,
-                )
-            };
-            return;
-        }
-        let mut panel = vec![0.0f32; k * NT_BLOCK];
-        let mut j = j0;
-        while j < j0 + wid {
-            let w = NT_BLOCK.min(j0 + wid - j);
-            for (r, row) in b[j * k..(j + w) * k].chunks_exact(k).enumerate() {
-                for (p, &v) in row.iter().enumerate() {
-                    panel[p * w + r] = v;
-                }
-            }
-            // SAFETY: columns j..j+w of the m rows of `out`, within this task's block.
-            unsafe { (kern.gemm)(m, w, k, x, &panel[..k * w], w, ptr.get().add(j), n) };
-            j += w;
+        let (j0, j1) = (ci * chunk, ((ci + 1) * chunk).min(n));
+        for j in (j0..j1).step_by(NT_BLOCK) {
+            let w = NT_BLOCK.min(j1 - j);
+            // SAFETY: columns j..j+w of the m rows of `out` (m × n), within this task's
+            // block, disjoint from every other task's.
+            unsafe { (kern.gemm_nt)(m, w, k, x, &b[j * k..(j + w) * k], ptr.get().add(j), n) };
         }
     });
 }
@@ -751,15 +714,7 @@ pub(crate) fn gemm_nt_parallel(
 /// weights, amortized over its rows); below, its columns (each weight read once).
 const ROW_SPLIT_ROWS: usize = 64;
 
-/// Up to this many rows (tokens decoded together), a matmul streams the weights by rows.
-const GEMV_ROWS: usize = 8;
-
-/// From this many rows on, `gemm_nt_parallel` packs transposed panels of `b` (paid once per
-/// call) for the register-tiled `gemm`; below, the dot-product tiles re-read `b` per 6 rows,
-/// cheaper for the small matrices of an encoder called on one sentence.
-const NT_PACKED_ROWS: usize = 48;
-
-/// Rows of the LM head transposed per packed panel.
+/// Rows of `b` per cache block of `gemm_nt_parallel` (128 rows of 768 floats: 384 KB).
 const NT_BLOCK: usize = 128;
 
 #[cfg(test)]

@@ -5,9 +5,13 @@
 //! The cache grows as sequences do (doubling, up to the model's context), so a model with a
 //! long context costs memory for the positions used, not the ones it could use.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
 use crate::kernels::{self, SendPtr};
+use crate::runtime::mem;
 use crate::{Error, Result};
 
 use super::gpt2::{Scratch, SERIAL_ELEMS};
@@ -47,11 +51,19 @@ pub(crate) enum Kv {
 }
 
 impl Kv {
-    fn zeros(dtype: KvDtype, n: usize) -> Self {
-        match dtype {
-            KvDtype::F32 => Kv::F32(vec![0.0; n]),
-            KvDtype::F16 => Kv::F16(vec![0; n]),
-        }
+    fn zeros(dtype: KvDtype, n: usize) -> Result<Self> {
+        // Keys and values together: the check is for both.
+        let what = "the KV cache";
+        Ok(match dtype {
+            KvDtype::F32 => {
+                mem::check(n, 8, what)?;
+                Kv::F32(mem::zeros(n, what)?)
+            }
+            KvDtype::F16 => {
+                mem::check(n, 4, what)?;
+                Kv::F16(mem::zeros(n, what)?)
+            }
+        })
     }
 
     fn dtype(&self) -> KvDtype {
@@ -414,17 +426,22 @@ pub(crate) struct Work {
 impl Work {
     /// Room for `rows` rows: `d` wide residual stream, `qkv` wide projections, `att` wide
     /// attention output, `mlp` wide MLP activations.
-    pub(crate) fn ensure(&mut self, rows: usize, d: usize, qkv: usize, att: usize, mlp: usize) {
-        let grow = |v: &mut Vec<f32>, n: usize| {
-            if v.len() < n {
-                v.resize(n, 0.0);
-            }
-        };
-        grow(&mut self.x, rows * d);
-        grow(&mut self.h, rows * d.max(att));
-        grow(&mut self.qkv, rows * qkv);
-        grow(&mut self.att, rows * d.max(att));
-        grow(&mut self.mlp, rows * mlp);
+    pub(crate) fn ensure(
+        &mut self,
+        rows: usize,
+        d: usize,
+        qkv: usize,
+        att: usize,
+        mlp: usize,
+    ) -> Result<()> {
+        let total = rows.saturating_mul(2 * d + qkv + 2 * d.max(att) + mlp);
+        mem::check(total, 4, "the activations of this input")?;
+        let what = "the activations";
+        mem::grow(&mut self.x, rows * d, what)?;
+        mem::grow(&mut self.h, rows * d.max(att), what)?;
+        mem::grow(&mut self.qkv, rows * qkv, what)?;
+        mem::grow(&mut self.att, rows * d.max(att), what)?;
+        mem::grow(&mut self.mlp, rows * mlp, what)
     }
 }
 
@@ -449,6 +466,30 @@ pub struct Cache {
     pub(crate) rnn: Vec<f32>,
     pub(crate) rnn_per_slot: usize,
     pub(crate) work: Work,
+    /// Set from another thread to stop a forward call between layers ([`Cache::set_cancel`]).
+    pub(crate) cancel: Option<Arc<AtomicBool>>,
+}
+
+/// [`Error::Cancelled`] once `flag` is set.
+#[inline]
+pub(crate) fn check_cancel(flag: &Option<Arc<AtomicBool>>) -> Result<()> {
+    match flag {
+        Some(f) if f.load(Ordering::Relaxed) => Err(Error::Cancelled),
+        _ => Ok(()),
+    }
+}
+
+/// Keys (or values) in a cache of `slots × n_layer × n_ctx × d`, or an error when that overflows.
+fn cache_elems(slots: usize, n_layer: usize, n_ctx: usize, d: usize) -> Result<usize> {
+    slots
+        .checked_mul(n_layer)
+        .and_then(|x| x.checked_mul(n_ctx))
+        .and_then(|x| x.checked_mul(d))
+        .ok_or_else(|| {
+            Error::OutOfMemory(format!(
+                "a KV cache of {slots} sequences × {n_ctx} positions is too large to address"
+            ))
+        })
 }
 
 /// Positions a new cache has room for before it first grows.
@@ -464,32 +505,33 @@ impl Cache {
         slots: usize,
         dtype: KvDtype,
         capacity: usize,
-    ) -> Self {
+    ) -> Result<Self> {
         let n_ctx = capacity.clamp(1, max_ctx.max(1));
         let geom = Geom { n_ctx, n_layer, d };
-        let size = slots * n_layer * n_ctx * d;
-        Cache {
+        let size = cache_elems(slots, n_layer, n_ctx, d)?;
+        Ok(Cache {
             slots,
             geom,
-            k: Kv::zeros(dtype, size),
-            v: Kv::zeros(dtype, size),
+            k: Kv::zeros(dtype, size)?,
+            v: Kv::zeros(dtype, size)?,
             len: vec![0; slots],
-            valid: vec![0; slots * n_ctx],
+            valid: mem::zeros(slots.saturating_mul(n_ctx), "the KV cache")?,
             next_pos: vec![0; slots],
             max_ctx,
             rnn: Vec::new(),
             rnn_per_slot: 0,
             work: Work::default(),
-        }
+            cancel: None,
+        })
     }
 
     /// An empty cache for a recurrent model: `per_slot` state values per sequence (zeros), no
     /// keys or values; positions are still counted (up to `max_ctx`).
-    pub(crate) fn recurrent(slots: usize, per_slot: usize, max_ctx: usize) -> Self {
-        let mut c = Cache::new(1, 0, max_ctx, slots, KvDtype::F32, INITIAL_CTX.min(max_ctx));
-        c.rnn = vec![0.0; slots * per_slot];
+    pub(crate) fn recurrent(slots: usize, per_slot: usize, max_ctx: usize) -> Result<Self> {
+        let mut c = Cache::new(1, 0, max_ctx, slots, KvDtype::F32, INITIAL_CTX.min(max_ctx))?;
+        c.rnn = mem::zeros(slots.saturating_mul(per_slot), "the recurrent state")?;
         c.rnn_per_slot = per_slot;
-        c
+        Ok(c)
     }
 
     /// The first capacity of a cache made without a length in mind.
@@ -513,10 +555,10 @@ impl Cache {
         let old = self.geom;
         let n_ctx = need.max(2 * old.n_ctx).min(self.max_ctx);
         let geom = Geom { n_ctx, ..old };
-        let size = self.slots * old.n_layer * n_ctx * old.d;
-        let mut k = Kv::zeros(self.k.dtype(), size);
-        let mut v = Kv::zeros(self.v.dtype(), size);
-        let mut valid = vec![0u8; self.slots * n_ctx];
+        let size = cache_elems(self.slots, old.n_layer, n_ctx, old.d)?;
+        let mut k = Kv::zeros(self.k.dtype(), size)?;
+        let mut v = Kv::zeros(self.v.dtype(), size)?;
+        let mut valid: Vec<u8> = mem::zeros(self.slots * n_ctx, "the KV cache")?;
         for s in 0..self.slots {
             let used = self.len[s] * old.d;
             for l in 0..old.n_layer {
@@ -592,6 +634,12 @@ impl Cache {
         }
     }
 
+    /// A flag that, once set (from any thread), makes forward calls on this cache stop between
+    /// layers with [`Error::Cancelled`]; the cache is left as it was before that call.
+    pub fn set_cancel(&mut self, flag: Option<Arc<AtomicBool>>) {
+        self.cancel = flag;
+    }
+
     pub fn slots(&self) -> usize {
         self.slots
     }
@@ -645,11 +693,11 @@ impl Cache {
             )));
         }
         let g = self.geom;
-        let per = g.n_layer * g.n_ctx * g.d;
         let n = sources.len();
-        let mut k = Kv::zeros(self.k.dtype(), n * per);
-        let mut v = Kv::zeros(self.v.dtype(), n * per);
-        let mut valid = vec![0; n * g.n_ctx];
+        let size = cache_elems(n, g.n_layer, g.n_ctx, g.d)?;
+        let mut k = Kv::zeros(self.k.dtype(), size)?;
+        let mut v = Kv::zeros(self.v.dtype(), size)?;
+        let mut valid: Vec<u8> = mem::zeros(n.saturating_mul(g.n_ctx), "the KV cache")?;
         for (i, &s) in sources.iter().enumerate() {
             // Only the filled positions of each layer need copying.
             for l in 0..g.n_layer {
@@ -679,6 +727,7 @@ impl Cache {
                 .collect(),
             rnn_per_slot: self.rnn_per_slot,
             work: Work::default(),
+            cancel: self.cancel.clone(),
         })
     }
 }

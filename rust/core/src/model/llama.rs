@@ -26,8 +26,8 @@ use serde_json::Value;
 use crate::io::gguf::{self, Gguf};
 use crate::io::safetensors::{F32Data, F32Tensor};
 use crate::kernels;
-use crate::model::gpt2::{add_in, head_logits, linear, SERIAL_ELEMS};
-use crate::model::kv::{attention, Cache, KvDtype, QkvLayout};
+use crate::model::gpt2::{add_in, check_logits, head_logits, linear, SERIAL_ELEMS};
+use crate::model::kv::{attention, check_cancel, Cache, KvDtype, QkvLayout};
 use crate::model::weights::{self, Layout, Linear, Mat, Progress, Quant, Table, Weights};
 use crate::model::CausalLm;
 use crate::quant::{QMatrix, QType, ROWS};
@@ -774,7 +774,7 @@ impl CausalLm for Llama {
         self.config.max_position_embeddings
     }
 
-    fn new_cache(&self, slots: usize, capacity: Option<usize>) -> Cache {
+    fn new_cache(&self, slots: usize, capacity: Option<usize>) -> Result<Cache> {
         let c = &self.config;
         let n = c.max_position_embeddings;
         let cap = capacity.unwrap_or_else(|| Cache::default_capacity(n));
@@ -799,6 +799,7 @@ impl CausalLm for Llama {
     ) -> Result<()> {
         let c = &self.config;
         let slots = cache.slots;
+        check_logits(slots, t, c.vocab_size, last_only)?;
         cache.begin(tokens, mask, t, c.vocab_size, "max_position_embeddings")?;
         let kern = kernels::get();
         let (d, hd, nh, nkv) = (
@@ -815,8 +816,9 @@ impl CausalLm for Llama {
             v_off: qd + kvd,
             kv_d: kvd,
         };
-        cache.work.ensure(rows, d, lay.stride, qd, 3 * inner);
+        cache.work.ensure(rows, d, lay.stride, qd, 3 * inner)?;
         let mut ws = std::mem::take(&mut cache.work);
+        let cancel = cache.cancel.clone();
         let mut tmp = Vec::new();
         let result = pool::install(|| -> Result<()> {
             // RoPE's cos / sin per row, computed once for every layer.       [rows, hd/2]
@@ -835,6 +837,7 @@ impl CausalLm for Llama {
             }
             let scale = 1.0 / (hd as f32).sqrt();
             for (l, blk) in self.blocks.iter().enumerate() {
+                check_cancel(&cancel)?;
                 rms_norm(
                     &ws.x[..rows * d],
                     &mut ws.h[..rows * d],
@@ -853,6 +856,7 @@ impl CausalLm for Llama {
                 rope(qkv, lay.stride, nh + nkv, hd, cos, sin);
                 cache.append(kern, l, qkv, t, &lay);
                 let args = cache.attn_args(qkv, mask, l, t, (nh, nkv, hd), &lay, scale);
+                check_cancel(&cancel)?;
                 attention(kern, &args, &mut ws.att[..rows * qd], &mut ws.scores);
                 blk.o.run(
                     kern,
@@ -869,6 +873,7 @@ impl CausalLm for Llama {
                     &blk.ffn_norm,
                     c.rms_norm_eps,
                 );
+                check_cancel(&cancel)?;
                 let (gu, act) = ws.mlp[..rows * 3 * inner].split_at_mut(rows * 2 * inner);
                 blk.gate_up
                     .run(kern, &ws.h[..rows * d], rows, gu, &mut tmp, &mut ws.scratch);
@@ -885,8 +890,7 @@ impl CausalLm for Llama {
             }
             let head = self.head.as_ref().unwrap_or(&self.embed);
             let norm = |x: &[f32], out: &mut [f32]| rms_norm(x, out, &self.norm, c.rms_norm_eps);
-            head_logits(kern, &mut ws, (slots, t, d, last_only), norm, head, logits);
-            Ok(())
+            head_logits(kern, &mut ws, (slots, t, d, last_only), norm, head, logits)
         });
         cache.work = ws;
         result??;

@@ -28,11 +28,11 @@ use serde_json::Value;
 use crate::io::safetensors::{Checkpoint, F32Data, F32Tensor};
 use crate::kernels;
 use crate::model::gpt2::linear;
-use crate::model::kv::Cache;
+use crate::model::kv::{check_cancel, Cache};
 use crate::model::weights::{self, Linear, Mat, Table};
 use crate::model::CausalLm;
 use crate::quant::{QMatrix, QType};
-use crate::runtime::pool;
+use crate::runtime::{mem, pool};
 use crate::{Error, Result};
 
 /// What the Dense layer applies to its outputs (Keras' `activation`).
@@ -296,7 +296,7 @@ impl CausalLm for Lstm {
         self.config.max_length
     }
 
-    fn new_cache(&self, slots: usize, _capacity: Option<usize>) -> Cache {
+    fn new_cache(&self, slots: usize, _capacity: Option<usize>) -> Result<Cache> {
         Cache::recurrent(slots, self.config.state_size(), self.config.max_length)
     }
 
@@ -316,13 +316,15 @@ impl CausalLm for Lstm {
             ));
         }
         let slots = cache.slots;
+        crate::model::gpt2::check_logits(slots, t, c.vocab_size, last_only)?;
         cache.begin(tokens, mask, t, c.vocab_size, "max_length")?;
         let kern = kernels::get();
         let (e, h) = (c.embedding_dim, c.hidden_size);
         let rows = slots * t;
         let d = e.max(h);
-        cache.work.ensure(rows, d, 4 * h, h, 4 * h);
+        cache.work.ensure(rows, d, 4 * h, h, 4 * h)?;
         let mut ws = std::mem::take(&mut cache.work);
+        let cancel = cache.cancel.clone();
         let state = &mut cache.rnn;
         let per = c.state_size();
         let result = pool::install(|| -> Result<()> {
@@ -332,6 +334,7 @@ impl CausalLm for Lstm {
             }
             let mut width = e;
             for (l, layer) in self.layers.iter().enumerate() {
+                check_cancel(&cancel)?;
                 // Every step's input projection at once.               [rows, 4h]
                 let xp = &mut ws.qkv[..rows * 4 * h];
                 linear(
@@ -382,7 +385,7 @@ impl CausalLm for Lstm {
                 src[i * h..(i + 1) * h].copy_from_slice(&ws.x[r * h..(r + 1) * h]);
             }
             logits.clear();
-            logits.resize(m * c.vocab_size, 0.0);
+            mem::grow(logits, m.saturating_mul(c.vocab_size), "the logits")?;
             linear(kern, &ws.h[..m * h], m, &self.out, logits, &mut ws.scratch);
             Ok(())
         });

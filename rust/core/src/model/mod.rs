@@ -22,7 +22,8 @@ pub trait CausalLm: Send + Sync + std::fmt::Debug {
 
     /// An empty KV cache for `slots` sequences (room for `capacity` positions to start with;
     /// it grows as needed, up to [`CausalLm::n_ctx`]).
-    fn new_cache(&self, slots: usize, capacity: Option<usize>) -> Cache;
+    /// Refused with [`crate::Error::OutOfMemory`] when it would not fit in memory.
+    fn new_cache(&self, slots: usize, capacity: Option<usize>) -> Result<Cache>;
 
     /// Advances every slot of `cache` by `t` tokens: `tokens` and `mask` are `[slots × t]`
     /// (mask 1 = a real token, 0 = padding). Writes the logits `[slots × t × vocab]` into

@@ -3,8 +3,10 @@
 //! end token banned), then for sampling temperature, top-k, top-p, min-p; then the arg-max
 //! (greedy) or a draw from the softmax.
 //!
-//! The random numbers come from a seeded xoshiro256** stream per generation, drawn in sequence
-//! order, so a seed gives the same tokens on every run and at every thread count.
+//! The random numbers come from seeded xoshiro256** streams, one per output sequence, derived
+//! from the seed and the sequence's row: a seed gives the same tokens on every run and at every
+//! thread count, and a row's draws do not depend on the other rows of its batch (how many there
+//! are, their prompts, or when they end).
 
 use crate::{Error, Result};
 
@@ -90,6 +92,18 @@ impl Rng {
         Rng {
             s: [next(), next(), next(), next()],
         }
+    }
+
+    /// The stream of output row `row` of a generation seeded with `seed`: independent of every
+    /// other row's (the pair goes through splitmix64 before seeding).
+    pub fn stream(seed: u64, row: usize) -> Self {
+        let mix = |mut z: u64| {
+            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        Rng::new(mix(seed) ^ mix(mix(row as u64 ^ 0x5bd1_e995_7f4a_7c15)))
     }
 
     pub fn next_u64(&mut self) -> u64 {

@@ -9,7 +9,9 @@
 //! - A piece that is itself a token is one hash lookup (tiktoken's rule; most words hit it).
 //! - Short pieces merge in place in a small array, rescanning pair ranks that are cached and
 //!   updated only next to a merge; long pieces (a 200 KB run of one letter is one piece) merge
-//!   with a heap over a linked list, O(n log n), so no input is quadratic.
+//!   over a linked list with the candidates grouped by priority, in linear expected time for
+//!   vocabularies made by training (a heap, `O(n log n)`, for any other), so no input is
+//!   quadratic.
 //! - Encoding allocates nothing per piece: a [`Scratch`] is reused across the pieces of a call.
 
 use std::cmp::Reverse;
@@ -140,6 +142,10 @@ pub struct Scratch {
     next: Vec<u32>,
     prev: Vec<u32>,
     heap: BinaryHeap<Candidate>,
+    /// [`Bpe::merge_grouped`]: the left positions of the candidates of each priority, and
+    /// the priorities that have candidates.
+    groups: rustc_hash::FxHashMap<u32, Vec<u32>>,
+    order: BinaryHeap<Reverse<u32>>,
 }
 
 #[inline]
@@ -493,18 +499,24 @@ impl Bpe {
     /// (A priority names one pair of tokens, so an entry whose priority still matches is that
     /// same merge, valid.) Entries are one `u64` each, which keeps the heap in cache.
     fn merge_large(&self, piece: &[u8], out: &mut Vec<u32>, s: &mut Scratch) {
+        if !self.merge_grouped(piece, out, s) {
+            self.merge_heap(piece, out, s);
+        }
+    }
+
+    /// The parts of a long piece as a doubly linked list: `s.ids`, `s.next`, `s.prev`.
+    /// Returns false when fewer than two parts remain (then they are already in `out`).
+    fn link_parts(&self, piece: &[u8], out: &mut Vec<u32>, s: &mut Scratch) -> bool {
         let none = u32::MAX;
-        let dead = u32::MAX - 1;
-        let entry = |rank: u32, left: u32| Reverse((u64::from(rank) << 32) | u64::from(left));
         s.ids.clear();
         s.ids
             .extend(piece.iter().map(|&b| self.byte_ids[b as usize]));
         if self.missing_bytes {
             s.ids.retain(|&id| id != MISSING_BYTE);
-            if s.ids.len() < 2 {
-                out.extend_from_slice(&s.ids);
-                return;
-            }
+        }
+        if s.ids.len() < 2 {
+            out.extend_from_slice(&s.ids);
+            return false;
         }
         let n = s.ids.len();
         s.next.clear();
@@ -513,6 +525,109 @@ impl Bpe {
         s.prev.clear();
         s.prev
             .extend((0..n as u32).map(|i| if i == 0 { none } else { i - 1 }));
+        true
+    }
+
+    /// The same merges in linear expected time, when priorities rise along merges — as in
+    /// every vocabulary BPE training made: a pair with a token made by merge `r` has a priority
+    /// above `r`. Candidates are grouped by priority (a small heap holds the priorities
+    /// present, one entry per distinct priority); a group is complete when its turn comes (no
+    /// later merge can add to it), so it is sorted by position once and merged left to right —
+    /// the order of the heap's (priority, position) keys. Memory is touched in order, which
+    /// keeps a piece of millions of bytes from being bound by cache misses as the heap is.
+    /// Returns false, having written nothing, when a merge makes a candidate whose priority is
+    /// not above the current one (a vocabulary not made by training); [`Bpe::merge_heap`]
+    /// then runs instead.
+    fn merge_grouped(&self, piece: &[u8], out: &mut Vec<u32>, s: &mut Scratch) -> bool {
+        let none = u32::MAX;
+        let dead = u32::MAX - 1;
+        if !self.link_parts(piece, out, s) {
+            return true;
+        }
+        let n = s.ids.len();
+        let mut groups = std::mem::take(&mut s.groups);
+        let mut order = std::mem::take(&mut s.order);
+        groups.clear();
+        order.clear();
+        for i in 0..n - 1 {
+            let (rank, _) = self.merge_of(s.ids[i], s.ids[i + 1]);
+            if rank != NO_MERGE {
+                groups.entry(rank).or_default().push(i as u32);
+            }
+        }
+        order.extend(groups.keys().map(|&r| Reverse(r)));
+        let mut ok = true;
+        'ranks: while let Some(Reverse(rank)) = order.pop() {
+            let mut lefts = groups.remove(&rank).unwrap_or_default();
+            lefts.sort_unstable();
+            for &left in &lefts {
+                let l = left as usize;
+                let right = s.next[l];
+                if right == none || right == dead {
+                    continue;
+                }
+                let r = right as usize;
+                let (now, merged) = self.merge_of(s.ids[l], s.ids[r]);
+                if now != rank {
+                    continue;
+                }
+                s.ids[l] = merged;
+                let after = s.next[r];
+                s.next[r] = dead;
+                s.next[l] = after;
+                let mut add = |rk: u32, at: u32| -> bool {
+                    if rk == NO_MERGE {
+                        return true;
+                    }
+                    if rk <= rank {
+                        return false;
+                    }
+                    let g = groups.entry(rk).or_default();
+                    if g.is_empty() {
+                        order.push(Reverse(rk));
+                    }
+                    g.push(at);
+                    true
+                };
+                if after != none {
+                    s.prev[after as usize] = left;
+                    let (rk, _) = self.merge_of(merged, s.ids[after as usize]);
+                    if !add(rk, left) {
+                        ok = false;
+                        break 'ranks;
+                    }
+                }
+                let before = s.prev[l];
+                if before != none {
+                    let (rk, _) = self.merge_of(s.ids[before as usize], merged);
+                    if !add(rk, before) {
+                        ok = false;
+                        break 'ranks;
+                    }
+                }
+            }
+        }
+        (s.groups, s.order) = (groups, order);
+        if !ok {
+            return false;
+        }
+        let mut i = 0_u32;
+        while i != none {
+            out.push(s.ids[i as usize]);
+            i = s.next[i as usize];
+        }
+        true
+    }
+
+    /// The merges of a long piece with a min-heap of candidates (any vocabulary).
+    fn merge_heap(&self, piece: &[u8], out: &mut Vec<u32>, s: &mut Scratch) {
+        let none = u32::MAX;
+        let dead = u32::MAX - 1;
+        let entry = |rank: u32, left: u32| Reverse((u64::from(rank) << 32) | u64::from(left));
+        if !self.link_parts(piece, out, s) {
+            return;
+        }
+        let n = s.ids.len();
         let mut initial: Vec<Candidate> = Vec::with_capacity(n);
         for i in 0..n - 1 {
             let (rank, _) = self.merge_of(s.ids[i], s.ids[i + 1]);
@@ -586,6 +701,9 @@ mod tests {
         let mut scratch = Scratch::default();
         if large && s.len() > 1 {
             bpe.merge_large(s, &mut out, &mut scratch);
+            let mut heap = Vec::new();
+            bpe.merge_heap(s, &mut heap, &mut scratch);
+            assert_eq!(heap, out, "the heap and the grouped merges differ");
         } else if s.len() > 1 && bpe.token_id(s).is_none() {
             bpe.merge_small(s, &mut out, &mut scratch);
         } else {
@@ -615,6 +733,22 @@ mod tests {
             parts[i].extend(right);
         }
         parts.iter().map(|p| bpe.token_id(p).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_vocabulary_whose_priorities_fall_along_merges_takes_the_heap() {
+        // "abc" ranks below its part "ab": the grouped merge sees a falling priority and
+        // leaves the piece to the heap, which gives tiktoken's answer.
+        let mut ranks: Vec<(Vec<u8>, u32)> = (0..=255_u8).map(|b| (vec![b], b as u32)).collect();
+        ranks.push((b"abc".to_vec(), 256));
+        ranks.push((b"ab".to_vec(), 300));
+        let bpe = Bpe::from_ranks("falling", ranks).unwrap();
+        let piece = b"abcabcxab".repeat(20);
+        let mut s = Scratch::default();
+        let mut grouped = Vec::new();
+        assert!(!bpe.merge_grouped(&piece, &mut grouped, &mut s));
+        assert!(grouped.is_empty());
+        assert_eq!(enc(&bpe, &piece, true), reference(&bpe, &piece));
     }
 
     #[test]

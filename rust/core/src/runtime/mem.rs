@@ -1,0 +1,113 @@
+//! Memory limits: a request whose buffers (a KV cache for a large batch, the logits of every
+//! position of a long input) would not fit in the memory this process can still get is refused
+//! with [`Error::OutOfMemory`] before anything is allocated, instead of the allocator aborting
+//! the process or the machine swapping.
+//!
+//! "Can still get" is the kernel's estimate of available memory (`MemAvailable` in
+//! `/proc/meminfo`), lowered to what a cgroup's `memory.max` leaves (containers). Elsewhere, or
+//! when those files cannot be read, only sizes that overflow the address space are refused.
+
+use crate::{Error, Result};
+
+/// Requests below this many bytes are not checked (reading `/proc` costs tens of µs).
+const CHECK_FROM: usize = 64 << 20;
+
+/// Bytes this process can still allocate, when the operating system says.
+pub fn available_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    let mut avail = kib.saturating_mul(1024);
+    if let Some(left) = cgroup_left() {
+        avail = avail.min(left);
+    }
+    Some(avail)
+}
+
+/// What a cgroup v2 limit leaves (`memory.max - memory.current`), if there is one.
+fn cgroup_left() -> Option<u64> {
+    let read = |name: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{name}")).ok();
+    let max = read("memory.max")?.trim().parse::<u64>().ok()?;
+    let current = read("memory.current")?.trim().parse::<u64>().ok()?;
+    Some(max.saturating_sub(current))
+}
+
+/// Checks that `count` elements of `elem_bytes` each (for `what`, named in the error) fit in
+/// the memory left; returns their size in bytes.
+pub fn check(count: usize, elem_bytes: usize, what: &str) -> Result<usize> {
+    let too_big = || {
+        Error::OutOfMemory(format!(
+            "{what} would need {count} × {elem_bytes} bytes, more than this machine can address"
+        ))
+    };
+    let bytes = count.checked_mul(elem_bytes).ok_or_else(too_big)?;
+    if bytes > isize::MAX as usize {
+        return Err(too_big());
+    }
+    if bytes >= CHECK_FROM {
+        if let Some(avail) = available_bytes() {
+            if bytes as u64 > avail {
+                return Err(Error::OutOfMemory(format!(
+                    "{what} would need {}, and only {} of memory is available: use a smaller \
+                     batch or fewer tokens",
+                    human(bytes as u64),
+                    human(avail)
+                )));
+            }
+        }
+    }
+    Ok(bytes)
+}
+
+/// `n` zeros, after [`check`]: allocated with `calloc` (pages are touched only when written).
+pub fn zeros<T: Clone + Default>(n: usize, what: &str) -> Result<Vec<T>> {
+    check(n, std::mem::size_of::<T>(), what)?;
+    Ok(vec![T::default(); n])
+}
+
+/// Grows `v` to at least `n` elements (zeros), after [`check`].
+pub fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize, what: &str) -> Result<()> {
+    if v.len() < n {
+        check(n, std::mem::size_of::<T>(), what)?;
+        v.resize(n, T::default());
+    }
+    Ok(())
+}
+
+/// `bytes` as "1.5 GB" / "300 MB".
+fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.1} GB", b / 1e9)
+    } else {
+        format!("{:.0} MB", b / 1e6)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_checked_before_allocating() {
+        assert_eq!(check(10, 4, "x").unwrap(), 40);
+        let e = check(usize::MAX / 2, 4, "a KV cache").unwrap_err();
+        assert!(matches!(e, Error::OutOfMemory(_)), "{e}");
+        assert!(e.to_string().contains("a KV cache"));
+        if let Some(avail) = available_bytes() {
+            assert!(avail > 0);
+            let n = (avail / 4 + (1 << 30)) as usize;
+            let e = zeros::<f32>(n, "the logits").unwrap_err();
+            assert!(e.to_string().contains("only"), "{e}");
+        }
+        let mut v = vec![1.0f32; 2];
+        grow(&mut v, 4, "x").unwrap();
+        assert_eq!(v, [1.0, 1.0, 0.0, 0.0]);
+    }
+}
