@@ -115,6 +115,46 @@ class GPT2RefConfig:
         )
 
 
+def positions_and_mask(
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    past: Past | None,
+    position_ids: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """The checks and bookkeeping every decoder's forward starts with: ``input_ids`` [B, S] after
+    ``past`` (P cached positions), ``attention_mask`` [B, P + S] if given.
+
+    Returns the position of each new token, [B, S] (or [1, S]) — without ``position_ids``,
+    positions count only unmasked tokens (cumsum of the mask minus one, padding slots at 0), as
+    transformers' ``generate`` does for left padding; without a mask they are P, ..., P + S - 1 —
+    and which keys each query may see, [B or 1, 1, S, T]: causal by cache slot, minus padding.
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+    batch, seq = input_ids.shape
+    past_len = past[0][0].shape[2] if past else 0
+    total = past_len + seq
+    device = input_ids.device
+    if attention_mask is not None and tuple(attention_mask.shape) != (batch, total):
+        raise ValueError(
+            f"attention_mask must be [batch, past + seq] = {[batch, total]}, "
+            f"got {list(attention_mask.shape)}"
+        )
+    if position_ids is None:
+        if attention_mask is not None:
+            counted = attention_mask.long().cumsum(-1) - 1  # [B, T] index among real tokens
+            counted = counted.masked_fill(attention_mask == 0, 0)  # [B, T] padding -> 0
+            position_ids = counted[:, past_len:]  # [B, S] only the new tokens
+        else:
+            position_ids = torch.arange(past_len, total, device=device).unsqueeze(0)  # [1, S]
+    query_slot = torch.arange(past_len, total, device=device)  # [S] slot of each new token
+    key_slot = torch.arange(total, device=device)  # [T]
+    allowed = (key_slot[None, :] <= query_slot[:, None])[None, None]  # [1, 1, S, T]
+    if attention_mask is not None:
+        allowed = allowed & (attention_mask[:, None, None, :] != 0)  # [B, 1, S, T]
+    return position_ids, allowed
+
+
 def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     """(x - mean) / sqrt(var + eps) * weight + bias over the last axis; statistics in float32."""
     x32 = x.float()
@@ -180,37 +220,12 @@ class GPT2Ref:
         without a mask they are P, P + 1, ..., P + S - 1.
         """
         cfg = self.config
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
-        batch, seq = input_ids.shape
-        past_len = past[0][0].shape[2] if past else 0
-        total = past_len + seq
-        device = input_ids.device
-        if attention_mask is not None and tuple(attention_mask.shape) != (batch, total):
-            raise ValueError(
-                f"attention_mask must be [batch, past + seq] = {[batch, total]}, "
-                f"got {list(attention_mask.shape)}"
-            )
-
-        # Positions, [B, S] (or [1, S]): the row of wpe that each new token adds.
-        if position_ids is None:
-            if attention_mask is not None:
-                counted = attention_mask.long().cumsum(-1) - 1  # [B, T] index among real tokens
-                counted = counted.masked_fill(attention_mask == 0, 0)  # [B, T] padding -> 0
-                position_ids = counted[:, past_len:]  # [B, S] only the new tokens
-            else:
-                position_ids = torch.arange(past_len, total, device=device).unsqueeze(0)  # [1, S]
+        position_ids, allowed = positions_and_mask(input_ids, attention_mask, past, position_ids)
+        seq = input_ids.shape[1]
         if seq > 0 and int(position_ids.max()) >= cfg.n_positions:
             raise ValueError(
                 f"position {int(position_ids.max())} is past n_positions ({cfg.n_positions})"
             )
-
-        # Which keys each query may see, [B or 1, 1, S, T]: causal by cache slot, minus padding.
-        query_slot = torch.arange(past_len, total, device=device)  # [S] slot of each new token
-        key_slot = torch.arange(total, device=device)  # [T]
-        allowed = (key_slot[None, :] <= query_slot[:, None])[None, None]  # [1, 1, S, T]
-        if attention_mask is not None:
-            allowed = allowed & (attention_mask[:, None, None, :] != 0)  # [B, 1, S, T]
 
         # Token plus position embedding, [B, S, E].
         x = self._w("wte.weight")[input_ids] + self._w("wpe.weight")[position_ids]

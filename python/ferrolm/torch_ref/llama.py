@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ferrolm.torch_ref.gpt2 import ACTIVATIONS, Past, _read_safetensors
+from ferrolm.torch_ref.gpt2 import ACTIVATIONS, Past, _read_safetensors, positions_and_mask
 
 # The RoPE variants this reference computes (``rope_type`` of the config).
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -263,39 +263,15 @@ class LlamaRef:
         without a mask they are P, P + 1, ..., P + S - 1.
         """
         cfg = self.config
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
-        batch, seq = input_ids.shape
-        past_len = past[0][0].shape[2] if past else 0
-        total = past_len + seq
+        # Positions (the angle RoPE turns each new token's queries and keys by) and the mask.
+        position_ids, allowed = positions_and_mask(input_ids, attention_mask, past, position_ids)
         device = input_ids.device
-        if attention_mask is not None and tuple(attention_mask.shape) != (batch, total):
-            raise ValueError(
-                f"attention_mask must be [batch, past + seq] = {[batch, total]}, "
-                f"got {list(attention_mask.shape)}"
-            )
-
-        # Positions, [B, S] (or [1, S]): the angle RoPE turns each new token's queries and keys by.
-        if position_ids is None:
-            if attention_mask is not None:
-                counted = attention_mask.long().cumsum(-1) - 1  # [B, T] index among real tokens
-                counted = counted.masked_fill(attention_mask == 0, 0)  # [B, T] padding -> 0
-                position_ids = counted[:, past_len:]  # [B, S] only the new tokens
-            else:
-                position_ids = torch.arange(past_len, total, device=device).unsqueeze(0)  # [1, S]
 
         # RoPE tables in float32, [B or 1, 1, S, D]: each speed twice (for both halves).
         angles = position_ids.float()[..., None] * self.inv_freq.to(device)  # [B, S, D/2]
         angles = torch.cat([angles, angles], dim=-1)  # [B, S, D]
         cos = angles.cos()[:, None].to(self.dtype)  # [B, 1, S, D] broadcast over heads
         sin = angles.sin()[:, None].to(self.dtype)
-
-        # Which keys each query may see, [B or 1, 1, S, T]: causal by cache slot, minus padding.
-        query_slot = torch.arange(past_len, total, device=device)  # [S] slot of each new token
-        key_slot = torch.arange(total, device=device)  # [T]
-        allowed = (key_slot[None, :] <= query_slot[:, None])[None, None]  # [1, 1, S, T]
-        if attention_mask is not None:
-            allowed = allowed & (attention_mask[:, None, None, :] != 0)  # [B, 1, S, T]
 
         x = self._w("embed_tokens.weight")[input_ids]  # [B, S, E] token embedding only
 

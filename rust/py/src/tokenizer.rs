@@ -506,30 +506,39 @@ impl PyTokenizer {
         }
         let inner = &self.inner;
         let refs: Vec<&str> = strs.iter().map(|c| c.as_ref()).collect();
-        // In groups of about BATCH_GROUP_BYTES per thread, checking for Ctrl-C between groups.
-        let rows: Vec<Vec<u32>> = detached_interruptible(py, |int| {
-            let budget = BATCH_GROUP_BYTES * pool::num_threads()?;
-            let mut rows = Vec::with_capacity(refs.len());
-            let mut rest = &refs[..];
-            while !rest.is_empty() {
-                int.check()?;
-                let (mut n, mut bytes) = (0, 0);
-                while n < rest.len() && (n == 0 || bytes + rest[n].len() <= budget) {
-                    bytes += rest[n].len();
-                    n += 1;
+        let encode_all = |group: &[&str]| {
+            pool::install(|| {
+                group
+                    .par_iter()
+                    .with_min_len(8)
+                    .map(|t| inner.encode(t, add_special_tokens, allowed))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let budget = BATCH_GROUP_BYTES * attached(py, pool::size)?;
+        let bytes: usize = refs.iter().map(|t| t.len()).sum();
+        // In groups of about BATCH_GROUP_BYTES per thread, checking for Ctrl-C between groups
+        // (on a thread of its own); a batch of one group runs as one call.
+        let rows: Vec<Vec<u32>> = if bytes <= budget {
+            detached(py, || encode_all(&refs))?
+        } else {
+            detached_interruptible(py, |int| {
+                let mut rows = Vec::with_capacity(refs.len());
+                let mut rest = &refs[..];
+                while !rest.is_empty() {
+                    int.check()?;
+                    let (mut n, mut bytes) = (0, 0);
+                    while n < rest.len() && (n == 0 || bytes + rest[n].len() <= budget) {
+                        bytes += rest[n].len();
+                        n += 1;
+                    }
+                    let (group, tail) = rest.split_at(n);
+                    rows.extend(encode_all(group)?);
+                    rest = tail;
                 }
-                let (group, tail) = rest.split_at(n);
-                rows.extend(pool::install(|| {
-                    group
-                        .par_iter()
-                        .with_min_len(8)
-                        .map(|t| inner.encode(t, add_special_tokens, allowed))
-                        .collect::<Vec<_>>()
-                })?);
-                rest = tail;
-            }
-            Ok(rows)
-        })?;
+                Ok(rows)
+            })?
+        };
         let out = PyList::empty(py);
         let mut ids = 0;
         for row in &rows {

@@ -116,6 +116,12 @@ fn pool() -> Result<Arc<ThreadPool>> {
     Ok(p)
 }
 
+/// The number of workers of the pool (building it if needed): one lock, no reading of the
+/// environment or of the cgroup files that [`num_threads`] may consult.
+pub fn size() -> Result<usize> {
+    Ok(pool()?.current_num_threads())
+}
+
 /// Runs `op` inside the global pool: rayon's `join`, `scope` and parallel iterators called from
 /// `op` use the pool's threads. A panic in `op` or in any task it spawns resumes on the caller.
 pub fn install<R: Send>(op: impl FnOnce() -> R + Send) -> Result<R> {

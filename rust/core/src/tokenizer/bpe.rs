@@ -28,6 +28,9 @@ const COPY_SLACK: usize = 16;
 /// Pieces up to this many bytes merge by rescanning; longer ones use the heap.
 const SMALL_PIECE: usize = 128;
 const NO_MERGE: u32 = u32::MAX;
+/// The ends of the linked list of parts of a long piece, and a part merged away.
+const NONE: u32 = u32::MAX;
+const DEAD: u32 = u32::MAX - 1;
 /// `byte_ids` of a byte the vocabulary has no token for (Hugging Face vocabularies may lack
 /// some; such bytes are dropped before merging, as `tokenizers` drops them without an unk).
 const MISSING_BYTE: u32 = u32::MAX;
@@ -493,6 +496,38 @@ impl Bpe {
         out.extend_from_slice(ids);
     }
 
+    /// Merges the part at `left` with the next one if that pair is still the candidate of
+    /// priority `rank` (else `None`: the candidate is stale — its left part was merged away or
+    /// the pair there now is another). Returns the candidates the merge makes, `(priority, left
+    /// position)` with the part after and the part before (priority `NO_MERGE` where none).
+    #[inline]
+    fn merge_at(&self, s: &mut Scratch, left: u32, rank: u32) -> Option<[(u32, u32); 2]> {
+        let l = left as usize;
+        let right = s.next[l];
+        if right == NONE || right == DEAD {
+            return None;
+        }
+        let r = right as usize;
+        let (now, merged) = self.merge_of(s.ids[l], s.ids[r]);
+        if now != rank {
+            return None;
+        }
+        s.ids[l] = merged;
+        let after = s.next[r];
+        s.next[r] = DEAD;
+        s.next[l] = after;
+        let mut made = [(NO_MERGE, 0); 2];
+        if after != NONE {
+            s.prev[after as usize] = left;
+            made[0] = (self.merge_of(merged, s.ids[after as usize]).0, left);
+        }
+        let before = s.prev[l];
+        if before != NONE {
+            made[1] = (self.merge_of(s.ids[before as usize], merged).0, before);
+        }
+        Some(made)
+    }
+
     /// The same merges for long pieces: a min-heap of candidate pairs keyed by (priority,
     /// position) over a doubly linked list of parts. An entry is stale when its left part was
     /// merged away or the pair that now starts there has another priority; it is then skipped.
@@ -507,7 +542,6 @@ impl Bpe {
     /// The parts of a long piece as a doubly linked list: `s.ids`, `s.next`, `s.prev`.
     /// Returns false when fewer than two parts remain (then they are already in `out`).
     fn link_parts(&self, piece: &[u8], out: &mut Vec<u32>, s: &mut Scratch) -> bool {
-        let none = u32::MAX;
         s.ids.clear();
         s.ids
             .extend(piece.iter().map(|&b| self.byte_ids[b as usize]));
@@ -521,10 +555,10 @@ impl Bpe {
         let n = s.ids.len();
         s.next.clear();
         s.next
-            .extend((1..=n as u32).map(|i| if i as usize == n { none } else { i }));
+            .extend((1..=n as u32).map(|i| if i as usize == n { NONE } else { i }));
         s.prev.clear();
         s.prev
-            .extend((0..n as u32).map(|i| if i == 0 { none } else { i - 1 }));
+            .extend((0..n as u32).map(|i| if i == 0 { NONE } else { i - 1 }));
         true
     }
 
@@ -539,8 +573,6 @@ impl Bpe {
     /// not above the current one (a vocabulary not made by training); [`Bpe::merge_heap`]
     /// then runs instead.
     fn merge_grouped(&self, piece: &[u8], out: &mut Vec<u32>, s: &mut Scratch) -> bool {
-        let none = u32::MAX;
-        let dead = u32::MAX - 1;
         if !self.link_parts(piece, out, s) {
             return true;
         }
@@ -561,49 +593,22 @@ impl Bpe {
             let mut lefts = groups.remove(&rank).unwrap_or_default();
             lefts.sort_unstable();
             for &left in &lefts {
-                let l = left as usize;
-                let right = s.next[l];
-                if right == none || right == dead {
+                let Some(made) = self.merge_at(s, left, rank) else {
                     continue;
-                }
-                let r = right as usize;
-                let (now, merged) = self.merge_of(s.ids[l], s.ids[r]);
-                if now != rank {
-                    continue;
-                }
-                s.ids[l] = merged;
-                let after = s.next[r];
-                s.next[r] = dead;
-                s.next[l] = after;
-                let mut add = |rk: u32, at: u32| -> bool {
+                };
+                for (rk, at) in made {
                     if rk == NO_MERGE {
-                        return true;
+                        continue;
                     }
                     if rk <= rank {
-                        return false;
+                        ok = false;
+                        break 'ranks;
                     }
                     let g = groups.entry(rk).or_default();
                     if g.is_empty() {
                         order.push(Reverse(rk));
                     }
                     g.push(at);
-                    true
-                };
-                if after != none {
-                    s.prev[after as usize] = left;
-                    let (rk, _) = self.merge_of(merged, s.ids[after as usize]);
-                    if !add(rk, left) {
-                        ok = false;
-                        break 'ranks;
-                    }
-                }
-                let before = s.prev[l];
-                if before != none {
-                    let (rk, _) = self.merge_of(s.ids[before as usize], merged);
-                    if !add(rk, before) {
-                        ok = false;
-                        break 'ranks;
-                    }
                 }
             }
         }
@@ -611,18 +616,12 @@ impl Bpe {
         if !ok {
             return false;
         }
-        let mut i = 0_u32;
-        while i != none {
-            out.push(s.ids[i as usize]);
-            i = s.next[i as usize];
-        }
+        emit_parts(s, out);
         true
     }
 
     /// The merges of a long piece with a min-heap of candidates (any vocabulary).
     fn merge_heap(&self, piece: &[u8], out: &mut Vec<u32>, s: &mut Scratch) {
-        let none = u32::MAX;
-        let dead = u32::MAX - 1;
         let entry = |rank: u32, left: u32| Reverse((u64::from(rank) << 32) | u64::from(left));
         if !self.link_parts(piece, out, s) {
             return;
@@ -639,41 +638,25 @@ impl Bpe {
         s.heap = BinaryHeap::from(initial);
         while let Some(Reverse(key)) = s.heap.pop() {
             let (rank, left) = ((key >> 32) as u32, key as u32);
-            let l = left as usize;
-            let right = s.next[l];
-            if right == none || right == dead {
+            let Some(made) = self.merge_at(s, left, rank) else {
                 continue;
-            }
-            let r = right as usize;
-            let (now, merged) = self.merge_of(s.ids[l], s.ids[r]);
-            if now != rank {
-                continue;
-            }
-            // Merge `right` into `left`.
-            s.ids[l] = merged;
-            let after = s.next[r];
-            s.next[r] = dead;
-            s.next[l] = after;
-            if after != none {
-                s.prev[after as usize] = left;
-                let (rk, _) = self.merge_of(merged, s.ids[after as usize]);
+            };
+            for (rk, at) in made {
                 if rk != NO_MERGE {
-                    s.heap.push(entry(rk, left));
-                }
-            }
-            let before = s.prev[l];
-            if before != none {
-                let (rk, _) = self.merge_of(s.ids[before as usize], merged);
-                if rk != NO_MERGE {
-                    s.heap.push(entry(rk, before));
+                    s.heap.push(entry(rk, at));
                 }
             }
         }
-        let mut i = 0_u32;
-        while i != none {
-            out.push(s.ids[i as usize]);
-            i = s.next[i as usize];
-        }
+        emit_parts(s, out);
+    }
+}
+
+/// The ids of the parts left in the linked list, in order.
+fn emit_parts(s: &Scratch, out: &mut Vec<u32>) {
+    let mut i = 0_u32;
+    while i != NONE {
+        out.push(s.ids[i as usize]);
+        i = s.next[i as usize];
     }
 }
 
