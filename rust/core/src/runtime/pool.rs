@@ -19,8 +19,8 @@
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use rayon::{ThreadPool, ThreadPoolBuilder};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::{Error, Result};
 
@@ -39,6 +39,15 @@ static STATE: Mutex<State> = Mutex::new(State {
     requested: None,
     pool: None,
 });
+
+/// The state, locked. A std mutex, not parking_lot's: across `fork()` a parking_lot unlock
+/// may hand the lock to a thread that waited for it in the parent and does not exist in the
+/// child, leaving the child's pool locked for ever (seen as a rare hang of a forked child
+/// while other threads used the pool). A poisoned lock is still consistent state (every
+/// critical section is a few assignments), so poisoning is ignored.
+fn state() -> MutexGuard<'static, State> {
+    STATE.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 fn check_count(n: usize, source: &str) -> Result<usize> {
     if (1..=MAX_THREADS).contains(&n) {
@@ -72,7 +81,7 @@ pub fn default_num_threads() -> Result<usize> {
 
 /// The number of threads parallel work runs on.
 pub fn num_threads() -> Result<usize> {
-    let requested = STATE.lock().requested;
+    let requested = state().requested;
     match requested {
         Some(n) => Ok(n),
         None => default_num_threads(),
@@ -82,7 +91,7 @@ pub fn num_threads() -> Result<usize> {
 /// Sets the pool size for all later parallel work in this process (and its forked children).
 pub fn set_num_threads(n: usize) -> Result<()> {
     check_count(n, "set_num_threads")?;
-    let mut st = STATE.lock();
+    let mut st = state();
     st.requested = Some(n);
     if st
         .pool
@@ -98,7 +107,7 @@ pub fn set_num_threads(n: usize) -> Result<()> {
 /// The current pool, built on first use.
 fn pool() -> Result<Arc<ThreadPool>> {
     register_fork_handler();
-    let mut st = STATE.lock();
+    let mut st = state();
     if let Some(p) = &st.pool {
         return Ok(Arc::clone(p));
     }
@@ -138,18 +147,24 @@ pub fn broadcast<R: Send>(op: impl Fn(usize) -> R + Sync) -> Result<Vec<R>> {
 fn register_fork_handler() {
     static REGISTER: std::sync::Once = std::sync::Once::new();
 
+    thread_local! {
+        /// The guard `prepare` takes, released by `parent` / `child` on the same thread (the
+        /// one that forks).
+        static HELD: std::cell::RefCell<Option<MutexGuard<'static, State>>> =
+            const { std::cell::RefCell::new(None) };
+    }
     extern "C" fn prepare() {
         // Hold the lock across fork() so that no other thread owns it at the moment of the fork.
-        std::mem::forget(STATE.lock());
+        let guard = state();
+        HELD.with(|h| *h.borrow_mut() = Some(guard));
     }
     extern "C" fn parent() {
-        // SAFETY: `prepare` ran on this thread and left the lock held with its guard forgotten.
-        unsafe { STATE.force_unlock() }
+        HELD.with(|h| h.borrow_mut().take());
     }
     extern "C" fn child() {
-        // SAFETY: as in `parent`; the child has exactly one thread, the one that forked.
-        unsafe { STATE.force_unlock() }
-        let mut st = STATE.lock();
+        // The child has exactly one thread, the one that forked: release its guard.
+        HELD.with(|h| h.borrow_mut().take());
+        let mut st = state();
         if let Some(dead) = st.pool.take() {
             // Its worker threads do not exist in this process: dropping it would try to signal
             // them. Leak the bookkeeping instead (a few hundred bytes per fork).
@@ -159,7 +174,8 @@ fn register_fork_handler() {
 
     REGISTER.call_once(|| {
         // SAFETY: the handlers are `extern "C"` functions with no arguments, as required; they
-        // only touch `STATE`, whose lock `prepare` holds for the duration of the fork.
+        // only touch `STATE`, whose lock `prepare` holds for the duration of the fork, and the
+        // forking thread's `HELD`.
         let rc = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
         // A failure (ENOMEM) leaves fork-safety off; parallel work still runs correctly.
         debug_assert_eq!(rc, 0, "pthread_atfork failed");
