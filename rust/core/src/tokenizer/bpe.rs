@@ -27,6 +27,8 @@ const COPY_SLACK: usize = 16;
 
 /// Pieces up to this many bytes merge by rescanning; longer ones use the heap.
 const SMALL_PIECE: usize = 128;
+/// How many candidates ahead [`Bpe::merge_grouped`] prefetches.
+const PREFETCH_AHEAD: usize = 16;
 const NO_MERGE: u32 = u32::MAX;
 /// The ends of the linked list of parts of a long piece, and a part merged away.
 const NONE: u32 = u32::MAX;
@@ -142,13 +144,65 @@ pub struct Scratch {
     cache: Vec<CacheSlot>,
     ids: Vec<u32>,
     ranks: Vec<u32>,
-    next: Vec<u32>,
-    prev: Vec<u32>,
+    /// The parts of a long piece as a doubly linked list ([`Bpe::link_parts`]).
+    parts: Vec<Part>,
     heap: BinaryHeap<Candidate>,
     /// [`Bpe::merge_grouped`]: the left positions of the candidates of each priority, and
     /// the priorities that have candidates.
     groups: rustc_hash::FxHashMap<u32, Vec<u32>>,
     order: BinaryHeap<Reverse<u32>>,
+    /// Emptied groups, reused for the next priorities (no fresh memory, so no page faults,
+    /// per group).
+    spare: Vec<Vec<u32>>,
+}
+
+/// Scratch buffers above this many bytes are freed after the piece that needed them, so a
+/// thread that once encoded a huge piece does not keep hundreds of MB.
+const RETAIN_BYTES: usize = 32 << 20;
+
+impl Scratch {
+    /// Frees the buffers of long pieces that grew past [`RETAIN_BYTES`].
+    fn trim(&mut self) {
+        let bytes = |cap: usize, size: usize| cap.saturating_mul(size);
+        if bytes(self.parts.capacity(), std::mem::size_of::<Part>()) > RETAIN_BYTES {
+            self.parts = Vec::new();
+        }
+        let mut kept = 0_usize;
+        self.spare.retain(|v| {
+            kept = kept.saturating_add(bytes(v.capacity(), 4));
+            kept <= RETAIN_BYTES
+        });
+        let groups: usize = self.groups.values().map(|v| bytes(v.capacity(), 4)).sum();
+        if groups > RETAIN_BYTES {
+            self.groups = Default::default();
+        }
+        if bytes(self.heap.capacity(), 8) > RETAIN_BYTES {
+            self.heap = BinaryHeap::new();
+        }
+    }
+}
+
+/// One part of a long piece: its id and its neighbours' positions (`NONE` at the ends; `next`
+/// is `DEAD` once the part was merged into the one before it). One struct rather than three
+/// arrays, so a merge touches one cache line where it touched three: pieces of millions of
+/// bytes are bound by cache misses.
+#[derive(Debug, Clone, Copy)]
+struct Part {
+    id: u32,
+    next: u32,
+    prev: u32,
+}
+
+/// Asks the CPU to start loading `p`'s cache line (a hint: no effect on results).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and reads nothing the program sees, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 #[inline]
@@ -502,28 +556,30 @@ impl Bpe {
     /// position)` with the part after and the part before (priority `NO_MERGE` where none).
     #[inline]
     fn merge_at(&self, s: &mut Scratch, left: u32, rank: u32) -> Option<[(u32, u32); 2]> {
+        let parts = &mut s.parts;
         let l = left as usize;
-        let right = s.next[l];
+        let right = parts[l].next;
         if right == NONE || right == DEAD {
             return None;
         }
         let r = right as usize;
-        let (now, merged) = self.merge_of(s.ids[l], s.ids[r]);
+        let (now, merged) = self.merge_of(parts[l].id, parts[r].id);
         if now != rank {
             return None;
         }
-        s.ids[l] = merged;
-        let after = s.next[r];
-        s.next[r] = DEAD;
-        s.next[l] = after;
+        parts[l].id = merged;
+        let after = parts[r].next;
+        parts[r].next = DEAD;
+        parts[l].next = after;
         let mut made = [(NO_MERGE, 0); 2];
         if after != NONE {
-            s.prev[after as usize] = left;
-            made[0] = (self.merge_of(merged, s.ids[after as usize]).0, left);
+            let a = &mut parts[after as usize];
+            a.prev = left;
+            made[0] = (self.merge_of(merged, a.id).0, left);
         }
-        let before = s.prev[l];
+        let before = parts[l].prev;
         if before != NONE {
-            made[1] = (self.merge_of(s.ids[before as usize], merged).0, before);
+            made[1] = (self.merge_of(parts[before as usize].id, merged).0, before);
         }
         Some(made)
     }
@@ -537,29 +593,43 @@ impl Bpe {
         if !self.merge_grouped(piece, out, s) {
             self.merge_heap(piece, out, s);
         }
+        s.trim();
     }
 
-    /// The parts of a long piece as a doubly linked list: `s.ids`, `s.next`, `s.prev`.
-    /// Returns false when fewer than two parts remain (then they are already in `out`).
+    /// The parts of a long piece as a doubly linked list, `s.parts`. Returns false when fewer
+    /// than two parts remain (then they are already in `out`).
     fn link_parts(&self, piece: &[u8], out: &mut Vec<u32>, s: &mut Scratch) -> bool {
-        s.ids.clear();
-        s.ids
-            .extend(piece.iter().map(|&b| self.byte_ids[b as usize]));
-        if self.missing_bytes {
-            s.ids.retain(|&id| id != MISSING_BYTE);
-        }
-        if s.ids.len() < 2 {
-            out.extend_from_slice(&s.ids);
+        s.parts.clear();
+        crate::runtime::mem::reserve_huge(&mut s.parts, piece.len());
+        s.parts.extend(piece.iter().filter_map(|&b| {
+            let id = self.byte_ids[b as usize];
+            (id != MISSING_BYTE).then_some(Part {
+                id,
+                next: 0,
+                prev: 0,
+            })
+        }));
+        let n = s.parts.len();
+        if n < 2 {
+            out.extend(s.parts.iter().map(|p| p.id));
             return false;
         }
-        let n = s.ids.len();
-        s.next.clear();
-        s.next
-            .extend((1..=n as u32).map(|i| if i as usize == n { NONE } else { i }));
-        s.prev.clear();
-        s.prev
-            .extend((0..n as u32).map(|i| if i == 0 { NONE } else { i - 1 }));
+        for (i, p) in s.parts.iter_mut().enumerate() {
+            p.next = if i + 1 == n { NONE } else { i as u32 + 1 };
+            p.prev = if i == 0 { NONE } else { i as u32 - 1 };
+        }
         true
+    }
+
+    /// Each adjacent pair's `(priority, left position)`, for pairs that merge.
+    fn initial_candidates<'a>(
+        &'a self,
+        parts: &'a [Part],
+    ) -> impl Iterator<Item = (u32, u32)> + 'a {
+        (0..parts.len() - 1).filter_map(move |i| {
+            let (rank, _) = self.merge_of(parts[i].id, parts[i + 1].id);
+            (rank != NO_MERGE).then_some((rank, i as u32))
+        })
     }
 
     /// The same merges in linear expected time, when priorities rise along merges — as in
@@ -576,23 +646,33 @@ impl Bpe {
         if !self.link_parts(piece, out, s) {
             return true;
         }
-        let n = s.ids.len();
         let mut groups = std::mem::take(&mut s.groups);
         let mut order = std::mem::take(&mut s.order);
-        groups.clear();
+        let mut spare = std::mem::take(&mut s.spare);
+        spare.extend(groups.drain().map(|(_, mut g)| {
+            g.clear();
+            g
+        }));
         order.clear();
-        for i in 0..n - 1 {
-            let (rank, _) = self.merge_of(s.ids[i], s.ids[i + 1]);
-            if rank != NO_MERGE {
-                groups.entry(rank).or_default().push(i as u32);
-            }
+        for (rank, left) in self.initial_candidates(&s.parts) {
+            groups
+                .entry(rank)
+                .or_insert_with(|| spare.pop().unwrap_or_default())
+                .push(left);
         }
         order.extend(groups.keys().map(|&r| Reverse(r)));
         let mut ok = true;
         'ranks: while let Some(Reverse(rank)) = order.pop() {
             let mut lefts = groups.remove(&rank).unwrap_or_default();
-            lefts.sort_unstable();
-            for &left in &lefts {
+            // A group is a few runs in position order (one from each earlier priority that
+            // made candidates of this one): the stable sort merges runs in linear time.
+            lefts.sort();
+            for (j, &left) in lefts.iter().enumerate() {
+                // The positions ahead are known: load their parts while this one merges (the
+                // right neighbour is usually on the same line).
+                if let Some(&ahead) = lefts.get(j + PREFETCH_AHEAD) {
+                    prefetch(s.parts.as_ptr().wrapping_add(ahead as usize));
+                }
                 let Some(made) = self.merge_at(s, left, rank) else {
                     continue;
                 };
@@ -604,15 +684,17 @@ impl Bpe {
                         ok = false;
                         break 'ranks;
                     }
-                    let g = groups.entry(rk).or_default();
-                    if g.is_empty() {
+                    let g = groups.entry(rk).or_insert_with(|| {
                         order.push(Reverse(rk));
-                    }
+                        spare.pop().unwrap_or_default()
+                    });
                     g.push(at);
                 }
             }
+            lefts.clear();
+            spare.push(lefts);
         }
-        (s.groups, s.order) = (groups, order);
+        (s.groups, s.order, s.spare) = (groups, order, spare);
         if !ok {
             return false;
         }
@@ -626,14 +708,10 @@ impl Bpe {
         if !self.link_parts(piece, out, s) {
             return;
         }
-        let n = s.ids.len();
-        let mut initial: Vec<Candidate> = Vec::with_capacity(n);
-        for i in 0..n - 1 {
-            let (rank, _) = self.merge_of(s.ids[i], s.ids[i + 1]);
-            if rank != NO_MERGE {
-                initial.push(entry(rank, i as u32));
-            }
-        }
+        let initial: Vec<Candidate> = self
+            .initial_candidates(&s.parts)
+            .map(|(rank, left)| entry(rank, left))
+            .collect();
         // Heapify in O(n) rather than n pushes.
         s.heap = BinaryHeap::from(initial);
         while let Some(Reverse(key)) = s.heap.pop() {
@@ -655,8 +733,9 @@ impl Bpe {
 fn emit_parts(s: &Scratch, out: &mut Vec<u32>) {
     let mut i = 0_u32;
     while i != NONE {
-        out.push(s.ids[i as usize]);
-        i = s.next[i as usize];
+        let p = s.parts[i as usize];
+        out.push(p.id);
+        i = p.next;
     }
 }
 
@@ -764,6 +843,41 @@ mod tests {
         }
         let run = vec![b'a'; 1001];
         assert_eq!(enc(&bpe, &run, true), reference(&bpe, &run));
+    }
+
+    #[test]
+    fn one_scratch_serves_many_pieces_and_frees_what_a_huge_one_needed() {
+        let bpe = tiny();
+        let mut scratch = Scratch::default();
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut piece = |len: usize| -> Vec<u8> {
+            (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    b"abcx"[(state % 4) as usize]
+                })
+                .collect()
+        };
+        // Groups, spare vectors and parts carried over from one piece must not leak into the
+        // next: each result equals the reference's with the same (reused) scratch.
+        for len in [200, 3000, 150, 5000, 129] {
+            let p = piece(len);
+            let mut out = Vec::new();
+            bpe.merge_large(&p, &mut out, &mut scratch);
+            assert_eq!(out, reference(&bpe, &p), "len {len}");
+        }
+        assert!(scratch.parts.capacity() >= 5000, "small buffers are kept for the next piece");
+        let huge = piece(RETAIN_BYTES / std::mem::size_of::<Part>() + 1);
+        let mut out = Vec::new();
+        bpe.merge_large(&huge, &mut out, &mut scratch);
+        let mut heap = Vec::new();
+        bpe.merge_heap(&huge, &mut heap, &mut Scratch::default());
+        assert_eq!(out, heap);
+        assert_eq!(scratch.parts.capacity(), 0, "a huge piece's parts are freed");
+        let spare: usize = scratch.spare.iter().map(|v| v.capacity() * 4).sum();
+        assert!(spare <= RETAIN_BYTES, "{spare} bytes of spare groups kept");
     }
 
     #[test]

@@ -206,16 +206,16 @@ impl BpeTokenizer {
 
     /// The ids of `text`, with special-token text encoded as ordinary text.
     pub fn encode_ordinary(&self, text: &str) -> Vec<u32> {
-        let mut out = Vec::with_capacity(text.len() / 4 + 1);
+        let mut out = crate::runtime::mem::ids_for(text.len());
         with_scratch(|scratch| self.encode_ordinary_into(text, &mut out, scratch));
-        out
+        crate::runtime::mem::fit_ids(out)
     }
 
     /// The ids of `text`; the special tokens that `allowed` names become their ids.
     pub fn encode(&self, text: &str, allowed: Allowed<'_>) -> Vec<u32> {
-        let mut out = Vec::with_capacity(text.len() / 4 + 1);
+        let mut out = crate::runtime::mem::ids_for(text.len());
         with_scratch(|scratch| self.encode_into(text, allowed, &mut out, scratch));
-        out
+        crate::runtime::mem::fit_ids(out)
     }
 
     fn encode_into(

@@ -447,7 +447,7 @@ impl HfTokenizer {
     /// The ids of `text`; with `add_special_tokens`, wrapped by the post-processor's template
     /// (`[CLS] ... [SEP]` for BERT).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Vec<u32> {
-        let mut body = Vec::with_capacity(text.len() / 4 + 2);
+        let mut body = crate::runtime::mem::ids_for(text.len() + 1);
         let mut segs = Vec::new();
         let mut norm = String::new();
         self.added.split_raw(text, &mut segs);
@@ -461,6 +461,7 @@ impl HfTokenizer {
                 }
             }
         });
+        let body = crate::runtime::mem::fit_ids(body);
         if add_special_tokens {
             self.apply_template(body)
         } else {
