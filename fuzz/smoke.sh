@@ -3,11 +3,14 @@
 # does); `fuzz/smoke.sh 600` is the longer campaign. Needs a nightly toolchain and cargo-fuzz
 # (`cargo install cargo-fuzz`). Each target starts from fuzz/seeds/<target>/ plus what earlier
 # runs found (fuzz/corpus/, not committed); a crash or hang fails the run and its input is
-# left in fuzz/artifacts/<target>/. Prints each target's execution count.
+# left in fuzz/artifacts/<target>/. Prints each target's execution count; FUZZ_TARGETS (names
+# separated by spaces) limits the run to those targets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH="${1:-7}"
-TARGETS=(tokenizer_json vocab_txt gpt2_files tiktoken safetensors gguf config_json encode_decode chat_template)
+ALL="tokenizer_json vocab_txt gpt2_files tiktoken safetensors gguf config_json encode_decode chat_template"
+# FUZZ_TARGETS="gguf tiktoken" runs only those (e.g. to split a campaign over two shells).
+read -r -a TARGETS <<<"${FUZZ_TARGETS:-$ALL}"
 cargo +nightly fuzz build
 for t in "${TARGETS[@]}"; do
     mkdir -p "fuzz/corpus/$t"
