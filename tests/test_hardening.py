@@ -132,6 +132,21 @@ def test_time_is_linear_in_the_input(
     )
 
 
+def test_millions_of_ids_come_back_whole(tokenizers: dict[str, ferrolm.Tokenizer]) -> None:
+    # Past a million ids the id buffer and the list's items take the huge-page path: the ids
+    # must be those of the small piece, repeated.
+    gpt2 = tokenizers["gpt2"]
+    unit = gpt2.encode(" hello")
+    n = (1 << 20) + 3
+    ids = gpt2.encode(" hello" * n)
+    assert len(ids) == n * len(unit) and ids == unit * n
+    # One piece of 2^22 bytes (its scratch is freed after it), then the same letters as short
+    # pieces: both decode back to the text.
+    run = "a" * (1 << 22)
+    assert gpt2.decode(gpt2.encode(run)) == run
+    assert gpt2.encode(" hello" * 3) == unit * 3, "the tokenizer works after"
+
+
 def test_generators_make_what_they_say() -> None:
     for name, gen in GENERATORS.items():
         text = gen(1000, seed=3)

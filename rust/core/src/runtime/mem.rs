@@ -167,4 +167,24 @@ mod tests {
         grow(&mut v, 4, "x").unwrap();
         assert_eq!(v, [1.0, 1.0, 0.0, 0.0]);
     }
+
+    #[test]
+    fn id_buffers_have_room_for_one_id_a_byte_and_give_back_what_is_unused() {
+        let mut v = ids_for(20 << 20);
+        assert!(v.capacity() > 20 << 20);
+        let p = v.as_ptr();
+        v.extend(0..(20 << 20) as u32);
+        assert_eq!(v.as_ptr(), p, "no growth, no copy");
+        let mut v = ids_for(20 << 20);
+        v.extend(0..1000);
+        let v = fit_ids(v);
+        assert_eq!(v, (0..1000).collect::<Vec<u32>>());
+        assert!(v.capacity() < 4096, "{}", v.capacity());
+        let small = fit_ids(ids_for(10));
+        assert!(small.is_empty() && small.capacity() >= 11);
+        let mut w: Vec<u64> = Vec::new();
+        reserve_huge(&mut w, 3 << 20);
+        w.resize(3 << 20, 7);
+        assert!(w.iter().all(|&x| x == 7), "the hint changes no contents");
+    }
 }

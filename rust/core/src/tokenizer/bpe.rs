@@ -868,14 +868,21 @@ mod tests {
             bpe.merge_large(&p, &mut out, &mut scratch);
             assert_eq!(out, reference(&bpe, &p), "len {len}");
         }
-        assert!(scratch.parts.capacity() >= 5000, "small buffers are kept for the next piece");
+        assert!(
+            scratch.parts.capacity() >= 5000,
+            "small buffers are kept for the next piece"
+        );
         let huge = piece(RETAIN_BYTES / std::mem::size_of::<Part>() + 1);
         let mut out = Vec::new();
         bpe.merge_large(&huge, &mut out, &mut scratch);
         let mut heap = Vec::new();
         bpe.merge_heap(&huge, &mut heap, &mut Scratch::default());
         assert_eq!(out, heap);
-        assert_eq!(scratch.parts.capacity(), 0, "a huge piece's parts are freed");
+        assert_eq!(
+            scratch.parts.capacity(),
+            0,
+            "a huge piece's parts are freed"
+        );
         let spare: usize = scratch.spare.iter().map(|v| v.capacity() * 4).sum();
         assert!(spare <= RETAIN_BYTES, "{spare} bytes of spare groups kept");
     }
