@@ -662,6 +662,19 @@ def test_misshapen_tensor_is_named_with_both_shapes(tiny: Path, tmp_path: Path) 
     assert "32, 33" in message and "32, 32" in message
 
 
+def test_a_layer_count_past_the_weights_names_the_first_missing_tensor(
+    tiny: Path, tmp_path: Path
+) -> None:
+    # config.json is untrusted: its n_layer once sized a vector before any layer was read
+    # (10^8 layers: tens of GB, an abort). Now the first layer the weights lack is the error.
+    folder = _copy(tiny, tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    config["n_layer"] = 10**8
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ferrolm.FormatError, match=r"h\.2\."):
+        ferrolm.AutoModelForCausalLM.from_pretrained(folder)
+
+
 def test_other_model_type_is_refused(tiny: Path, tmp_path: Path) -> None:
     folder = _copy(tiny, tmp_path / "m")
     config = json.loads((folder / "config.json").read_text())

@@ -819,6 +819,20 @@ def test_absurd_header_values(small_gguf: tuple[Path, LlamaRef], tmp_path: Path)
         assert str(path) in message or "h.gguf" in message, (what, message)
 
 
+def test_a_layer_count_far_past_the_tensors_is_refused_without_allocating(
+    small_gguf: tuple[Path, LlamaRef], tmp_path: Path
+) -> None:
+    # Found by the gguf fuzz target: llama.block_count sized a vector of layers before any
+    # was read (2^25 layers: a 20 GB allocation). Layers are now read one by one, and the
+    # first missing one is the error.
+    src = small_gguf[0]
+    key = b"llama.block_count"
+    at = src.read_bytes().index(key) + len(key) + 4  # after the value type (u32)
+    for count, says in [(1 << 25, "blk."), ((1 << 32) - 1, "block_count")]:
+        message = _refused(_patched(src, tmp_path / "layers.gguf", at, "<I", count))
+        assert says in message, message
+
+
 def test_absurd_tensor_info(small_gguf: tuple[Path, LlamaRef], tmp_path: Path) -> None:
     src = small_gguf[0]
     name = "blk.0.attn_q.weight"

@@ -186,7 +186,7 @@ impl Bert {
         let get = |name: &str, shape: &[usize]| w.get(name, shape);
         let norm = |name: &str| w.norm(name, d);
         let linear = |name: &str, n_in, n_out| w.linear(name, n_in, n_out, Layout::OutIn);
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        let mut layers = Vec::new(); // not sized by the config: its count is untrusted
         for l in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
             layers.push(Layer {

@@ -247,7 +247,7 @@ impl Gpt2 {
         let (d, inner, vocab) = (config.n_embd, config.n_inner, config.vocab_size);
         let norm = |name: &str| w.norm(name, d);
         let linear = |name: &str, n_in, n_out| w.linear(name, n_in, n_out, Layout::InOut);
-        let mut blocks = Vec::with_capacity(config.n_layer);
+        let mut blocks = Vec::new(); // not sized by the config: its count is untrusted
         for l in 0..config.n_layer {
             let p = format!("h.{l}");
             blocks.push(Block {

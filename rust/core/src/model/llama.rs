@@ -529,7 +529,7 @@ impl Llama {
         };
         let vec_of =
             |name: &str, n: usize| -> Result<Vec<f32>> { Ok(w.get(name, &[n])?.values().to_vec()) };
-        let mut blocks = Vec::with_capacity(c.num_hidden_layers);
+        let mut blocks = Vec::new(); // not sized by the file: its count is untrusted
         for l in 0..c.num_hidden_layers {
             let p = format!("layers.{l}");
             let ab = c.attention_bias;
@@ -649,7 +649,7 @@ impl Llama {
             })
         };
         let unperm = unpermute(hd);
-        let mut blocks = Vec::with_capacity(c.num_hidden_layers);
+        let mut blocks = Vec::new(); // not sized by the file: its count is untrusted
         for l in 0..c.num_hidden_layers {
             let p = format!("blk.{l}");
             blocks.push(Block {

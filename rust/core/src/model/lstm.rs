@@ -187,7 +187,7 @@ impl Lstm {
                 Ok(vec![0.0; n])
             }
         };
-        let mut layers = Vec::with_capacity(config.num_layers);
+        let mut layers = Vec::new(); // not sized by the config: its count is untrusted
         for k in 0..config.num_layers {
             let n_in = if k == 0 { e } else { h };
             let mut bias = vector(&format!("{lstm_name}.bias_ih_l{k}"), 4 * h)?;
