@@ -72,8 +72,12 @@ impl ChatTemplate {
     /// Compiles `source`; a syntax error names the line.
     pub fn new(source: &str) -> Result<Self> {
         let mut env = Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        env.set_syntax(syntax);
         env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
@@ -90,15 +94,16 @@ impl ChatTemplate {
             .env
             .get_template(NAME)
             .map_err(|e| Error::Internal(e.to_string()))?;
-        tmpl.render(Value::from_serialize(context)).map_err(|e| {
-            let mut msg = e.to_string();
-            if let Some(detail) = e.detail() {
-                if !msg.contains(detail) {
-                    msg = format!("{msg}: {detail}");
+        tmpl.render(Value::from(minijinja::value::Serde(context)))
+            .map_err(|e| {
+                let mut msg = e.to_string();
+                if let Some(detail) = e.detail() {
+                    if !msg.contains(detail) {
+                        msg = format!("{msg}: {detail}");
+                    }
                 }
-            }
-            Error::invalid(format!("chat template: {msg}"))
-        })
+                Error::invalid(format!("chat template: {msg}"))
+            })
     }
 }
 
@@ -141,5 +146,26 @@ mod tests {
         )
         .unwrap();
         assert!(t.render(&json!({})).is_err());
+    }
+
+    #[test]
+    fn repeated_sequences_are_bounded() {
+        // Found by the chat_template fuzz target: `seq * n` made a lazy sequence of any length
+        // (the length overflowed usize, a panic; or rendering it wrote without end). Since
+        // minijinja 3.1 a repeat past 10^8 items is an error.
+        let ctx = json!({"messages": [{"role": "user", "content": "hi"}]});
+        for src in [
+            "{{ 7777777 * messages * 77779553888888 }}",
+            "{{ messages * 1000000000000 }}",
+            "{{ ((messages * 99999999) * 99999999) | length }}",
+        ] {
+            let t = ChatTemplate::new(src).unwrap();
+            let err = t.render(&ctx).unwrap_err().to_string();
+            assert!(err.contains("too large"), "{src}: {err}");
+        }
+        let t = ChatTemplate::new("{{ 'ab' * 10000000000 }}").unwrap();
+        assert!(t.render(&ctx).is_err(), "a string repeat is bounded too");
+        let t = ChatTemplate::new("{{ (messages * 3) | length }}").unwrap();
+        assert_eq!(t.render(&ctx).unwrap(), "3");
     }
 }
