@@ -824,19 +824,24 @@ mod tests {
         assert_eq!(enc(&bpe, b"a", false), vec![b'a' as u32]);
     }
 
+    /// `len` bytes of "abcx" from a xorshift stream.
+    fn random_piece(state: &mut u64, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                *state ^= *state << 13;
+                *state ^= *state >> 7;
+                *state ^= *state << 17;
+                b"abcx"[(*state % 4) as usize]
+            })
+            .collect()
+    }
+
     #[test]
     fn small_and_large_paths_agree_with_the_reference() {
         let bpe = tiny();
         let mut state = 0x2545F4914F6CDD1D_u64;
         for len in 2..300 {
-            let piece: Vec<u8> = (0..len)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    b"abcx"[(state % 4) as usize]
-                })
-                .collect();
+            let piece = random_piece(&mut state, len);
             let want = reference(&bpe, &piece);
             assert_eq!(enc(&bpe, &piece, false), want, "small, len {len}");
             assert_eq!(enc(&bpe, &piece, true), want, "large, len {len}");
@@ -850,16 +855,7 @@ mod tests {
         let bpe = tiny();
         let mut scratch = Scratch::default();
         let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-        let mut piece = |len: usize| -> Vec<u8> {
-            (0..len)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    b"abcx"[(state % 4) as usize]
-                })
-                .collect()
-        };
+        let mut piece = |len: usize| random_piece(&mut state, len);
         // Groups, spare vectors and parts carried over from one piece must not leak into the
         // next: each result equals the reference's with the same (reused) scratch.
         for len in [200, 3000, 150, 5000, 129] {
