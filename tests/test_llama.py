@@ -560,6 +560,41 @@ def test_smollm2_chat_template_matches(
     assert isinstance(pt, torch.Tensor) and pt.tolist() == [want]
 
 
+# Tools rendered the way tool-calling templates (Llama 3.1, Qwen 2.5, ...) write them: JSON with
+# transformers' `tojson` keyword arguments, keys in the caller's order, floats and non-ASCII text.
+TOOLS_TEMPLATE = (
+    "{% for t in tools %}{{ t | tojson(indent=4) }}\n{{ t | tojson }}\n"
+    "{{ t | tojson(sort_keys=true, separators=(',', ':')) }}\n"
+    "{{ t | tojson(ensure_ascii=true) }}\n{% endfor %}"
+    "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+)
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Wetter für eine Stadt — 天気 🌦",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                "required": ["city"],
+            },
+        },
+        "weights": [0.5, 1e-07, 1e16, 123456789.125, -0.0, 3, True, None, []],
+        "zebra": {},
+        "apple": "\"quoted\"\ttab\u0001",
+    }
+]
+
+
+def test_tools_render_as_transformers(smol: Any, hf_smol_tok: Any) -> None:
+    conv = CONVERSATIONS["user"]
+    args = dict(tools=TOOLS, chat_template=TOOLS_TEMPLATE, tokenize=False)
+    got = smol.tokenizer.apply_chat_template(conv, **args)
+    assert got == hf_smol_tok.apply_chat_template(conv, **args)
+    assert '"type": "function"' in got.split("\n")[1]  # the caller's key order, not sorted
+
+
 def test_smollm2_chat_template_continue_final_message(smol: Any, hf_smol_tok: Any) -> None:
     conv = [*CONVERSATIONS["user"], {"role": "assistant", "content": "A language model is"}]
     got = smol.tokenizer.apply_chat_template(conv, tokenize=False, continue_final_message=True)
