@@ -582,7 +582,7 @@ TOOLS = [
         },
         "weights": [0.5, 1e-07, 1e16, 123456789.125, -0.0, 3, True, None, []],
         "zebra": {},
-        "apple": "\"quoted\"\ttab\u0001",
+        "apple": '"quoted"\ttab\u0001',
     }
 ]
 
@@ -593,6 +593,24 @@ def test_tools_render_as_transformers(smol: Any, hf_smol_tok: Any) -> None:
     got = smol.tokenizer.apply_chat_template(conv, **args)
     assert got == hf_smol_tok.apply_chat_template(conv, **args)
     assert '"type": "function"' in got.split("\n")[1]  # the caller's key order, not sorted
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{% set b = ['x'] * 99999999 %}{{ b ~ '' }}",
+        "{% set ns = namespace(l=[1]) %}{% for i in range(60) %}{% set ns.l = [ns.l, ns.l] %}"
+        "{% endfor %}{{ ns.l | tojson }}",
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    ],
+)
+def test_crafted_chat_template_runs_out_of_budget(smol: Any, template: str) -> None:
+    with pytest.raises(ValueError, match="out of fuel"):
+        smol.tokenizer.apply_chat_template(
+            CONVERSATIONS["user"], chat_template=template, tokenize=False
+        )
+    # The tokenizer is unaffected.
+    assert smol.tokenizer.apply_chat_template(CONVERSATIONS["user"], tokenize=False)
 
 
 def test_smollm2_chat_template_continue_final_message(smol: Any, hf_smol_tok: Any) -> None:
