@@ -88,6 +88,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_filter("tojson", json::tojson);
         guard::register(&mut env);
+        guard::register_namespace(&mut env);
         env.add_template_owned(NAME, source.to_owned())
             .map_err(|e| Error::format("chat template", e.to_string()))?;
         let template = ChatTemplate { env };
@@ -120,14 +121,17 @@ impl ChatTemplate {
         let mut text = String::with_capacity(compiled.buffer_size_hint);
         let mut out = machinery::make_string_output(&mut text);
         let root = Value::from(minijinja::value::Serde(context));
-        machinery::eval(
-            &self.env,
-            &instructions,
-            root,
-            &compiled.blocks,
-            &mut out,
-            compiled.initial_auto_escape.clone(),
-        )
+        guard::with_namespaces_cleared(&self.env, || {
+            machinery::eval(
+                &self.env,
+                &instructions,
+                root,
+                &compiled.blocks,
+                &mut out,
+                compiled.initial_auto_escape.clone(),
+            )
+            .map(|_| ())
+        })
         .map_err(|e| {
             let mut msg = e.to_string();
             if let Some(detail) = e.detail() {
@@ -274,6 +278,17 @@ mod tests {
         let src = format!("{big}{{{{ b | length }}}} {{{{ b | first }}}}");
         let t = ChatTemplate::with_fuel(&src, TEST_FUEL).unwrap();
         assert_eq!(t.render(&json!({})).unwrap(), "99999999 x");
+    }
+
+    #[test]
+    fn loop_changed_cannot_hold_the_loop() {
+        let t =
+            ChatTemplate::new("{% for x in [1, 2] %}{{ loop.changed(loop) }}{% endfor %}").unwrap();
+        let err = t.render(&json!({})).unwrap_err().to_string();
+        assert!(err.contains("loop.changed takes"), "{err}");
+        let t =
+            ChatTemplate::new("{% for x in [1, 1, 2] %}{{ loop.changed(x) }}{% endfor %}").unwrap();
+        assert_eq!(t.render(&json!({})).unwrap(), "TrueFalseTrue");
     }
 
     #[test]

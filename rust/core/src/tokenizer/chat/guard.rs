@@ -287,10 +287,77 @@ pub(super) fn register(env: &mut Environment<'static>) {
     });
     env.add_function(WEIGH_METHOD, |state: &State, args: Args| {
         let (args, name) = split_name(values(args))?;
+        // `loop.changed(x)` keeps `x` in the loop: `loop.changed(loop)` would be a cycle.
+        if name == "changed" && args.iter().skip(1).any(|v| v.as_object().is_some()) {
+            return Err(JinjaError::new(
+                ErrorKind::InvalidOperation,
+                "loop.changed takes strings, numbers, booleans or none in chat templates",
+            ));
+        }
         let shallow = method_receiver_is_shallow(&name);
         let items = string_items(&name, &args, true);
         weigh(state, args, |i| !(i == 0 && shallow), items)
     });
+}
+
+thread_local! {
+    /// The namespaces the render on this thread has made, when one is running.
+    static NAMESPACES: std::cell::RefCell<Option<Vec<Value>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `namespace()`, remembering each namespace so that `clear_namespaces` can empty it.
+pub(super) fn register_namespace(env: &mut Environment<'static>) {
+    env.add_function("namespace", |defaults: Option<ValueOrKwargs>| {
+        let ns = minijinja::functions::namespace(defaults)?;
+        NAMESPACES.with(|r| {
+            if let Some(list) = r.borrow_mut().as_mut() {
+                list.push(ns.clone());
+            }
+        });
+        Ok(ns)
+    });
+}
+
+/// Namespaces are the one value a template can change, so the one way to make a reference
+/// cycle (`{% set ns.me = [ns] %}`), which would never be freed: every render would leak. A
+/// render therefore runs inside `with_namespaces_cleared`, which afterwards sets every attribute
+/// of every namespace the render made to none.
+pub(super) fn with_namespaces_cleared<T>(env: &Environment<'_>, render: impl FnOnce() -> T) -> T {
+    NAMESPACES.with(|r| *r.borrow_mut() = Some(Vec::new()));
+    let result = render();
+    let made = NAMESPACES
+        .with(|r| r.borrow_mut().take())
+        .unwrap_or_default();
+    let mut assignments: Vec<(Value, String)> = Vec::new();
+    for ns in made {
+        let Ok(keys) = ns.try_iter() else { continue };
+        for key in keys {
+            if let Some(key) = key.as_str() {
+                assignments.push((ns.clone(), key.to_owned()));
+            }
+        }
+    }
+    // `none` to each attribute: a program of `LoadConst(none), LoadConst(ns), SetAttr(key)`,
+    // in chunks that stay well within the fuel.
+    for chunk in assignments.chunks(100_000) {
+        let mut program = Instructions::new("namespaces", "");
+        for (ns, key) in chunk {
+            program.add(Instruction::LoadConst(Value::from(())));
+            program.add(Instruction::LoadConst(ns.clone()));
+            program.add(Instruction::SetAttr(key));
+        }
+        let mut sink = String::new();
+        let mut out = minijinja::machinery::make_string_output(&mut sink);
+        let _ = minijinja::machinery::eval(
+            env,
+            &program,
+            Value::UNDEFINED,
+            &Default::default(),
+            &mut out,
+            minijinja::AutoEscape::None,
+        );
+    }
+    result
 }
 
 fn unsupported(what: &str) -> Error {
@@ -567,6 +634,60 @@ pub(super) fn check_constants(stmt: &ast::Stmt<'_>) -> Result<()> {
         ast::Stmt::Do(d) => {
             expr(&d.call.expr)?;
             args(&d.call.args)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Counts its drops.
+    #[derive(Debug)]
+    struct Probe(Arc<AtomicUsize>);
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl minijinja::value::Object for Probe {}
+
+    #[test]
+    fn namespace_cycles_are_broken_after_a_render() {
+        // Found by the chat_template fuzz target (a leak): a namespace holding itself.
+        for (src, clear) in [
+            (
+                "{% set ns = namespace() %}{% set ns.me = [ns, probe] %}",
+                true,
+            ),
+            (
+                "{% set a = namespace(p=probe) %}{% set b = namespace(a=a) %}{% set a.b = b %}",
+                true,
+            ),
+            (
+                "{% set ns = namespace() %}{% set ns.me = [ns, probe] %}",
+                false,
+            ),
+        ] {
+            let dropped = Arc::new(AtomicUsize::new(0));
+            let mut env = Environment::new();
+            register_namespace(&mut env);
+            env.add_template("t", src).unwrap();
+            let tmpl = env.get_template("t").unwrap();
+            let probe = Value::from_object(Probe(dropped.clone()));
+            let ctx = minijinja::context! { probe };
+            let out = if clear {
+                with_namespaces_cleared(&env, || tmpl.render(ctx))
+            } else {
+                tmpl.render(ctx)
+            };
+            assert_eq!(out.unwrap(), "");
+            // Without the clearing the cycle keeps the probe alive (the test's own control).
+            assert_eq!(dropped.load(Ordering::SeqCst), usize::from(clear), "{src}");
         }
     }
 }
