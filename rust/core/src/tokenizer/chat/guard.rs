@@ -116,6 +116,41 @@ fn own_units(v: &Value) -> u64 {
     ITEM_UNITS + bytes as u64
 }
 
+/// What walking `values` (each deeply or only itself) costs, starting from `units`, or `None`
+/// as soon as it reaches `budget`: the walk stops there, so it never costs more than the budget.
+fn walk_units(values: &[(&Value, bool)], mut units: u64, budget: u64) -> Option<u64> {
+    let mut add = |v: &Value| {
+        units = units.saturating_add(own_units(v));
+        (units < budget).then_some(())
+    };
+    let mut stack: Vec<Value> = Vec::new();
+    for &(v, deep) in values {
+        add(v)?;
+        if !deep {
+            continue;
+        }
+        stack.push(v.clone());
+        while let Some(x) = stack.pop() {
+            let kind = x.kind();
+            if !matches!(kind, ValueKind::Seq | ValueKind::Iterable | ValueKind::Map) {
+                continue;
+            }
+            let Ok(items) = x.try_iter() else { continue };
+            for item in items {
+                add(&item)?;
+                if kind == ValueKind::Map {
+                    if let Ok(value) = x.get_item(&item) {
+                        add(&value)?;
+                        stack.push(value);
+                    }
+                }
+                stack.push(item);
+            }
+        }
+    }
+    Some(units)
+}
+
 /// Walks `values` (each deeply or only itself) and charges the fuel for it; fails as soon as
 /// the walk would cost more than the fuel left, before the instruction that needs the walk.
 fn charge(state: &State, values: &[(&Value, bool)]) -> std::result::Result<(), JinjaError> {
@@ -132,47 +167,10 @@ fn charge_with(
         return Ok(());
     };
     let budget = remaining.saturating_mul(UNITS_PER_FUEL);
-    let mut units: u64 = items.saturating_mul(ITEM_UNITS);
-    if units >= budget {
-        return Err(out_of_fuel(state));
+    match walk_units(values, items.saturating_mul(ITEM_UNITS), budget) {
+        Some(units) => state.consume_fuel(units.div_ceil(UNITS_PER_FUEL)),
+        None => Err(out_of_fuel(state)),
     }
-    let mut stack: Vec<Value> = Vec::new();
-    let add = |units: &mut u64, v: &Value| -> std::result::Result<(), JinjaError> {
-        *units = units.saturating_add(own_units(v));
-        if *units >= budget {
-            Err(out_of_fuel(state))
-        } else {
-            Ok(())
-        }
-    };
-    for &(v, deep) in values {
-        add(&mut units, v)?;
-        if !deep {
-            continue;
-        }
-        stack.push(v.clone());
-        while let Some(x) = stack.pop() {
-            match x.kind() {
-                ValueKind::Seq | ValueKind::Iterable => {
-                    for item in x.try_iter()? {
-                        add(&mut units, &item)?;
-                        stack.push(item);
-                    }
-                }
-                ValueKind::Map => {
-                    for key in x.try_iter()? {
-                        add(&mut units, &key)?;
-                        let value = x.get_item(&key)?;
-                        add(&mut units, &value)?;
-                        stack.push(key);
-                        stack.push(value);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    state.consume_fuel(units.div_ceil(UNITS_PER_FUEL))
 }
 
 /// How many items splitting the string `s` makes at most: `sep` occurrences, or white space or
@@ -458,44 +456,6 @@ pub(super) fn guarded<'s>(instructions: &Instructions<'s>) -> Result<Instruction
 /// Constant operands larger than this (in walk units) are refused at compile time.
 const MAX_FOLDED_UNITS: u64 = 1 << 20;
 
-/// Whether walking `v` stays within `budget` units.
-fn walk_fits(v: &Value, budget: u64) -> bool {
-    let mut units: u64 = 0;
-    let mut stack = vec![v.clone()];
-    while let Some(x) = stack.pop() {
-        units = units.saturating_add(own_units(&x));
-        if units > budget {
-            return false;
-        }
-        let Ok(items) = x.try_iter() else { continue };
-        match x.kind() {
-            ValueKind::Seq | ValueKind::Iterable => {
-                for item in items {
-                    units = units.saturating_add(ITEM_UNITS);
-                    if units > budget {
-                        return false;
-                    }
-                    stack.push(item);
-                }
-            }
-            ValueKind::Map => {
-                for key in items {
-                    units = units.saturating_add(2 * ITEM_UNITS);
-                    if units > budget {
-                        return false;
-                    }
-                    if let Ok(value) = x.get_item(&key) {
-                        stack.push(value);
-                    }
-                    stack.push(key);
-                }
-            }
-            _ => {}
-        }
-    }
-    true
-}
-
 /// minijinja's compiler folds constant expressions without fuel: `[1] * 10**8 ~ ''` would walk
 /// a hundred million items while compiling. Every operand that folding would walk (of `~`, `+`,
 /// comparisons, `in`) is checked first, innermost first, so no check folds a large value itself.
@@ -516,10 +476,9 @@ pub(super) fn check_constants(stmt: &ast::Stmt<'_>) -> Result<()> {
     }
     fn operand(e: &ast::Expr<'_>) -> Result<()> {
         match e.as_const() {
-            Some(v) if !walk_fits(&v, MAX_FOLDED_UNITS) => Err(Error::format(
-                "chat template",
-                "a constant in an expression is too large",
-            )),
+            Some(v) if walk_units(&[(&v, true)], 0, MAX_FOLDED_UNITS).is_none() => Err(
+                Error::format("chat template", "a constant in an expression is too large"),
+            ),
             _ => Ok(()),
         }
     }
