@@ -18,7 +18,9 @@ use serde_json::Value;
 
 use crate::io::safetensors::{Checkpoint, F32Tensor};
 use crate::kernels::{self, SendPtr};
-use crate::model::gpt2::{self, activate, add_in, gemm_nt_parallel, Activation, SERIAL_ELEMS};
+use crate::model::gpt2::{
+    self, activate, add_in, gemm_nt_parallel, linear, Activation, SERIAL_ELEMS,
+};
 use crate::model::weights::{
     self, f32_entry, mat_entry, norm_entries, Layout, Linear, Norm, Progress, Quant, Weights,
 };
@@ -359,7 +361,7 @@ impl Bert {
                     *o = word[t * d + i] + pos[p * d + i] + typ[ty * d + i];
                 }
             }
-            layer_norm(&mut x, &self.emb_ln, d, eps);
+            layer_norm(&mut x, None, &self.emb_ln, d, eps);
             let mut q = vec![0.0f32; rows * d];
             let mut k = vec![0.0f32; rows * d];
             let mut v = vec![0.0f32; rows * d];
@@ -367,21 +369,24 @@ impl Bert {
             let mut h = vec![0.0f32; rows * c.intermediate_size];
             let mut tmp = vec![0.0f32; rows * d];
             let scale = 1.0 / (hd as f32).sqrt();
+            let mut scratch = gpt2::Scratch::default();
             for layer in &self.layers {
-                linear(kern, &x, rows, &layer.q, &mut q);
-                linear(kern, &x, rows, &layer.k, &mut k);
-                linear(kern, &x, rows, &layer.v, &mut v);
+                gpt2::linears(
+                    kern,
+                    &x,
+                    rows,
+                    &mut [(&layer.q, &mut q), (&layer.k, &mut k), (&layer.v, &mut v)],
+                    &mut scratch,
+                );
                 attention(kern, &q, &k, &v, mask, batch, seq, nh, hd, scale, &mut ctx);
                 // x = LN(x + ctx Woᵀ + bo)
-                linear(kern, &ctx, rows, &layer.attn_out, &mut tmp);
-                add_in(&mut x, &tmp);
-                layer_norm(&mut x, &layer.attn_ln, d, eps);
+                linear(kern, &ctx, rows, &layer.attn_out, &mut tmp, &mut scratch);
+                layer_norm(&mut x, Some(&tmp), &layer.attn_ln, d, eps);
                 // x = LN(x + act(x Wiᵀ + bi) Wo2ᵀ + bo2)
-                linear(kern, &x, rows, &layer.inter, &mut h);
+                linear(kern, &x, rows, &layer.inter, &mut h, &mut scratch);
                 activate(kern, c.activation, &mut h);
-                linear(kern, &h, rows, &layer.out, &mut tmp);
-                add_in(&mut x, &tmp);
-                layer_norm(&mut x, &layer.out_ln, d, eps);
+                linear(kern, &h, rows, &layer.out, &mut tmp, &mut scratch);
+                layer_norm(&mut x, Some(&tmp), &layer.out_ln, d, eps);
             }
             let pooler_output = self.pooler.as_ref().map(|p| {
                 let mut first = vec![0.0f32; batch * d];
@@ -389,7 +394,7 @@ impl Bert {
                     first[b * d..(b + 1) * d].copy_from_slice(&x[b * seq * d..(b * seq + 1) * d]);
                 }
                 let mut out = vec![0.0f32; batch * d];
-                linear(kern, &first, batch, p, &mut out);
+                linear(kern, &first, batch, p, &mut out, &mut scratch);
                 out.iter_mut().for_each(|v| *v = v.tanh());
                 out
             });
@@ -413,40 +418,68 @@ impl Bert {
     }
 }
 
-fn layer_norm(x: &mut [f32], n: &Norm, d: usize, eps: f32) {
+/// `x = LN(x + y)` row by row (`y` None: `x = LN(x)`), on the pool for many rows.
+fn layer_norm(x: &mut [f32], y: Option<&[f32]>, n: &Norm, d: usize, eps: f32) {
     let (w, b) = (n.w.values(), n.b.values());
-    // In place: mean and variance first, then each value rescaled.
-    let run = |row: &mut [f32]| {
+    if let Some(y) = y {
+        assert_eq!(x.len(), y.len());
+    }
+    let run = |(r, row): (usize, &mut [f32])| {
+        if let Some(y) = y {
+            add_in(row, &y[r * d..(r + 1) * d]);
+        }
         let len = row.len() as f32;
-        let mean = row.iter().sum::<f32>() / len;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / len;
+        let mean = lane_sum(row, |v| v) / len;
+        let var = lane_sum(row, |v| (v - mean) * (v - mean)) / len;
         let inv = 1.0 / (var + eps).sqrt();
         for ((v, &g), &bb) in row.iter_mut().zip(w).zip(b) {
             *v = (*v - mean) * inv * g + bb;
         }
     };
     if x.len() <= SERIAL_ELEMS {
-        x.chunks_exact_mut(d).for_each(run);
+        x.chunks_exact_mut(d).enumerate().for_each(run);
     } else {
-        x.par_chunks_mut(d).for_each(run);
+        x.par_chunks_mut(d).enumerate().for_each(run);
     }
 }
 
-/// `out[m × n_out] = x[m × n_in] W + b` (W transposed at load), on the pool.
-fn linear(kern: &kernels::Kernels, x: &[f32], m: usize, lin: &Linear, out: &mut [f32]) {
-    let mut scratch = gpt2::Scratch::default();
-    gpt2::linear(
-        kern,
-        &x[..m * lin.n_in],
-        m,
-        lin,
-        &mut out[..m * lin.n_out],
-        &mut scratch,
-    );
+/// `Σ f(v)` over `row` in 16 independent lanes (so the compiler vectorizes it), then the
+/// lanes in order: the same value for a row wherever it sits.
+#[inline]
+fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let chunks = row.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += f(v);
+        }
+    }
+    for (l, &v) in lanes.iter_mut().zip(tail) {
+        *l += f(v);
+    }
+    lanes.iter().sum()
+}
+
+/// Per-thread buffers of [`attention`]: one head of one sequence, keys padded to `sp`.
+struct HeadBufs {
+    /// The head's queries `[seq × hd]`.
+    q: Vec<f32>,
+    /// Its keys transposed `[hd × sp]` (columns from `seq` on stay zero).
+    kt: Vec<f32>,
+    /// Its values `[sp × hd]` (rows from `seq` on stay zero).
+    v: Vec<f32>,
+    /// Scores, then attention weights `[seq × sp]`.
+    p: Vec<f32>,
 }
 
 /// Bidirectional attention within each sequence, padded keys masked; per (sequence, head)
 /// in parallel. All `[rows × d]`, heads side by side.
+///
+/// Each head is two small matmuls through the kernels' `gemm` (`q kᵀ`, then the weights times
+/// `v`), with the keys padded to a multiple of 16 columns: a padded or masked key gets the
+/// weight 0, which adds exactly nothing, so a sequence's output does not depend on how far its
+/// batch is padded.
 #[allow(clippy::too_many_arguments)]
 fn attention(
     kern: &kernels::Kernels,
@@ -462,46 +495,68 @@ fn attention(
     out: &mut [f32],
 ) {
     let d = nh * hd;
+    let sp = seq.next_multiple_of(16);
+    assert!(q.len() >= batch * seq * d && k.len() >= batch * seq * d && v.len() >= batch * seq * d);
+    assert!(out.len() >= batch * seq * d && mask.len() >= batch * seq);
     let ptr = SendPtr(out.as_mut_ptr());
-    (0..batch * nh).into_par_iter().for_each(|job| {
+    let init = || HeadBufs {
+        q: vec![0.0; seq * hd],
+        kt: vec![0.0; hd * sp],
+        v: vec![0.0; sp * hd],
+        p: vec![0.0; seq * sp],
+    };
+    let job = |bufs: &mut HeadBufs, job: usize| {
         let (b, h) = (job / nh, job % nh);
-        let mut scores = vec![0.0f32; seq];
         let keys = &mask[b * seq..(b + 1) * seq];
         let any_real = keys.iter().any(|&m| m != 0);
-        for i in 0..seq {
-            let row = b * seq + i;
-            let qi = &q[row * d + h * hd..row * d + (h + 1) * hd];
+        for j in 0..seq {
+            let at = (b * seq + j) * d + h * hd;
+            bufs.q[j * hd..(j + 1) * hd].copy_from_slice(&q[at..at + hd]);
+            bufs.v[j * hd..(j + 1) * hd].copy_from_slice(&v[at..at + hd]);
+            for (c, &x) in k[at..at + hd].iter().enumerate() {
+                bufs.kt[c * sp + j] = x;
+            }
+        }
+        // SAFETY: the buffers hold seq × hd, hd × sp and seq × sp floats.
+        unsafe { (kern.gemm)(seq, sp, hd, &bufs.q, &bufs.kt, sp, bufs.p.as_mut_ptr(), sp) };
+        for row in bufs.p.chunks_exact_mut(sp) {
+            // A sequence of padding only attends to everything (its output is unused).
+            let live = |j: usize| j < seq && (keys[j] != 0 || !any_real);
             let mut max = f32::NEG_INFINITY;
-            for (j, s) in scores.iter_mut().enumerate() {
-                // A sequence of padding only attends to everything (its output is unused).
-                if keys[j] != 0 || !any_real {
-                    let kj = (b * seq + j) * d + h * hd;
-                    *s = (kern.dot)(qi, &k[kj..kj + hd]) * scale;
+            for (j, s) in row.iter_mut().enumerate() {
+                if live(j) {
+                    *s *= scale;
                     max = max.max(*s);
-                } else {
-                    *s = f32::NEG_INFINITY;
                 }
             }
-            for s in scores.iter_mut() {
+            for s in row[..seq].iter_mut() {
                 *s -= max;
             }
-            (kern.exp)(&mut scores);
-            for (s, &m) in scores.iter_mut().zip(keys) {
-                if m == 0 && any_real {
+            (kern.exp)(&mut row[..seq]);
+            let mut sum = 0.0f32;
+            for (j, s) in row.iter_mut().enumerate() {
+                if live(j) {
+                    sum += *s;
+                } else {
                     *s = 0.0;
                 }
             }
-            let inv = 1.0 / scores.iter().sum::<f32>();
-            // SAFETY: each (sequence, head) job writes only its head's columns of its own
-            // rows; `out` is [rows × d] and outlives the loop.
-            let o = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(row * d + h * hd), hd) };
-            o.fill(0.0);
-            for (j, &w) in scores.iter().enumerate() {
-                if w != 0.0 {
-                    let vj = (b * seq + j) * d + h * hd;
-                    (kern.axpy)(w * inv, &v[vj..vj + hd], o);
-                }
+            let inv = 1.0 / sum;
+            for s in row.iter_mut() {
+                *s *= inv;
             }
         }
-    });
+        // SAFETY: each (sequence, head) job writes only its head's columns (hd at stride d)
+        // of its own rows; `out` is [rows × d] (asserted) and outlives the loop.
+        unsafe {
+            let o = ptr.get().add(b * seq * d + h * hd);
+            (kern.gemm)(seq, hd, sp, &bufs.p, &bufs.v, hd, o, d);
+        }
+    };
+    if batch * seq * seq * d <= SERIAL_ELEMS {
+        let mut bufs = init();
+        (0..batch * nh).for_each(|j| job(&mut bufs, j));
+    } else {
+        (0..batch * nh).into_par_iter().for_each_init(init, job);
+    }
 }

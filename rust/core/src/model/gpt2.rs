@@ -574,14 +574,7 @@ fn column_chunk(n: usize, threads: usize) -> usize {
     per.div_ceil(64).max(1) * 64
 }
 
-/// `out[m × n_out] = x[m × n_in] @ w + b`, on the pool. A few rows (decoded tokens, a short
-/// prompt): split by columns in multiples of 64 (each weight read once). Many rows: split by
-/// rows of `x`, each task running the cache-blocked `gemm` over all columns.
-///
-/// Either way every output is the same chain of multiply-adds over `n_in` (see the kernels'
-/// `gemm`), then the bias: a row's result does not depend on the other rows of the call or
-/// on the number of threads, which makes generation reproducible across batch sizes and
-/// thread counts.
+/// `out[m × n_out] = x[m × n_in] @ w + b`, on the pool: [`linears`] with one matrix.
 pub(crate) fn linear(
     kern: &kernels::Kernels,
     x: &[f32],
@@ -590,42 +583,7 @@ pub(crate) fn linear(
     out: &mut [f32],
     scratch: &mut Scratch,
 ) {
-    let (k, n) = (lin.n_in, lin.n_out);
-    let w = match &lin.w {
-        Mat::F32(w) => w.values(),
-        Mat::Q(q) => {
-            qmatmul(kern, &x[..m * k], m, q, &mut out[..m * n], &mut scratch.qa);
-            for row in out[..m * n].chunks_exact_mut(n) {
-                add_in(row, lin.b.values());
-            }
-            return;
-        }
-    };
-    let threads = rayon::current_num_threads();
-    if m >= ROW_SPLIT_ROWS.max(4 * threads) {
-        let per = m.div_ceil(threads * 2).max(4);
-        out.par_chunks_mut(per * n)
-            .zip(x.par_chunks(per * k))
-            .for_each(|(o, a)| {
-                let rows = o.len() / n;
-                // SAFETY: `o` is exactly `rows × n`, owned by this task.
-                unsafe { (kern.gemm)(rows, n, k, a, w, n, o.as_mut_ptr(), n) };
-            });
-    } else {
-        let chunk = column_chunk(n, threads);
-        let ptr = SendPtr(out.as_mut_ptr());
-        (0..n.div_ceil(chunk)).into_par_iter().for_each(|ci| {
-            let j0 = ci * chunk;
-            let wid = chunk.min(n - j0);
-            // SAFETY: each task writes columns j0..j0+wid of the m rows, disjoint from the
-            // others'; `out` is m × n and outlives the loop.
-            unsafe { (kern.gemm)(m, wid, k, x, &w[j0..], n, ptr.get().add(j0), n) };
-        });
-    }
-    let b = lin.b.values();
-    for row in out.chunks_exact_mut(n) {
-        add_in(row, b);
-    }
+    linears(kern, x, m, &mut [(lin, out)], scratch);
 }
 
 /// Reusable buffers of the matmuls: the quantized activations (quantized matmuls).
@@ -636,6 +594,182 @@ pub(crate) struct Scratch {
 
 /// Activation rows per parallel task of a quantized matmul over many rows.
 const Q_ROW_CHUNK: usize = 64;
+
+/// Columns per unit of work of an f32 matmul split by columns (the widest register tile).
+const F32_UNIT: usize = 64;
+
+/// One matrix of [`matmuls`]: `out[m × n] = x · W (+ bias)`.
+struct MatJob<'a> {
+    w: MatRef<'a>,
+    bias: Option<&'a [f32]>,
+    out: SendPtr,
+}
+
+#[derive(Clone, Copy)]
+enum MatRef<'a> {
+    /// `[k × n]` f32.
+    F32(&'a [f32], usize),
+    Q(&'a QMatrix),
+}
+
+impl MatRef<'_> {
+    fn n(&self) -> usize {
+        match self {
+            MatRef::F32(_, n) => *n,
+            MatRef::Q(w) => w.n,
+        }
+    }
+
+    /// Columns per unit of work: a quantized row group, or [`F32_UNIT`].
+    fn unit(&self) -> usize {
+        match self {
+            MatRef::F32(..) => F32_UNIT,
+            MatRef::Q(_) => ROWS,
+        }
+    }
+}
+
+/// `out = x @ w + b` for several matrices that read the same `x` (`m × n_in`, every `n_in`
+/// equal) — a layer's query, key and value — in one parallel region: their columns, cut into
+/// units of [`F32_UNIT`] columns (f32) or 16 (a quantized row group), are laid end to end and
+/// split into equal runs across the pool (each weight read once); many rows are split by rows
+/// as well. A quantized `x` is quantized once for all. Mixed f32 and quantized matrices run
+/// one after the other.
+///
+/// Each output is the same chain of multiply-adds over `n_in` (see the kernels' `gemm` and
+/// `qgemm`) whatever the split, then the bias: a row's result does not depend on the other
+/// rows of the call or on the number of threads, which makes generation reproducible across
+/// batch sizes and thread counts.
+pub(crate) fn linears(
+    kern: &kernels::Kernels,
+    x: &[f32],
+    m: usize,
+    jobs: &mut [(&Linear, &mut [f32])],
+    scratch: &mut Scratch,
+) {
+    let Some((first, _)) = jobs.first() else {
+        return;
+    };
+    let k = first.n_in;
+    let quantized = |l: &Linear| matches!(l.w, Mat::Q(_));
+    let same = jobs
+        .iter()
+        .all(|(l, _)| l.n_in == k && quantized(l) == quantized(first));
+    if !same {
+        for (lin, out) in jobs.iter_mut() {
+            linears(kern, x, m, &mut [(*lin, &mut **out)], scratch);
+        }
+        return;
+    }
+    let list: Vec<MatJob> = jobs
+        .iter_mut()
+        .map(|(lin, out)| {
+            assert!(out.len() >= m * lin.n_out);
+            MatJob {
+                w: match &lin.w {
+                    Mat::F32(w) => MatRef::F32(w.values(), lin.n_out),
+                    Mat::Q(q) => MatRef::Q(q),
+                },
+                bias: Some(lin.b.values()),
+                out: SendPtr(out.as_mut_ptr()),
+            }
+        })
+        .collect();
+    matmuls(kern, x, m, k, &list, &mut scratch.qa);
+}
+
+/// The parallel region of [`linears`] and [`qmatmul`] (see there): every job's matrix is
+/// `k` inputs wide and of one kind (all f32 or all quantized), each `out` is `m × n`.
+fn matmuls(
+    kern: &kernels::Kernels,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    jobs: &[MatJob],
+    qa: &mut QActs,
+) {
+    assert!(x.len() >= m * k);
+    let q = matches!(jobs.first().map(|j| j.w), Some(MatRef::Q(_)));
+    if q {
+        qa.quantize(kern, x, m, k);
+    }
+    let qa = &*qa;
+    let threads = rayon::current_num_threads();
+    // Units of each job, end to end: job j owns units starts[j]..starts[j + 1].
+    let mut starts = vec![0usize];
+    for j in jobs {
+        let n = j.w.n();
+        let w_ok = match j.w {
+            MatRef::F32(w, n) => k == 0 || w.len() >= k * n,
+            MatRef::Q(w) => w.k == k,
+        };
+        assert!(w_ok);
+        starts.push(starts[starts.len() - 1] + n.div_ceil(j.w.unit()));
+    }
+    let units = starts[jobs.len()];
+    let cols: usize = jobs.iter().map(|j| j.w.n()).sum();
+    // (rows per task, unit runs)
+    let (row_chunk, runs) = if q {
+        let row_chunks = m.div_ceil(Q_ROW_CHUNK);
+        let runs = if row_chunks >= 2 * threads {
+            1
+        } else {
+            (2 * threads).div_ceil(row_chunks)
+        };
+        (Q_ROW_CHUNK, runs)
+    } else if m >= ROW_SPLIT_ROWS.max(4 * threads) {
+        (m.div_ceil(threads * 2).max(4), 1)
+    } else {
+        (m.max(1), 2 * threads)
+    };
+    let runs = runs.clamp(1, units.max(1));
+    let row_chunks = m.div_ceil(row_chunk).max(1);
+    let run = |t: usize| {
+        let (rc, r) = (t / runs, t % runs);
+        let (u0, u1) = (units * r / runs, units * (r + 1) / runs);
+        let (i0, i1) = (rc * row_chunk, ((rc + 1) * row_chunk).min(m));
+        for (j, job) in jobs.iter().enumerate() {
+            let (a, b) = (u0.max(starts[j]), u1.min(starts[j + 1]));
+            if a >= b || i0 >= i1 {
+                continue;
+            }
+            let n = job.w.n();
+            let unit = job.w.unit();
+            let (c0, c1) = ((a - starts[j]) * unit, ((b - starts[j]) * unit).min(n));
+            // SAFETY: this task writes rows i0..i1 × columns c0..c1 of job j's `out`
+            // (m × n, asserted by the caller), disjoint from every other task's; the
+            // outputs outlive the region.
+            unsafe {
+                let o = job.out.get();
+                match job.w {
+                    MatRef::F32(w, _) => (kern.gemm)(
+                        i1 - i0,
+                        c1 - c0,
+                        k,
+                        &x[i0 * k..i1 * k],
+                        &w[c0..],
+                        n,
+                        o.add(i0 * n + c0),
+                        n,
+                    ),
+                    MatRef::Q(w) => kern.qgemm(w, a - starts[j], b - starts[j], qa, i0, i1, o, n),
+                }
+                if let Some(bias) = job.bias {
+                    for i in i0..i1 {
+                        let row = std::slice::from_raw_parts_mut(o.add(i * n + c0), c1 - c0);
+                        add_in(row, &bias[c0..c1]);
+                    }
+                }
+            }
+        }
+    };
+    let tasks = row_chunks * runs;
+    if tasks == 1 || (q && cols * k * m < SERIAL_ELEMS * 16) {
+        (0..tasks).for_each(run);
+    } else {
+        (0..tasks).into_par_iter().for_each(run);
+    }
+}
 
 /// `out[m × n] = x[m × k] · Wᵀ` for a quantized `W` `[n × k]`: the rows of `x` quantized once
 /// (into `qa`), then the weight row groups split across the pool — for a few rows into one
@@ -649,37 +783,13 @@ pub(crate) fn qmatmul(
     out: &mut [f32],
     qa: &mut QActs,
 ) {
-    let (k, n) = (w.k, w.n);
-    assert!(x.len() >= m * k && out.len() >= m * n);
-    qa.quantize(kern, x, m, k);
-    let qa = &*qa;
-    let groups = w.groups();
-    let threads = rayon::current_num_threads();
-    let ptr = SendPtr(out.as_mut_ptr());
-    let row_chunks = m.div_ceil(Q_ROW_CHUNK);
-    let group_tasks = if row_chunks >= 2 * threads {
-        1
-    } else {
-        (2 * threads).div_ceil(row_chunks).min(groups)
-    }
-    .max(1);
-    let per = groups.div_ceil(group_tasks);
-    let run = |t: usize| {
-        let (rc, gt) = (t / group_tasks, t % group_tasks);
-        let (g0, g1) = (gt * per, ((gt + 1) * per).min(groups));
-        let (i0, i1) = (rc * Q_ROW_CHUNK, ((rc + 1) * Q_ROW_CHUNK).min(m));
-        if g0 < g1 {
-            // SAFETY: task t writes rows i0..i1 × the columns of groups g0..g1 of `out`
-            // (m × n), disjoint from every other task's; `out` outlives the loop.
-            unsafe { kern.qgemm(w, g0, g1, qa, i0, i1, ptr.get(), n) };
-        }
+    assert!(out.len() >= m * w.n);
+    let job = MatJob {
+        w: MatRef::Q(w),
+        bias: None,
+        out: SendPtr(out.as_mut_ptr()),
     };
-    let tasks = row_chunks * group_tasks;
-    if tasks == 1 || groups * ROWS * k * m < SERIAL_ELEMS * 16 {
-        (0..tasks).for_each(run);
-    } else {
-        (0..tasks).into_par_iter().for_each(run);
-    }
+    matmuls(kern, x, m, w.k, &[job], qa);
 }
 
 /// `out[m × n] = x[m × k] · bᵀ` with `b` `[n × k]`, split by rows of `b` across the pool.
