@@ -292,3 +292,10 @@ class Bert:
         batch: int,
         seq: int,
     ) -> tuple[bytearray, bytearray | None, bytearray | None]: ...
+    def embed(
+        self,
+        ids: Sequence[Sequence[int]],
+        type_ids: Sequence[Sequence[int]] | None = None,
+        pooling: str = "mean",
+        normalize: bool = False,
+    ) -> bytearray: ...

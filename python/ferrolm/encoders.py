@@ -185,31 +185,28 @@ class BertModel:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         hidden_size = int(self.config["hidden_size"])
+        normalize = bool(self.normalize or normalize_embeddings)
         out = np.zeros((len(texts), hidden_size), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         with Progress(len(texts), "encoding", unit="text", enabled=show_progress_bar) as bar:
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                enc = tok(
+                # Unpadded ids, as tok(texts, truncation=True, max_length=...) gives them
+                # (one sequence each: token types 0); the core pads the micro-batch, pools
+                # and normalizes.
+                ids, _mask = tok._encode_for_call(
                     [texts[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_seq_length,
-                    return_tensors="np",
+                    add_special_tokens=True,
+                    truncate_to=self.max_seq_length,
+                    truncate_left=tok.truncation_side == "left",
+                    pad_to=None,
+                    pad_id=0,
+                    pad_left=False,
+                    as_bytes=False,
                 )
-                mask = enc["attention_mask"]
-                res = self(enc["input_ids"], mask, enc.get("token_type_ids"))
-                hidden = res["last_hidden_state"]
-                if self.pooling == "cls":
-                    pooled = hidden[:, 0]
-                else:
-                    m = mask[:, :, None].astype(np.float32)
-                    pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
-                out[idx] = pooled
+                raw = self._core.embed(ids, None, self.pooling, normalize)
+                out[idx] = np.frombuffer(raw, dtype="<f4").reshape(len(idx), hidden_size)
                 bar.update(len(idx))
-        if self.normalize or normalize_embeddings:
-            norms = np.linalg.norm(out, axis=1, keepdims=True)
-            out = out / np.clip(norms, 1e-12, None)
         if convert_to_tensor:
             import torch
 

@@ -732,6 +732,60 @@ impl PyBert {
         self.model.has_classifier()
     }
 
+    /// Sentence embeddings: the sequences `ids` (each its own length, with its special
+    /// tokens) padded on the right into one batch, run through the encoder, pooled
+    /// (`pooling` = "mean" over the real tokens or "cls") and, when `normalize`, scaled to
+    /// unit length. Returns `[len(ids) × hidden]` little-endian f32 as a bytearray.
+    #[pyo3(signature = (ids, type_ids = None, pooling = "mean", normalize = false))]
+    fn embed<'py>(
+        &self,
+        py: Python<'py>,
+        ids: Vec<Vec<u32>>,
+        type_ids: Option<Vec<Vec<u32>>>,
+        pooling: &str,
+        normalize: bool,
+    ) -> PyResult<Bound<'py, PyByteArray>> {
+        use ferrolm_core::model::bert::Pooling;
+        let pooling = match pooling {
+            "mean" => Pooling::Mean,
+            "cls" => Pooling::Cls,
+            other => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "pooling must be \"mean\" or \"cls\", got {other:?}"
+                )))
+            }
+        };
+        if let Some(t) = &type_ids {
+            if t.len() != ids.len() || t.iter().zip(&ids).any(|(a, b)| a.len() != b.len()) {
+                return Err(pyo3::exceptions::PyValueError::new_err(
+                    "type_ids must have the shape of ids (one list per sequence, as long)",
+                ));
+            }
+        }
+        let batch = ids.len();
+        let seq = ids.iter().map(Vec::len).max().unwrap_or(0);
+        if batch == 0 || seq == 0 {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "embed: no tokens to encode",
+            ));
+        }
+        let mut flat = vec![0u32; batch * seq];
+        let mut types = vec![0u32; batch * seq];
+        let mut mask = vec![0u8; batch * seq];
+        for (b, row) in ids.iter().enumerate() {
+            flat[b * seq..b * seq + row.len()].copy_from_slice(row);
+            mask[b * seq..b * seq + row.len()].fill(1);
+            if let Some(t) = &type_ids {
+                types[b * seq..b * seq + row.len()].copy_from_slice(&t[b]);
+            }
+        }
+        let out = detached(py, || {
+            self.model
+                .embed(&flat, &types, &mask, batch, seq, pooling, normalize)
+        })?;
+        f32_bytes(py, &out)
+    }
+
     /// The encoder over `batch × seq` ids (row-major, mask 1 for real tokens). Returns
     /// `(last_hidden_state, pooler_output or None, logits or None)` as bytearrays of
     /// little-endian f32 (logits: a classification checkpoint's).

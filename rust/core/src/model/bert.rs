@@ -138,6 +138,16 @@ pub struct Bert {
     prefix: &'static str,
 }
 
+/// How [`Bert::embed`] pools a sequence's hidden states (sentence-transformers'
+/// `1_Pooling/config.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean over the real (unmasked) tokens.
+    Mean,
+    /// The first token's (`[CLS]`).
+    Cls,
+}
+
 /// What a forward pass returns.
 #[derive(Debug, Clone)]
 pub struct BertOutput {
@@ -318,6 +328,60 @@ impl Bert {
         batch: usize,
         seq: usize,
     ) -> Result<BertOutput> {
+        self.forward_with(ids, type_ids, mask, batch, seq, true)
+    }
+
+    /// Sentence embeddings of a padded batch (as [`Bert::forward`]): each sequence's
+    /// `last_hidden_state` pooled as `pooling` says (the mean over its real tokens, or its
+    /// first token), then scaled to unit length when `normalize` (`v / max(‖v‖, 1e-12)`).
+    /// Returns `[batch × hidden]`. The pooler and the classifier are not run.
+    #[allow(clippy::too_many_arguments)]
+    pub fn embed(
+        &self,
+        ids: &[u32],
+        type_ids: &[u32],
+        mask: &[u8],
+        batch: usize,
+        seq: usize,
+        pooling: Pooling,
+        normalize: bool,
+    ) -> Result<Vec<f32>> {
+        let out = self.forward_with(ids, type_ids, mask, batch, seq, false)?;
+        let d = self.config.hidden_size;
+        let x = &out.last_hidden_state;
+        let mut pooled = vec![0.0f32; batch * d];
+        for (b, v) in pooled.chunks_exact_mut(d).enumerate() {
+            match pooling {
+                Pooling::Cls => v.copy_from_slice(&x[b * seq * d..(b * seq + 1) * d]),
+                Pooling::Mean => {
+                    let mut count = 0usize;
+                    for (t, &m) in mask[b * seq..(b + 1) * seq].iter().enumerate() {
+                        if m != 0 {
+                            add_in(v, &x[(b * seq + t) * d..(b * seq + t + 1) * d]);
+                            count += 1;
+                        }
+                    }
+                    let inv = 1.0 / (count as f32).max(1e-9);
+                    v.iter_mut().for_each(|e| *e *= inv);
+                }
+            }
+            if normalize {
+                let norm = v.iter().map(|e| e * e).sum::<f32>().sqrt().max(1e-12);
+                v.iter_mut().for_each(|e| *e /= norm);
+            }
+        }
+        Ok(pooled)
+    }
+
+    fn forward_with(
+        &self,
+        ids: &[u32],
+        type_ids: &[u32],
+        mask: &[u8],
+        batch: usize,
+        seq: usize,
+        with_pooler: bool,
+    ) -> Result<BertOutput> {
         let c = &self.config;
         let rows = batch * seq;
         if ids.len() != rows || type_ids.len() != rows || mask.len() != rows {
@@ -388,7 +452,8 @@ impl Bert {
                 linear(kern, &h, rows, &layer.out, &mut tmp, &mut scratch);
                 layer_norm(&mut x, Some(&tmp), &layer.out_ln, d, eps);
             }
-            let pooler_output = self.pooler.as_ref().map(|p| {
+            let pooler = self.pooler.as_ref().filter(|_| with_pooler);
+            let pooler_output = pooler.map(|p| {
                 let mut first = vec![0.0f32; batch * d];
                 for b in 0..batch {
                     first[b * d..(b + 1) * d].copy_from_slice(&x[b * seq * d..(b * seq + 1) * d]);
