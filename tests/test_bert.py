@@ -155,3 +155,26 @@ def test_cli_embed(ours: ferrolm.BertModel, tmp_path: Path) -> None:
     path = tmp_path / "v.npy"
     subprocess.run([*run, "x", "y", "z", "--out", str(path)], check=True, capture_output=True)
     assert np.load(path).shape == (3, 384)
+
+
+def test_encode_pools_the_hidden_states(ours: ferrolm.BertModel) -> None:
+    """encode's pooling and normalization (done in the core) against the same arithmetic in
+    numpy on model(**batch).last_hidden_state, for both pooling modes."""
+    import copy
+
+    texts = ["short", "a somewhat longer sentence, with a comma and émoji 🙂", ""]
+    enc = ours.tokenizer(texts, padding=True, truncation=True, return_tensors="np")
+    hidden = np.asarray(ours(**enc).last_hidden_state)
+    mask = enc["attention_mask"][:, :, None].astype(np.float32)
+    mean = (hidden * mask).sum(1) / mask.sum(1)
+    model = copy.copy(ours)
+    model.normalize = False
+    np.testing.assert_allclose(model.encode(texts), mean, atol=2e-6)
+    model.pooling = "cls"
+    np.testing.assert_allclose(model.encode(texts), hidden[:, 0], atol=2e-6)
+    unit = model.encode(texts, normalize_embeddings=True)
+    want = hidden[:, 0] / np.linalg.norm(hidden[:, 0], axis=1, keepdims=True)
+    np.testing.assert_allclose(unit, want, atol=2e-6)
+    # One text alone (a batch of one, no padding) gives the row it had in the batch.
+    np.testing.assert_allclose(model.encode(texts[1]), hidden[1, 0], atol=2e-6)
+    assert model.encode([]).shape == (0, 384)
