@@ -12,6 +12,7 @@
 //! ```
 
 use std::path::Path;
+use std::sync::{Mutex, TryLockError};
 
 use rayon::prelude::*;
 use serde_json::Value;
@@ -136,7 +137,26 @@ pub struct Bert {
     quant: Option<QType>,
     /// The tensor-name prefix the checkpoint used (`bert.` or none).
     prefix: &'static str,
+    /// The forward pass's buffers, kept for the next call (a call that finds them in use
+    /// makes its own).
+    buffers: Mutex<Buffers>,
 }
+
+/// The intermediate activations of a forward pass (every one written in full before it is
+/// read), and the quantized activations of its matmuls.
+#[derive(Debug, Default)]
+struct Buffers {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    ctx: Vec<f32>,
+    h: Vec<f32>,
+    tmp: Vec<f32>,
+    scratch: gpt2::Scratch,
+}
+
+/// Buffers larger than this many floats (64 MB) are not kept between calls.
+const KEEP_FLOATS: usize = 16 << 20;
 
 /// How [`Bert::embed`] pools a sequence's hidden states (sentence-transformers'
 /// `1_Pooling/config.json`).
@@ -252,6 +272,7 @@ impl Bert {
             pooler,
             quant: quant.qtype(),
             prefix: w.prefix,
+            buffers: Mutex::default(),
             config,
         })
     }
@@ -426,31 +447,54 @@ impl Bert {
                 }
             }
             layer_norm(&mut x, None, &self.emb_ln, d, eps);
-            let mut q = vec![0.0f32; rows * d];
-            let mut k = vec![0.0f32; rows * d];
-            let mut v = vec![0.0f32; rows * d];
-            let mut ctx = vec![0.0f32; rows * d];
-            let mut h = vec![0.0f32; rows * c.intermediate_size];
-            let mut tmp = vec![0.0f32; rows * d];
+            let mut kept = match self.buffers.try_lock() {
+                Ok(g) => Some(g),
+                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            };
+            let mut own = Buffers::default();
+            let bufs = kept.as_deref_mut().unwrap_or(&mut own);
+            for (buf, len) in [
+                (&mut bufs.q, rows * d),
+                (&mut bufs.k, rows * d),
+                (&mut bufs.v, rows * d),
+                (&mut bufs.ctx, rows * d),
+                (&mut bufs.h, rows * c.intermediate_size),
+                (&mut bufs.tmp, rows * d),
+            ] {
+                buf.resize(len, 0.0);
+            }
+            let Buffers {
+                q,
+                k,
+                v,
+                ctx,
+                h,
+                tmp,
+                scratch,
+            } = bufs;
             let scale = 1.0 / (hd as f32).sqrt();
-            let mut scratch = gpt2::Scratch::default();
             for layer in &self.layers {
                 gpt2::linears(
                     kern,
                     &x,
                     rows,
-                    &mut [(&layer.q, &mut q), (&layer.k, &mut k), (&layer.v, &mut v)],
-                    &mut scratch,
+                    &mut [
+                        (&layer.q, &mut *q),
+                        (&layer.k, &mut *k),
+                        (&layer.v, &mut *v),
+                    ],
+                    scratch,
                 );
-                attention(kern, &q, &k, &v, mask, batch, seq, nh, hd, scale, &mut ctx);
+                attention(kern, q, k, v, mask, batch, seq, nh, hd, scale, ctx);
                 // x = LN(x + ctx Woᵀ + bo)
-                linear(kern, &ctx, rows, &layer.attn_out, &mut tmp, &mut scratch);
-                layer_norm(&mut x, Some(&tmp), &layer.attn_ln, d, eps);
+                linear(kern, ctx, rows, &layer.attn_out, tmp, scratch);
+                layer_norm(&mut x, Some(tmp), &layer.attn_ln, d, eps);
                 // x = LN(x + act(x Wiᵀ + bi) Wo2ᵀ + bo2)
-                linear(kern, &x, rows, &layer.inter, &mut h, &mut scratch);
-                activate(kern, c.activation, &mut h);
-                linear(kern, &h, rows, &layer.out, &mut tmp, &mut scratch);
-                layer_norm(&mut x, Some(&tmp), &layer.out_ln, d, eps);
+                linear(kern, &x, rows, &layer.inter, h, scratch);
+                activate(kern, c.activation, h);
+                linear(kern, h, rows, &layer.out, tmp, scratch);
+                layer_norm(&mut x, Some(tmp), &layer.out_ln, d, eps);
             }
             let pooler = self.pooler.as_ref().filter(|_| with_pooler);
             let pooler_output = pooler.map(|p| {
@@ -459,10 +503,16 @@ impl Bert {
                     first[b * d..(b + 1) * d].copy_from_slice(&x[b * seq * d..(b * seq + 1) * d]);
                 }
                 let mut out = vec![0.0f32; batch * d];
-                linear(kern, &first, batch, p, &mut out, &mut scratch);
+                linear(kern, &first, batch, p, &mut out, scratch);
                 out.iter_mut().for_each(|v| *v = v.tanh());
                 out
             });
+            if let Some(g) = kept.as_deref_mut() {
+                let held = [&g.q, &g.k, &g.v, &g.ctx, &g.h, &g.tmp].map(|b| b.capacity());
+                if held.iter().sum::<usize>() > KEEP_FLOATS {
+                    *g = Buffers::default();
+                }
+            }
             let logits = match (&self.classifier, &pooler_output) {
                 (Some((w, b, n)), Some(pooled)) => {
                     let mut out = vec![0.0f32; batch * n];
@@ -526,6 +576,20 @@ fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     lanes.iter().sum()
 }
 
+/// `dst = src` for a few dozen floats, in register-sized pieces (a call to `memcpy` per head
+/// row costs more than the copy).
+#[inline]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let (dc, dr) = dst.as_chunks_mut::<8>();
+    let (sc, sr) = src.as_chunks::<8>();
+    for (a, b) in dc.iter_mut().zip(sc) {
+        *a = *b;
+    }
+    for (a, b) in dr.iter_mut().zip(sr) {
+        *a = *b;
+    }
+}
+
 /// Per-thread buffers of [`attention`]: one head of one sequence, keys padded to `sp`.
 struct HeadBufs {
     /// The head's queries `[seq × hd]`.
@@ -576,8 +640,8 @@ fn attention(
         let any_real = keys.iter().any(|&m| m != 0);
         for j in 0..seq {
             let at = (b * seq + j) * d + h * hd;
-            bufs.q[j * hd..(j + 1) * hd].copy_from_slice(&q[at..at + hd]);
-            bufs.v[j * hd..(j + 1) * hd].copy_from_slice(&v[at..at + hd]);
+            copy_short(&mut bufs.q[j * hd..(j + 1) * hd], &q[at..at + hd]);
+            copy_short(&mut bufs.v[j * hd..(j + 1) * hd], &v[at..at + hd]);
             for (c, &x) in k[at..at + hd].iter().enumerate() {
                 bufs.kt[c * sp + j] = x;
             }
