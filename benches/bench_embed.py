@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import Table, machine, micros, millis, per_call, timed
+from common import Table, interleaved, machine, micros, millis
 
 import ferrolm
 
@@ -138,7 +138,10 @@ def main() -> int:
         f"machine: {machine()}; ferrolm {ferrolm.__version__}, onnxruntime {ort.__version__}, "
         f"torch {torch.__version__}; {args.threads} threads"
     )
-    print(f"median of {args.repeat} runs [min..max]; {len(sentences)} sentences of 20 words")
+    print(
+        f"median of {args.repeat} runs [min..max], each pair taken in turns; "
+        f"{len(sentences)} sentences of 20 words"
+    )
     for name, vecs in results.items():
         print(f"  min cosine to ferrolm fp32 over the 256: {name}: {cosine(vecs):.6f}")
     r = args.repeat
@@ -174,10 +177,11 @@ def main() -> int:
     with torch.no_grad():
         for peer_name, model, label, one, many, (t_one, t_many) in rows:
             table = Table(peer_name)
-            ours_one = per_call(lambda m=model: m.encode([short]), r, 200)
-            peer_one = per_call(one, r, 200)
-            ours_many = timed(lambda m=model: m.encode(sentences, batch_size=32), r)
-            peer_many = timed(many, r)
+            # Each pair timed in turns (ferrolm, peer, ferrolm, ...): this machine is noisy.
+            ours_one, peer_one = interleaved([lambda m=model: m.encode([short]), one], r, 200)
+            ours_many, peer_many = interleaved(
+                [lambda m=model: m.encode(sentences, batch_size=32), many], r
+            )
             table.add(
                 f"one 10-word sentence per call (ferrolm {label})", ours_one, peer_one, micros
             )

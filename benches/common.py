@@ -37,6 +37,27 @@ def per_call(fn: Callable[[], object], repeat: int, calls: int) -> Timing:
     return med / calls, lo / calls, hi / calls
 
 
+def interleaved(fns: list[Callable[[], object]], repeat: int, calls: int = 1) -> list[Timing]:
+    """``per_call`` of each of ``fns``, their runs taken in turns (A B A B ...), so that a
+    slow phase of a noisy machine falls on every engine alike; a pause before each run lets
+    the previous engine's spinning worker threads go idle."""
+
+    def loop(fn: Callable[[], object]) -> float:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - t0) / calls
+
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for t, fn in zip(times, fns, strict=True):
+            time.sleep(0.05)
+            t.append(loop(fn))
+    return [(statistics.median(t), min(t), max(t)) for t in times]
+
+
 def machine() -> str:
     model = platform.processor() or platform.machine()
     try:
