@@ -178,3 +178,9 @@ def test_encode_pools_the_hidden_states(ours: ferrolm.BertModel) -> None:
     # One text alone (a batch of one, no padding) gives the row it had in the batch.
     np.testing.assert_allclose(model.encode(texts[1]), hidden[1, 0], atol=2e-6)
     assert model.encode([]).shape == (0, 384)
+    with pytest.raises(ValueError, match="no tokens"):
+        ours._core.embed([])
+    with pytest.raises(ValueError, match="type_ids"):
+        ours._core.embed([[101, 102]], [[0]])
+    with pytest.raises(ValueError, match="pooling"):
+        ours._core.embed([[101, 102]], None, "max")

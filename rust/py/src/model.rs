@@ -755,33 +755,9 @@ impl PyBert {
                 )))
             }
         };
-        if let Some(t) = &type_ids {
-            if t.len() != ids.len() || t.iter().zip(&ids).any(|(a, b)| a.len() != b.len()) {
-                return Err(pyo3::exceptions::PyValueError::new_err(
-                    "type_ids must have the shape of ids (one list per sequence, as long)",
-                ));
-            }
-        }
-        let batch = ids.len();
-        let seq = ids.iter().map(Vec::len).max().unwrap_or(0);
-        if batch == 0 || seq == 0 {
-            return Err(pyo3::exceptions::PyValueError::new_err(
-                "embed: no tokens to encode",
-            ));
-        }
-        let mut flat = vec![0u32; batch * seq];
-        let mut types = vec![0u32; batch * seq];
-        let mut mask = vec![0u8; batch * seq];
-        for (b, row) in ids.iter().enumerate() {
-            flat[b * seq..b * seq + row.len()].copy_from_slice(row);
-            mask[b * seq..b * seq + row.len()].fill(1);
-            if let Some(t) = &type_ids {
-                types[b * seq..b * seq + row.len()].copy_from_slice(&t[b]);
-            }
-        }
         let out = detached(py, || {
             self.model
-                .embed(&flat, &types, &mask, batch, seq, pooling, normalize)
+                .embed(&ids, type_ids.as_deref(), pooling, normalize)
         })?;
         f32_bytes(py, &out)
     }

@@ -352,12 +352,48 @@ impl Bert {
         self.forward_with(ids, type_ids, mask, batch, seq, true)
     }
 
-    /// Sentence embeddings of a padded batch (as [`Bert::forward`]): each sequence's
-    /// `last_hidden_state` pooled as `pooling` says (the mean over its real tokens, or its
-    /// first token), then scaled to unit length when `normalize` (`v / max(‖v‖, 1e-12)`).
-    /// Returns `[batch × hidden]`. The pooler and the classifier are not run.
-    #[allow(clippy::too_many_arguments)]
+    /// Sentence embeddings: the sequences `ids` (each its own length, with its special
+    /// tokens; `type_ids`, when given, shaped alike, else all 0) padded on the right into one
+    /// batch, run through the encoder, each `last_hidden_state` pooled as `pooling` says (the
+    /// mean over its real tokens, or its first token), then scaled to unit length when
+    /// `normalize` (`v / max(‖v‖, 1e-12)`). Returns `[len(ids) × hidden]`. The pooler and
+    /// the classifier are not run.
     pub fn embed(
+        &self,
+        ids: &[Vec<u32>],
+        type_ids: Option<&[Vec<u32>]>,
+        pooling: Pooling,
+        normalize: bool,
+    ) -> Result<Vec<f32>> {
+        if let Some(t) = type_ids {
+            if t.len() != ids.len() || t.iter().zip(ids).any(|(a, b)| a.len() != b.len()) {
+                return Err(Error::invalid(
+                    "embed: type_ids must have the shape of ids (one list per sequence, as long)",
+                ));
+            }
+        }
+        let batch = ids.len();
+        let seq = ids.iter().map(Vec::len).max().unwrap_or(0);
+        if batch == 0 || seq == 0 {
+            return Err(Error::invalid("embed: no tokens to encode"));
+        }
+        let mut flat = vec![0u32; batch * seq];
+        let mut types = vec![0u32; batch * seq];
+        let mut mask = vec![0u8; batch * seq];
+        for (b, row) in ids.iter().enumerate() {
+            let at = b * seq..b * seq + row.len();
+            flat[at.clone()].copy_from_slice(row);
+            mask[at.clone()].fill(1);
+            if let Some(t) = type_ids {
+                types[at].copy_from_slice(&t[b]);
+            }
+        }
+        self.pool(&flat, &types, &mask, batch, seq, pooling, normalize)
+    }
+
+    /// [`Bert::embed`] of a padded batch (as [`Bert::forward`] takes it).
+    #[allow(clippy::too_many_arguments)]
+    fn pool(
         &self,
         ids: &[u32],
         type_ids: &[u32],

@@ -629,6 +629,13 @@ impl MatRef<'_> {
     }
 }
 
+impl MatJob<'_> {
+    /// Units of work in the matrix's columns.
+    fn units(&self) -> usize {
+        self.w.n().div_ceil(self.w.unit())
+    }
+}
+
 /// `out = x @ w + b` for several matrices that read the same `x` (`m × n_in`, every `n_in`
 /// equal) — a layer's query, key and value — in one parallel region: their columns, cut into
 /// units of [`F32_UNIT`] columns (f32) or 16 (a quantized row group), are laid end to end and
@@ -695,18 +702,15 @@ fn matmuls(
     }
     let qa = &*qa;
     let threads = rayon::current_num_threads();
-    // Units of each job, end to end: job j owns units starts[j]..starts[j + 1].
-    let mut starts = vec![0usize];
     for j in jobs {
-        let n = j.w.n();
         let w_ok = match j.w {
             MatRef::F32(w, n) => k == 0 || w.len() >= k * n,
             MatRef::Q(w) => w.k == k,
         };
         assert!(w_ok);
-        starts.push(starts[starts.len() - 1] + n.div_ceil(j.w.unit()));
     }
-    let units = starts[jobs.len()];
+    // The jobs' units, end to end: each job owns the next `units()` of them.
+    let units: usize = jobs.iter().map(MatJob::units).sum();
     let cols: usize = jobs.iter().map(|j| j.w.n()).sum();
     // (rows per task, unit runs)
     let (row_chunk, runs) = if q {
@@ -728,15 +732,18 @@ fn matmuls(
         let (rc, r) = (t / runs, t % runs);
         let (u0, u1) = (units * r / runs, units * (r + 1) / runs);
         let (i0, i1) = (rc * row_chunk, ((rc + 1) * row_chunk).min(m));
-        for (j, job) in jobs.iter().enumerate() {
-            let (a, b) = (u0.max(starts[j]), u1.min(starts[j + 1]));
+        let mut start = 0;
+        for job in jobs {
+            let end = start + job.units();
+            let (a, b) = (u0.max(start) - start, u1.min(end).saturating_sub(start));
+            start = end;
             if a >= b || i0 >= i1 {
                 continue;
             }
             let n = job.w.n();
             let unit = job.w.unit();
-            let (c0, c1) = ((a - starts[j]) * unit, ((b - starts[j]) * unit).min(n));
-            // SAFETY: this task writes rows i0..i1 × columns c0..c1 of job j's `out`
+            let (c0, c1) = (a * unit, (b * unit).min(n));
+            // SAFETY: this task writes rows i0..i1 × columns c0..c1 of this job's `out`
             // (m × n, asserted by the caller), disjoint from every other task's; the
             // outputs outlive the region.
             unsafe {
@@ -752,7 +759,7 @@ fn matmuls(
                         o.add(i0 * n + c0),
                         n,
                     ),
-                    MatRef::Q(w) => kern.qgemm(w, a - starts[j], b - starts[j], qa, i0, i1, o, n),
+                    MatRef::Q(w) => kern.qgemm(w, a, b, qa, i0, i1, o, n),
                 }
                 if let Some(bias) = job.bias {
                     for i in i0..i1 {
