@@ -180,7 +180,21 @@ def test_encode_pools_the_hidden_states(ours: ferrolm.BertModel) -> None:
     assert model.encode([]).shape == (0, 384)
     with pytest.raises(ValueError, match="no tokens"):
         ours._core.embed([])
+    with pytest.raises(ValueError, match="no tokens"):
+        ours._core.embed([[101, 102], []])
     with pytest.raises(ValueError, match="type_ids"):
         ours._core.embed([[101, 102]], [[0]])
     with pytest.raises(ValueError, match="pooling"):
         ours._core.embed([[101, 102]], None, "max")
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_a_vector_does_not_depend_on_its_batch(quantize: str | None) -> None:
+    """encode runs each micro-batch unpadded, its sequences end to end: a text's vector is
+    bit for bit the one it gets alone, whatever sits beside it and however it is batched."""
+    model = ferrolm.AutoModel.from_pretrained(MODEL_DIR, quantize=quantize)
+    texts = [t for t in _texts() if t.strip()][:40]
+    together = model.encode(texts, batch_size=16)
+    for i in (0, 7, 23, 39):
+        assert np.array_equal(model.encode(texts[i]), together[i]), texts[i]
+    assert np.array_equal(model.encode(texts[::-1], batch_size=5)[::-1], together)

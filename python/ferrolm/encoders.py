@@ -168,9 +168,11 @@ class BertModel:
         show_progress_bar: bool | None = None,
     ) -> Any:
         """Sentence embeddings as sentence-transformers' ``encode``: texts sorted by length and
-        padded per micro-batch of ``batch_size``, truncated to ``max_seq_length``, pooled as the
-        folder says, normalized when it has a Normalize module or ``normalize_embeddings``.
-        Returns ``[n, hidden]`` float32 (one vector for a single str)."""
+        run in micro-batches of ``batch_size`` (unpadded: a batch's texts end to end, each
+        attending only within itself, so a text's vector does not depend on its batch),
+        truncated to ``max_seq_length``, pooled as the folder says, normalized when it has a
+        Normalize module or ``normalize_embeddings``. Returns ``[n, hidden]`` float32 (one
+        vector for a single str)."""
         import numpy as np
 
         from ferrolm._progress import Progress
@@ -192,7 +194,7 @@ class BertModel:
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 # Unpadded ids, as tok(texts, truncation=True, max_length=...) gives them
-                # (one sequence each: token types 0); the core pads the micro-batch, pools
+                # (one sequence each: token types 0); the core runs them end to end, pools
                 # and normalizes.
                 ids, _mask = tok._encode_for_call(
                     [texts[i] for i in idx],

@@ -1,5 +1,6 @@
 //! BERT encoders (BertModel): config, weights (memory-mapped safetensors, `nn.Linear` layout
-//! `[out, in]`, used in place), and the forward pass over a padded batch.
+//! `[out, in]`, used in place), and the forward pass over a padded batch (or, for
+//! [`Bert::embed`], unpadded sequences end to end).
 //!
 //! ```text
 //! x = LN(word[ids] + pos[0..seq] + type[type_ids])                  # [rows, d]
@@ -352,9 +353,11 @@ impl Bert {
         self.forward_with(ids, type_ids, mask, batch, seq, true)
     }
 
-    /// Sentence embeddings: the sequences `ids` (each its own length, with its special
-    /// tokens; `type_ids`, when given, shaped alike, else all 0) padded on the right into one
-    /// batch, run through the encoder, each `last_hidden_state` pooled as `pooling` says (the
+    /// Sentence embeddings: the sequences `ids` (each its own length, at least one token,
+    /// with its special tokens; `type_ids`, when given, shaped alike, else all 0) run through
+    /// the encoder end to end without padding (each attends only within itself, so a
+    /// sequence's vector is bit for bit the one it gets alone), each `last_hidden_state`
+    /// pooled as `pooling` says (the
     /// mean over its real tokens, or its first token), then scaled to unit length when
     /// `normalize` (`v / max(‖v‖, 1e-12)`). Returns `[len(ids) × hidden]`. The pooler and
     /// the classifier are not run.
@@ -372,49 +375,49 @@ impl Bert {
                 ));
             }
         }
-        let batch = ids.len();
-        let seq = ids.iter().map(Vec::len).max().unwrap_or(0);
-        if batch == 0 || seq == 0 {
+        if ids.is_empty() || ids.iter().any(Vec::is_empty) {
             return Err(Error::invalid("embed: no tokens to encode"));
         }
-        let mut flat = vec![0u32; batch * seq];
-        let mut types = vec![0u32; batch * seq];
-        let mut mask = vec![0u8; batch * seq];
+        // The sequences end to end, unpadded: the matmuls see only real tokens and each
+        // sequence attends within its own span.
+        let rows: usize = ids.iter().map(Vec::len).sum();
+        let mut spans = Vec::with_capacity(ids.len());
+        let mut flat = Vec::with_capacity(rows);
+        let mut types = Vec::with_capacity(rows);
         for (b, row) in ids.iter().enumerate() {
-            let at = b * seq..b * seq + row.len();
-            flat[at.clone()].copy_from_slice(row);
-            mask[at.clone()].fill(1);
-            if let Some(t) = type_ids {
-                types[at].copy_from_slice(&t[b]);
+            spans.push((flat.len(), row.len()));
+            flat.extend_from_slice(row);
+            match type_ids {
+                Some(t) => types.extend_from_slice(&t[b]),
+                None => types.resize(flat.len(), 0),
             }
         }
-        self.pool(&flat, &types, &mask, batch, seq, pooling, normalize)
+        let mask = vec![1u8; rows];
+        self.pool(&flat, &types, &mask, &spans, pooling, normalize)
     }
 
-    /// [`Bert::embed`] of a padded batch (as [`Bert::forward`] takes it).
-    #[allow(clippy::too_many_arguments)]
+    /// [`Bert::embed`] of the sequences at `spans` (`(first row, length)`) of `ids`.
     fn pool(
         &self,
         ids: &[u32],
         type_ids: &[u32],
         mask: &[u8],
-        batch: usize,
-        seq: usize,
+        spans: &[(usize, usize)],
         pooling: Pooling,
         normalize: bool,
     ) -> Result<Vec<f32>> {
-        let out = self.forward_with(ids, type_ids, mask, batch, seq, false)?;
+        let out = self.forward_spans(ids, type_ids, mask, spans, false)?;
         let d = self.config.hidden_size;
         let x = &out.last_hidden_state;
-        let mut pooled = vec![0.0f32; batch * d];
-        for (b, v) in pooled.chunks_exact_mut(d).enumerate() {
+        let mut pooled = vec![0.0f32; spans.len() * d];
+        for (v, &(start, len)) in pooled.chunks_exact_mut(d).zip(spans) {
             match pooling {
-                Pooling::Cls => v.copy_from_slice(&x[b * seq * d..(b * seq + 1) * d]),
+                Pooling::Cls => v.copy_from_slice(&x[start * d..(start + 1) * d]),
                 Pooling::Mean => {
                     let mut count = 0usize;
-                    for (t, &m) in mask[b * seq..(b + 1) * seq].iter().enumerate() {
+                    for (t, &m) in mask[start..start + len].iter().enumerate() {
                         if m != 0 {
-                            add_in(v, &x[(b * seq + t) * d..(b * seq + t + 1) * d]);
+                            add_in(v, &x[(start + t) * d..(start + t + 1) * d]);
                             count += 1;
                         }
                     }
@@ -430,6 +433,7 @@ impl Bert {
         Ok(pooled)
     }
 
+    /// The padded batch of [`Bert::forward`]: `batch` spans of `seq` rows.
     fn forward_with(
         &self,
         ids: &[u32],
@@ -439,7 +443,6 @@ impl Bert {
         seq: usize,
         with_pooler: bool,
     ) -> Result<BertOutput> {
-        let c = &self.config;
         let rows = batch * seq;
         if ids.len() != rows || type_ids.len() != rows || mask.len() != rows {
             return Err(Error::invalid(format!(
@@ -449,9 +452,30 @@ impl Bert {
                 mask.len()
             )));
         }
-        if seq > c.max_position_embeddings {
+        let spans: Vec<(usize, usize)> = (0..batch).map(|b| (b * seq, seq)).collect();
+        self.forward_spans(ids, type_ids, mask, &spans, with_pooler)
+    }
+
+    /// The encoder over the sequences at `spans` (`(first row, length)`, in order, end to
+    /// end) of `ids`, `type_ids` and `mask` (one value per row). `last_hidden_state` is
+    /// `[rows × hidden]`; the pooler reads each span's first row.
+    fn forward_spans(
+        &self,
+        ids: &[u32],
+        type_ids: &[u32],
+        mask: &[u8],
+        spans: &[(usize, usize)],
+        with_pooler: bool,
+    ) -> Result<BertOutput> {
+        let c = &self.config;
+        let rows = ids.len();
+        let batch = spans.len();
+        debug_assert!(type_ids.len() == rows && mask.len() == rows);
+        debug_assert!(spans.iter().map(|s| s.1).sum::<usize>() == rows);
+        let longest = spans.iter().map(|s| s.1).max().unwrap_or(0);
+        if longest > c.max_position_embeddings {
             return Err(Error::invalid(format!(
-                "sequence of {seq} tokens is longer than max_position_embeddings = {} \
+                "sequence of {longest} tokens is longer than max_position_embeddings = {} \
                  (truncate it: truncation=True)",
                 c.max_position_embeddings
             )));
@@ -476,10 +500,13 @@ impl Bert {
             // x = LN(word + pos + type)                                   [rows, d]
             let mut x = vec![0.0f32; rows * d];
             let (word, pos, typ) = (self.word.values(), self.pos.values(), self.typ.values());
-            for (r, row) in x.chunks_exact_mut(d).enumerate() {
-                let (t, p, ty) = (ids[r] as usize, r % seq, type_ids[r] as usize);
-                for (i, o) in row.iter_mut().enumerate() {
-                    *o = word[t * d + i] + pos[p * d + i] + typ[ty * d + i];
+            for &(start, len) in spans {
+                let span = x[start * d..(start + len) * d].chunks_exact_mut(d);
+                for (p, row) in span.enumerate() {
+                    let (t, ty) = (ids[start + p] as usize, type_ids[start + p] as usize);
+                    for (i, o) in row.iter_mut().enumerate() {
+                        *o = word[t * d + i] + pos[p * d + i] + typ[ty * d + i];
+                    }
                 }
             }
             layer_norm(&mut x, None, &self.emb_ln, d, eps);
@@ -522,7 +549,7 @@ impl Bert {
                     ],
                     scratch,
                 );
-                attention(kern, q, k, v, mask, batch, seq, nh, hd, scale, ctx);
+                attention(kern, q, k, v, mask, spans, nh, hd, scale, ctx);
                 // x = LN(x + ctx Woᵀ + bo)
                 linear(kern, ctx, rows, &layer.attn_out, tmp, scratch);
                 layer_norm(&mut x, Some(tmp), &layer.attn_ln, d, eps);
@@ -535,8 +562,8 @@ impl Bert {
             let pooler = self.pooler.as_ref().filter(|_| with_pooler);
             let pooler_output = pooler.map(|p| {
                 let mut first = vec![0.0f32; batch * d];
-                for b in 0..batch {
-                    first[b * d..(b + 1) * d].copy_from_slice(&x[b * seq * d..(b * seq + 1) * d]);
+                for (f, &(start, _)) in first.chunks_exact_mut(d).zip(spans) {
+                    f.copy_from_slice(&x[start * d..(start + 1) * d]);
                 }
                 let mut out = vec![0.0f32; batch * d];
                 linear(kern, &first, batch, p, &mut out, scratch);
@@ -626,25 +653,27 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// Per-thread buffers of [`attention`]: one head of one sequence, keys padded to `sp`.
+/// Per-thread buffers of [`attention`]: one head of one sequence of up to `seq` tokens, its
+/// keys padded to `sp` (a multiple of 16).
 struct HeadBufs {
     /// The head's queries `[seq × hd]`.
     q: Vec<f32>,
-    /// Its keys transposed `[hd × sp]` (columns from `seq` on stay zero).
+    /// Its keys transposed `[hd × sp]`.
     kt: Vec<f32>,
-    /// Its values `[sp × hd]` (rows from `seq` on stay zero).
+    /// Its values `[sp × hd]`.
     v: Vec<f32>,
     /// Scores, then attention weights `[seq × sp]`.
     p: Vec<f32>,
 }
 
-/// Bidirectional attention within each sequence, padded keys masked; per (sequence, head)
-/// in parallel. All `[rows × d]`, heads side by side.
+/// Bidirectional attention within each sequence (`spans`: `(first row, length)`), masked
+/// keys (mask 0) left out; per (sequence, head) in parallel. All `[rows × d]`, heads side by
+/// side.
 ///
 /// Each head is two small matmuls through the kernels' `gemm` (`q kᵀ`, then the weights times
-/// `v`), with the keys padded to a multiple of 16 columns: a padded or masked key gets the
-/// weight 0, which adds exactly nothing, so a sequence's output does not depend on how far its
-/// batch is padded.
+/// `v`), with the keys padded with zeros to a multiple of 16 columns: a padded or masked key
+/// gets the weight 0, which adds exactly nothing, so a sequence's output depends neither on
+/// how far its batch is padded nor on the other sequences beside it.
 #[allow(clippy::too_many_arguments)]
 fn attention(
     kern: &kernels::Kernels,
@@ -652,39 +681,47 @@ fn attention(
     k: &[f32],
     v: &[f32],
     mask: &[u8],
-    batch: usize,
-    seq: usize,
+    spans: &[(usize, usize)],
     nh: usize,
     hd: usize,
     scale: f32,
     out: &mut [f32],
 ) {
     let d = nh * hd;
-    let sp = seq.next_multiple_of(16);
-    assert!(q.len() >= batch * seq * d && k.len() >= batch * seq * d && v.len() >= batch * seq * d);
-    assert!(out.len() >= batch * seq * d && mask.len() >= batch * seq);
+    let rows = spans.last().map_or(0, |&(s, l)| s + l);
+    assert!(spans.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0));
+    assert!(q.len() >= rows * d && k.len() >= rows * d && v.len() >= rows * d);
+    assert!(out.len() >= rows * d && mask.len() >= rows);
+    let longest = spans.iter().map(|s| s.1).max().unwrap_or(0);
+    let most = longest.next_multiple_of(16);
     let ptr = SendPtr(out.as_mut_ptr());
     let init = || HeadBufs {
-        q: vec![0.0; seq * hd],
-        kt: vec![0.0; hd * sp],
-        v: vec![0.0; sp * hd],
-        p: vec![0.0; seq * sp],
+        q: vec![0.0; longest * hd],
+        kt: vec![0.0; hd * most],
+        v: vec![0.0; most * hd],
+        p: vec![0.0; longest * most],
     };
     let job = |bufs: &mut HeadBufs, job: usize| {
-        let (b, h) = (job / nh, job % nh);
-        let keys = &mask[b * seq..(b + 1) * seq];
+        let ((start, seq), h) = (spans[job / nh], job % nh);
+        let sp = seq.next_multiple_of(16);
+        let keys = &mask[start..start + seq];
         let any_real = keys.iter().any(|&m| m != 0);
         for j in 0..seq {
-            let at = (b * seq + j) * d + h * hd;
+            let at = (start + j) * d + h * hd;
             copy_short(&mut bufs.q[j * hd..(j + 1) * hd], &q[at..at + hd]);
             copy_short(&mut bufs.v[j * hd..(j + 1) * hd], &v[at..at + hd]);
             for (c, &x) in k[at..at + hd].iter().enumerate() {
                 bufs.kt[c * sp + j] = x;
             }
         }
-        // SAFETY: the buffers hold seq × hd, hd × sp and seq × sp floats.
+        // The padding keys and values are zero (the buffers last from a longer sequence).
+        bufs.v[seq * hd..sp * hd].fill(0.0);
+        for c in 0..hd {
+            bufs.kt[c * sp + seq..(c + 1) * sp].fill(0.0);
+        }
+        // SAFETY: the buffers hold at least seq × hd, hd × sp and seq × sp floats.
         unsafe { (kern.gemm)(seq, sp, hd, &bufs.q, &bufs.kt, sp, bufs.p.as_mut_ptr(), sp) };
-        for row in bufs.p.chunks_exact_mut(sp) {
+        for row in bufs.p[..seq * sp].chunks_exact_mut(sp) {
             // A sequence of padding only attends to everything (its output is unused).
             let live = |j: usize| j < seq && (keys[j] != 0 || !any_real);
             let mut max = f32::NEG_INFINITY;
@@ -712,16 +749,20 @@ fn attention(
             }
         }
         // SAFETY: each (sequence, head) job writes only its head's columns (hd at stride d)
-        // of its own rows; `out` is [rows × d] (asserted) and outlives the loop.
+        // of its own span's rows (spans do not overlap, asserted); `out` is at least
+        // [rows × d] (asserted) and outlives the loop.
         unsafe {
-            let o = ptr.get().add(b * seq * d + h * hd);
+            let o = ptr.get().add(start * d + h * hd);
             (kern.gemm)(seq, hd, sp, &bufs.p, &bufs.v, hd, o, d);
         }
     };
-    if batch * seq * seq * d <= SERIAL_ELEMS {
+    let work: usize = spans.iter().map(|s| s.1 * s.1).sum::<usize>() * d;
+    if work <= SERIAL_ELEMS {
         let mut bufs = init();
-        (0..batch * nh).for_each(|j| job(&mut bufs, j));
+        (0..spans.len() * nh).for_each(|j| job(&mut bufs, j));
     } else {
-        (0..batch * nh).into_par_iter().for_each_init(init, job);
+        (0..spans.len() * nh)
+            .into_par_iter()
+            .for_each_init(init, job);
     }
 }
