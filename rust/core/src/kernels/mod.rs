@@ -11,6 +11,9 @@
 //! - `gemm`: `C[m×w] = A[m×k] · B[k×w]`, B a column block of a wider matrix (row stride `ldb`)
 //!   and C likewise (row stride `ldc`) — GPT-2's Conv1D weights are stored `[in, out]`, so the
 //!   weights are used in place as B. The work is split by columns across threads.
+//! - `gemm_packed`: `gemm` with B packed in panels of [`PANEL`] columns ([`PackedB`]), each
+//!   panel's rows contiguous: the weights stream from memory in one sequential pass (BERT's
+//!   f32 matrices, transposed at load anyway, are packed so).
 //! - `gemm_nt`: `C[m×n] = A[m×k] · B[n×k]ᵀ` (each output a dot product) — for the tied LM head,
 //!   whose weight is the `[vocab, d]` embedding.
 //! - `dot`, `axpy`: attention over the KV cache.
@@ -40,6 +43,116 @@ pub type GemmFn = unsafe fn(
     c: *mut f32,
     ldc: usize,
 );
+
+/// `C[m×w] = A[m×k] · B[k×w]` with B packed ([`PackedB`]): `b` starts at the panel holding
+/// the block's first column (the block starts at a multiple of [`PANEL`] columns), `c` at C's
+/// first element with row stride `ldc`. Each output is the same chain of multiply-adds as
+/// `gemm`'s on the unpacked matrix: the results are bit for bit `gemm`'s.
+///
+/// # Safety
+/// As [`GemmFn`]; `b` must hold the `w.div_ceil(PANEL)` panels of `k × PANEL`.
+pub type GemmPackedFn =
+    unsafe fn(m: usize, w: usize, k: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize);
+
+/// Columns per panel of a [`PackedB`].
+pub const PANEL: usize = 32;
+
+/// A `[k × n]` matrix in panels of [`PANEL`] columns: panel `q` holds columns
+/// `q·PANEL .. q·PANEL + PANEL` as `k` contiguous rows of `PANEL` values (the last panel padded
+/// with zeros), the panels one after the other. `gemm_packed`'s B.
+#[derive(Debug, Clone)]
+pub struct PackedB {
+    data: Vec<f32>,
+    k: usize,
+    n: usize,
+}
+
+impl PackedB {
+    /// Packs `w`, an `[n × k]` matrix (`nn.Linear`'s `[out, in]`), as the `[k × n]` B of
+    /// `x · wᵀ`.
+    pub fn from_out_in(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k);
+        let mut data = vec![0.0f32; n.div_ceil(PANEL) * k * PANEL];
+        for (j, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
+            let panel = &mut data[(j / PANEL) * k * PANEL..];
+            for (p, &v) in row.iter().enumerate() {
+                panel[p * PANEL + j % PANEL] = v;
+            }
+        }
+        PackedB { data, k, n }
+    }
+
+    /// Packs a row-major `[k × n]` matrix.
+    pub fn from_rows(b: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(b.len(), k * n);
+        let mut data = vec![0.0f32; n.div_ceil(PANEL) * k * PANEL];
+        if n > 0 {
+            for (p, row) in b.chunks_exact(n).enumerate() {
+                for (j, &v) in row.iter().enumerate() {
+                    data[(j / PANEL) * k * PANEL + p * PANEL + j % PANEL] = v;
+                }
+            }
+        }
+        PackedB { data, k, n }
+    }
+
+    /// Rows (inputs).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns (outputs).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The panels from the one holding column `j` (a multiple of [`PANEL`]) on.
+    pub fn from_column(&self, j: usize) -> &[f32] {
+        debug_assert_eq!(j % PANEL, 0);
+        &self.data[(j / PANEL) * self.k * PANEL..]
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// [`GemmPackedFn`] as `gemm` calls, one per panel (row stride [`PANEL`]): the ISAs without a
+/// kernel of their own for packed panels. Each column gets `gemm`'s arithmetic.
+///
+/// # Safety
+/// As [`GemmPackedFn`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_by_panels(
+    gemm: GemmFn,
+    m: usize,
+    w: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+) {
+    assert!(b.len() >= w.div_ceil(PANEL) * k * PANEL);
+    for q in 0..w.div_ceil(PANEL) {
+        let cols = PANEL.min(w - q * PANEL);
+        // SAFETY: panel q holds k rows of PANEL (asserted); its columns of C are within the
+        // caller's block.
+        unsafe {
+            gemm(
+                m,
+                cols,
+                k,
+                a,
+                &b[q * k * PANEL..],
+                PANEL,
+                c.add(q * PANEL),
+                ldc,
+            )
+        };
+    }
+}
 
 /// `C[m×n] = A[m×k] · B[n×k]ᵀ`, `c` row stride `ldc`.
 ///
@@ -97,6 +210,7 @@ impl Kernels {
 pub struct Kernels {
     pub name: &'static str,
     pub gemm: GemmFn,
+    pub gemm_packed: GemmPackedFn,
     pub gemm_nt: GemmNtFn,
     /// `x = exp(x)` element-wise (within 2 ulp of the reference).
     pub exp: fn(&mut [f32]),
@@ -291,6 +405,73 @@ mod tests {
                 (reference.axpy_f16)(0.3, &h0[..k], &mut y0);
                 (kern.axpy_f16)(0.3, &h0[..k], &mut y1);
                 close(&y1, &y0, 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn packed_gemm_is_bit_for_bit_gemm() {
+        for isa in available() {
+            let kern = for_isa(isa).unwrap();
+            for &(m, k, n) in &[
+                (1, 1, 1),
+                (1, 384, 1152),
+                (3, 17, 37),
+                (6, 64, 48),
+                (9, 257, 130),
+                (14, 300, 100),
+                (15, 40, 96),
+                (30, 384, 300),
+                (43, 513, 70),
+                (20, 1100, 64),
+                (4, 0, 40),
+            ] {
+                let a = rand(m * k, 1);
+                let b = rand(k * n, 2);
+                let packed = PackedB::from_rows(&b, k, n);
+                let mut bt = vec![0.0; n * k];
+                for p in 0..k {
+                    for j in 0..n {
+                        bt[j * k + p] = b[p * n + j];
+                    }
+                }
+                let again = PackedB::from_out_in(&bt, n, k);
+                assert_eq!(packed.data, again.data);
+                assert_eq!((packed.k(), packed.n()), (k, n));
+                // The whole matrix, and the block from column 32 on (a later panel).
+                for j0 in [0, 32] {
+                    if j0 >= n {
+                        continue;
+                    }
+                    let w = n - j0;
+                    let (mut c0, mut c1) = (vec![9.0; m * n], vec![7.0; m * n]);
+                    unsafe {
+                        (kern.gemm)(
+                            m,
+                            w,
+                            k,
+                            &a,
+                            &b[j0.min(b.len())..],
+                            n,
+                            c0.as_mut_ptr().add(j0),
+                            n,
+                        );
+                        (kern.gemm_packed)(
+                            m,
+                            w,
+                            k,
+                            &a,
+                            packed.from_column(j0),
+                            c1.as_mut_ptr().add(j0),
+                            n,
+                        );
+                    }
+                    for i in 0..m {
+                        let (r0, r1) = (&c0[i * n + j0..(i + 1) * n], &c1[i * n + j0..(i + 1) * n]);
+                        let same = r0.iter().zip(r1).all(|(x, y)| x.to_bits() == y.to_bits());
+                        assert!(same, "{isa} m={m} k={k} n={n} from {j0}: row {i}");
+                    }
+                }
             }
         }
     }

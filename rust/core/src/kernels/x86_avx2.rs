@@ -15,6 +15,7 @@ use super::{scalar, Kernels};
 pub const KERNELS: Kernels = Kernels {
     name: "avx2",
     gemm,
+    gemm_packed,
     gemm_nt,
     exp,
     gelu_tanh,
@@ -27,6 +28,23 @@ pub const KERNELS: Kernels = Kernels {
     qgemm: super::quant::x86_avx2::QGEMM,
     quantize_acts: super::quant::x86_avx2::quantize_acts,
 };
+
+/// [`super::GemmPackedFn`]: `gemm` panel by panel.
+///
+/// # Safety
+/// See [`super::GemmPackedFn`].
+pub unsafe fn gemm_packed(
+    m: usize,
+    w: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: forwarded.
+    unsafe { super::gemm_by_panels(gemm, m, w, k, a, b, c, ldc) }
+}
 
 const KC: usize = 256;
 const NC: usize = 256;
@@ -114,7 +132,18 @@ unsafe fn gemm_avx2(
     if full < w {
         // The last columns (fewer than 8): the reference loop.
         // SAFETY: the same block, shifted to its last `w - full` columns.
-        unsafe { scalar::gemm(m, w - full, k, a, &b[full..], ldb, c.add(full), ldc) }
+        unsafe {
+            scalar::gemm(
+                m,
+                w - full,
+                k,
+                a,
+                &b[full.min(b.len())..],
+                ldb,
+                c.add(full),
+                ldc,
+            )
+        }
     }
 }
 

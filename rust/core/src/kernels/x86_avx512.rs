@@ -6,11 +6,12 @@
 
 use std::arch::x86_64::*;
 
-use super::{scalar, Kernels};
+use super::{scalar, Kernels, PANEL};
 
 pub const KERNELS: Kernels = Kernels {
     name: "avx512",
     gemm,
+    gemm_packed,
     gemm_nt,
     exp,
     gelu_tanh,
@@ -111,7 +112,147 @@ unsafe fn gemm_avx512(
     if full < w {
         // The last columns (fewer than 16): the reference loop.
         // SAFETY: the same block, shifted to its last `w - full` columns.
-        unsafe { scalar::gemm(m, w - full, k, a, &b[full..], ldb, c.add(full), ldc) }
+        unsafe {
+            scalar::gemm(
+                m,
+                w - full,
+                k,
+                a,
+                &b[full.min(b.len())..],
+                ldb,
+                c.add(full),
+                ldc,
+            )
+        }
+    }
+}
+
+/// The most rows of a register tile of [`gemm_packed`] (14 rows × 2 vectors: 28 accumulators,
+/// 2 B vectors and a broadcast of the 32 registers).
+const TALL: usize = 14;
+
+/// How far ahead of the row it multiplies [`gemm_packed`]'s one-pass path prefetches a panel:
+/// 64 rows (8 KB; past a panel's end, the next panel's start, which it reads next).
+const PREFETCH: usize = 64 * PANEL;
+
+/// The depth of [`gemm_packed`]'s blocks: a row tile's block of A (14 × 512 values, 28 KB)
+/// stays in L1 while a panel's block streams past it.
+const KC_PACKED: usize = 512;
+
+/// # Safety
+/// See [`super::GemmPackedFn`]; the CPU must have AVX-512F (checked by the dispatch point).
+pub unsafe fn gemm_packed(
+    m: usize,
+    w: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: the dispatch point hands out these kernels only on CPUs with AVX-512F.
+    unsafe { gemm_packed_avx512(m, w, k, a, b, c, ldc) }
+}
+
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gemm_packed_avx512(
+    m: usize,
+    w: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+) {
+    assert!(a.len() >= m * k);
+    assert!(b.len() >= w.div_ceil(PANEL) * k * PANEL);
+    // B's element (p, j): its panel, then row p of it.
+    let at = |p: usize, j: usize| (j / PANEL) * k * PANEL + p * PANEL + j % PANEL;
+    // Tiles of 32 columns (a panel), then of 16, then the reference loop for the last few, as
+    // in `gemm`: each column the same chain of multiply-adds over k.
+    let full = w - w % 16;
+    // Row tiles of at most TALL, as even as they come.
+    let mr = m.div_ceil(m.div_ceil(TALL).max(1));
+    // Panel by panel, each in order of its rows (depth blocks of KC_PACKED, each multiplied
+    // by every row tile while it is in cache): the weights stream through once, in order,
+    // prefetched ahead.
+    let mut j = 0;
+    while j < full {
+        let wide = j + PANEL <= full;
+        let mut p0 = 0;
+        while p0 < k || (p0 == 0 && k == 0) {
+            let p1 = (p0 + KC_PACKED).min(k);
+            let mut i = 0;
+            while i < m {
+                let r = (m - i).min(mr);
+                // SAFETY: rows i..i+r, columns j..j+32 (or j+16) of C; rows p0..p1 of those
+                // columns of B (within the panels asserted above).
+                unsafe {
+                    let args = (
+                        p1 - p0,
+                        a.as_ptr().add(i * k + p0),
+                        k,
+                        b.as_ptr().add(at(p0, j)),
+                        PANEL,
+                        c.add(i * ldc + j),
+                        ldc,
+                        p0 > 0,
+                    );
+                    if wide {
+                        rows::<2, true>(r, args);
+                    } else {
+                        rows::<1, true>(r, args);
+                    }
+                }
+                i += r;
+            }
+            if k == 0 {
+                break;
+            }
+            p0 = p1;
+        }
+        j += if wide { PANEL } else { 16 };
+    }
+    if full < w {
+        // The last columns (fewer than 16), in the last panel: the reference loop.
+        // SAFETY: those columns of B at row stride PANEL, and of C.
+        unsafe {
+            scalar::gemm(
+                m,
+                w - full,
+                k,
+                a,
+                &b[at(0, full).min(b.len())..],
+                PANEL,
+                c.add(full),
+                ldc,
+            )
+        }
+    }
+}
+
+/// [`tile_pf`] for `r` (1 to [`TALL`]) rows of `16V` columns.
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn rows<const V: usize, const PF: bool>(r: usize, args: TileArgs) {
+    // SAFETY: the caller's bounds, for r rows.
+    unsafe {
+        match r {
+            1 => tile_pf::<1, V, PF>(args),
+            2 => tile_pf::<2, V, PF>(args),
+            3 => tile_pf::<3, V, PF>(args),
+            4 => tile_pf::<4, V, PF>(args),
+            5 => tile_pf::<5, V, PF>(args),
+            6 => tile_pf::<6, V, PF>(args),
+            7 => tile_pf::<7, V, PF>(args),
+            8 => tile_pf::<8, V, PF>(args),
+            9 => tile_pf::<9, V, PF>(args),
+            10 => tile_pf::<10, V, PF>(args),
+            11 => tile_pf::<11, V, PF>(args),
+            12 => tile_pf::<12, V, PF>(args),
+            13 => tile_pf::<13, V, PF>(args),
+            _ => tile_pf::<14, V, PF>(args),
+        }
     }
 }
 
@@ -131,7 +272,17 @@ type TileArgs = (
 /// rows (R ≤ 6, V ≤ 4: 24 accumulators, 4 B vectors and one broadcast of the 32 registers).
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
-unsafe fn tile<const R: usize, const V: usize>((kc, a, lda, b, ldb, c, ldc, accumulate): TileArgs) {
+unsafe fn tile<const R: usize, const V: usize>(args: TileArgs) {
+    // SAFETY: forwarded.
+    unsafe { tile_pf::<R, V, false>(args) }
+}
+
+/// [`tile`] for R ≤ [`TALL`] (V ≤ 2 then), prefetching B [`PREFETCH`] values ahead when `PF`.
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn tile_pf<const R: usize, const V: usize, const PF: bool>(
+    (kc, a, lda, b, ldb, c, ldc, accumulate): TileArgs,
+) {
     // SAFETY: the caller's bounds: R rows of A (kc each), kc rows of 16V in B, R rows of 16V
     // in C.
     unsafe {
@@ -145,6 +296,12 @@ unsafe fn tile<const R: usize, const V: usize>((kc, a, lda, b, ldb, c, ldc, accu
         }
         for p in 0..kc {
             let bp = b.add(p * ldb);
+            if PF {
+                for v in 0..V {
+                    // A prefetch never faults: past the matrix's end it is only wasted.
+                    _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PREFETCH + 16 * v).cast());
+                }
+            }
             let mut bv = [_mm512_setzero_ps(); V];
             for (v, x) in bv.iter_mut().enumerate() {
                 *x = _mm512_loadu_ps(bp.add(16 * v));

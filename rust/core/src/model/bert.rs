@@ -218,7 +218,7 @@ impl Bert {
         let (d, inter) = (config.hidden_size, config.intermediate_size);
         let get = |name: &str, shape: &[usize]| w.get(name, shape);
         let norm = |name: &str| w.norm(name, d);
-        let linear = |name: &str, n_in, n_out| w.linear(name, n_in, n_out, Layout::OutIn);
+        let linear = |name: &str, n_in, n_out| w.linear(name, n_in, n_out, Layout::OutInPacked);
         let mut layers = Vec::new(); // not sized by the config: its count is untrusted
         for l in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
@@ -314,7 +314,7 @@ impl Bert {
                 ("intermediate.dense", &layer.inter),
                 ("output.dense", &layer.out),
             ] {
-                out.push(mat_entry(&format!("{q}.{name}"), &lin.w));
+                out.push(mat_entry(&format!("{q}.{name}"), &lin.w)?);
                 out.push(f32_entry(&format!("{q}.{name}.bias"), &lin.b));
             }
             norm_entries(
@@ -325,7 +325,7 @@ impl Bert {
             norm_entries(&mut out, &format!("{q}.output.LayerNorm"), &layer.out_ln);
         }
         if let Some(pl) = &self.pooler {
-            out.push(mat_entry(&format!("{p}pooler.dense"), &pl.w));
+            out.push(mat_entry(&format!("{p}pooler.dense"), &pl.w)?);
             out.push(f32_entry(&format!("{p}pooler.dense.bias"), &pl.b));
         }
         if let Some((w, b, _)) = &self.classifier {

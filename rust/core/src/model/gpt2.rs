@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use serde_json::Value;
 
 use crate::io::safetensors::{Checkpoint, F32Tensor};
-use crate::kernels::{self, SendPtr};
+use crate::kernels::{self, PackedB, SendPtr, PANEL};
 use crate::model::kv::{attention, check_cancel, QkvLayout, Work};
 pub use crate::model::kv::{Cache, KvDtype};
 use crate::model::weights::{
@@ -285,7 +285,7 @@ impl Gpt2 {
             weight_bytes: 0,
             config,
         };
-        model.weight_bytes = model.tensors().iter().map(|(_, _, t)| t.len_bytes()).sum();
+        model.weight_bytes = model.tensors()?.iter().map(|(_, _, t)| t.len_bytes()).sum();
         Ok(model)
     }
 
@@ -296,7 +296,7 @@ impl Gpt2 {
 
     /// Every tensor under the name `GPT2LMHeadModel.save_pretrained` gives it (quantized
     /// matrices as `{name}.qweight`, U8 tiles), for saving.
-    pub fn tensors(&self) -> Vec<Named<'_>> {
+    pub fn tensors(&self) -> Result<Vec<Named<'_>>> {
         let mut out = vec![
             table_entry("transformer.wte", &self.wte),
             f32_entry("transformer.wpe.weight", &self.wpe),
@@ -311,7 +311,7 @@ impl Gpt2 {
                 ("mlp.c_fc", &b.c_fc),
                 ("mlp.c_proj", &b.mlp_proj),
             ] {
-                out.push(mat_entry(&format!("{p}.{name}"), &lin.w));
+                out.push(mat_entry(&format!("{p}.{name}"), &lin.w)?);
                 out.push(f32_entry(&format!("{p}.{name}.bias"), &lin.b));
             }
         }
@@ -319,13 +319,13 @@ impl Gpt2 {
         if let Some(h) = &self.lm_head {
             out.push(table_entry("lm_head", h));
         }
-        out
+        Ok(out)
     }
 
     /// Writes the weights as `model.safetensors` in `folder` (f32, or the quantized tiles,
     /// which load back mapped in place). `config.json` and the tokenizer are the caller's.
     pub fn save(&self, folder: &Path) -> Result<()> {
-        weights::save(folder, &self.tensors(), self.quant)
+        weights::save(folder, &self.tensors()?, self.quant)
     }
 
     /// Bytes of weights read per decoded token (every matrix once, the embeddings' rows aside).
@@ -609,6 +609,8 @@ struct MatJob<'a> {
 enum MatRef<'a> {
     /// `[k × n]` f32.
     F32(&'a [f32], usize),
+    /// `[k × n]` f32 in panels.
+    Packed(&'a PackedB),
     Q(&'a QMatrix),
 }
 
@@ -616,14 +618,16 @@ impl MatRef<'_> {
     fn n(&self) -> usize {
         match self {
             MatRef::F32(_, n) => *n,
+            MatRef::Packed(w) => w.n(),
             MatRef::Q(w) => w.n,
         }
     }
 
-    /// Columns per unit of work: a quantized row group, or [`F32_UNIT`].
+    /// Columns per unit of work: a quantized row group, a panel, or [`F32_UNIT`].
     fn unit(&self) -> usize {
         match self {
             MatRef::F32(..) => F32_UNIT,
+            MatRef::Packed(_) => PANEL,
             MatRef::Q(_) => ROWS,
         }
     }
@@ -638,10 +642,10 @@ impl MatJob<'_> {
 
 /// `out = x @ w + b` for several matrices that read the same `x` (`m × n_in`, every `n_in`
 /// equal) — a layer's query, key and value — in one parallel region: their columns, cut into
-/// units of [`F32_UNIT`] columns (f32) or 16 (a quantized row group), are laid end to end and
-/// split into equal runs across the pool (each weight read once); many rows are split by rows
-/// as well. A quantized `x` is quantized once for all. Mixed f32 and quantized matrices run
-/// one after the other.
+/// units of [`F32_UNIT`] columns (f32), a panel (f32 packed) or 16 (a quantized row group),
+/// are laid end to end and split into equal runs across the pool (each weight read once); many
+/// rows are split by rows as well. A quantized `x` is quantized once for all. Matrices of mixed
+/// kinds run one after the other.
 ///
 /// Each output is the same chain of multiply-adds over `n_in` (see the kernels' `gemm` and
 /// `qgemm`) whatever the split, then the bias: a row's result does not depend on the other
@@ -658,10 +662,10 @@ pub(crate) fn linears(
         return;
     };
     let k = first.n_in;
-    let quantized = |l: &Linear| matches!(l.w, Mat::Q(_));
+    let kind = |l: &Linear| std::mem::discriminant(&l.w);
     let same = jobs
         .iter()
-        .all(|(l, _)| l.n_in == k && quantized(l) == quantized(first));
+        .all(|(l, _)| l.n_in == k && kind(l) == kind(first));
     if !same {
         for (lin, out) in jobs.iter_mut() {
             linears(kern, x, m, &mut [(*lin, &mut **out)], scratch);
@@ -675,6 +679,7 @@ pub(crate) fn linears(
             MatJob {
                 w: match &lin.w {
                     Mat::F32(w) => MatRef::F32(w.values(), lin.n_out),
+                    Mat::Packed(w) => MatRef::Packed(w),
                     Mat::Q(q) => MatRef::Q(q),
                 },
                 bias: Some(lin.b.values()),
@@ -686,7 +691,8 @@ pub(crate) fn linears(
 }
 
 /// The parallel region of [`linears`] and [`qmatmul`] (see there): every job's matrix is
-/// `k` inputs wide and of one kind (all f32 or all quantized), each `out` is `m × n`.
+/// `k` inputs wide and of one kind (all f32, all packed or all quantized), each `out` is
+/// `m × n`.
 fn matmuls(
     kern: &kernels::Kernels,
     x: &[f32],
@@ -705,6 +711,7 @@ fn matmuls(
     for j in jobs {
         let w_ok = match j.w {
             MatRef::F32(w, n) => k == 0 || w.len() >= k * n,
+            MatRef::Packed(w) => w.k() == k,
             MatRef::Q(w) => w.k == k,
         };
         assert!(w_ok);
@@ -756,6 +763,15 @@ fn matmuls(
                         &x[i0 * k..i1 * k],
                         &w[c0..],
                         n,
+                        o.add(i0 * n + c0),
+                        n,
+                    ),
+                    MatRef::Packed(w) => (kern.gemm_packed)(
+                        i1 - i0,
+                        c1 - c0,
+                        k,
+                        &x[i0 * k..i1 * k],
+                        w.from_column(c0),
                         o.add(i0 * n + c0),
                         n,
                     ),

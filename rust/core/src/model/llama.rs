@@ -379,7 +379,7 @@ impl Proj {
             .iter()
             .filter_map(|p| match &p.w {
                 Mat::Q(q) => Some(q),
-                Mat::F32(_) => None,
+                Mat::F32(_) | Mat::Packed(_) => None,
             })
             .collect();
         let ty = qs[0].ty;
@@ -431,10 +431,7 @@ impl Proj {
     }
 
     fn bytes(&self) -> usize {
-        let one = |l: &Linear| match &l.w {
-            Mat::F32(t) => t.values().len() * 4,
-            Mat::Q(q) => q.bytes().len(),
-        };
+        let one = |l: &Linear| l.w.bytes();
         match self {
             Proj::Fused(l) => one(l),
             Proj::Parts(ps) => ps.iter().map(one).sum(),
@@ -442,10 +439,7 @@ impl Proj {
     }
 
     fn qtype(&self) -> Option<QType> {
-        let one = |l: &Linear| match &l.w {
-            Mat::Q(q) => Some(q.ty),
-            Mat::F32(_) => None,
-        };
+        let one = |l: &Linear| l.w.qtype();
         match self {
             Proj::Fused(l) => one(l),
             Proj::Parts(ps) => ps.iter().find_map(one),

@@ -252,10 +252,7 @@ impl Lstm {
 
     /// Bytes of weights read per decoded token (the embedding's row aside).
     pub fn weight_bytes(&self) -> usize {
-        let mat = |l: &Linear| match &l.w {
-            Mat::F32(t) => t.values().len() * 4,
-            Mat::Q(q) => q.bytes().len(),
-        };
+        let mat = |l: &Linear| l.w.bytes();
         self.layers
             .iter()
             .map(|l| mat(&l.w_ih) + mat(&l.w_hh))

@@ -8,6 +8,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::io::safetensors::{Checkpoint, F32Data, F32Tensor, TensorData};
+use crate::kernels::PackedB;
 use crate::quant::{QMatrix, QType};
 use crate::{Error, Result};
 
@@ -24,8 +25,29 @@ pub(crate) enum Mat {
     /// f32 `[in, out]` (GPT-2's Conv1D layout; `nn.Linear` weights are transposed into it at
     /// load).
     F32(F32Tensor),
+    /// f32 `[in, out]` packed in panels for the kernels' `gemm_packed` (BERT's).
+    Packed(PackedB),
     /// Quantized `[out × in]` ([`crate::quant`]).
     Q(QMatrix),
+}
+
+impl Mat {
+    /// Bytes of weights.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Mat::F32(t) => t.values().len() * 4,
+            Mat::Packed(p) => p.bytes(),
+            Mat::Q(q) => q.bytes().len(),
+        }
+    }
+
+    /// The quantized format, if any.
+    pub(crate) fn qtype(&self) -> Option<QType> {
+        match self {
+            Mat::Q(q) => Some(q.ty),
+            Mat::F32(_) | Mat::Packed(_) => None,
+        }
+    }
 }
 
 /// `y = x @ w + b`.
@@ -144,11 +166,15 @@ fn q_entry<'a>(name: &str, q: &'a QMatrix) -> Named<'a> {
 }
 
 /// A matrix as stored: f32 `[in, out]` as `{name}.weight` (GPT-2's Conv1D layout), quantized
-/// tiles as `{name}.qweight`.
-pub(crate) fn mat_entry<'a>(name: &str, m: &'a Mat) -> Named<'a> {
+/// tiles as `{name}.qweight`. Packed panels are not saved (their source checkpoint is the
+/// file).
+pub(crate) fn mat_entry<'a>(name: &str, m: &'a Mat) -> Result<Named<'a>> {
     match m {
-        Mat::F32(t) => f32_entry(&format!("{name}.weight"), t),
-        Mat::Q(q) => q_entry(name, q),
+        Mat::F32(t) => Ok(f32_entry(&format!("{name}.weight"), t)),
+        Mat::Q(q) => Ok(q_entry(name, q)),
+        Mat::Packed(_) => Err(Error::invalid(format!(
+            "{name}: an f32 matrix packed at load is not saved (copy the source checkpoint)"
+        ))),
     }
 }
 
@@ -214,6 +240,9 @@ pub(crate) enum Layout {
     InOut,
     /// `[out, in]` (`nn.Linear`): transposed once at load.
     OutIn,
+    /// `[out, in]` (`nn.Linear`), an f32 matrix transposed and packed in panels at load
+    /// ([`Mat::Packed`]).
+    OutInPacked,
 }
 
 /// The tensors of a checkpoint, named with or without `prefix`.
@@ -306,6 +335,7 @@ impl<'a> Weights<'a> {
             _ => match self.matrix_at(prefix, name, d, rows, Layout::OutIn)? {
                 Mat::Q(q) => Table::Q(q),
                 Mat::F32(t) => Table::F32(t),
+                Mat::Packed(_) => unreachable!("OutIn is never packed"),
             },
         })
     }
@@ -324,11 +354,15 @@ impl<'a> Weights<'a> {
             Quant::None => Mat::F32(match layout {
                 Layout::InOut => get(&wname, &[n_in, n_out])?,
                 Layout::OutIn => transposed(get(&wname, &[n_out, n_in])?.values(), n_out, n_in),
+                Layout::OutInPacked => {
+                    let w = get(&wname, &[n_out, n_in])?;
+                    return Ok(Mat::Packed(PackedB::from_out_in(w.values(), n_out, n_in)));
+                }
             }),
             Quant::To(ty) => {
                 let shape = match layout {
                     Layout::InOut => [n_in, n_out],
-                    Layout::OutIn => [n_out, n_in],
+                    Layout::OutIn | Layout::OutInPacked => [n_out, n_in],
                 };
                 let t = get(&wname, &shape)?;
                 let q = QMatrix::quantize(ty, t.values(), n_out, n_in, layout == Layout::InOut);
