@@ -118,42 +118,6 @@ impl PackedB {
     }
 }
 
-/// [`GemmPackedFn`] as `gemm` calls, one per panel (row stride [`PANEL`]): the ISAs without a
-/// kernel of their own for packed panels. Each column gets `gemm`'s arithmetic.
-///
-/// # Safety
-/// As [`GemmPackedFn`].
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_by_panels(
-    gemm: GemmFn,
-    m: usize,
-    w: usize,
-    k: usize,
-    a: &[f32],
-    b: &[f32],
-    c: *mut f32,
-    ldc: usize,
-) {
-    assert!(b.len() >= w.div_ceil(PANEL) * k * PANEL);
-    for q in 0..w.div_ceil(PANEL) {
-        let cols = PANEL.min(w - q * PANEL);
-        // SAFETY: panel q holds k rows of PANEL (asserted); its columns of C are within the
-        // caller's block.
-        unsafe {
-            gemm(
-                m,
-                cols,
-                k,
-                a,
-                &b[q * k * PANEL..],
-                PANEL,
-                c.add(q * PANEL),
-                ldc,
-            )
-        };
-    }
-}
-
 /// `C[m×n] = A[m×k] · B[n×k]ᵀ`, `c` row stride `ldc`.
 ///
 /// # Safety
@@ -183,6 +147,47 @@ pub type QGemmFn = unsafe fn(
 pub type QuantizeActsFn = fn(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32], s: &mut [i32]);
 
 impl Kernels {
+    /// [`GemmPackedFn`]: the ISA's kernel, or `gemm` called panel by panel (row stride
+    /// [`PANEL`]; each column gets `gemm`'s arithmetic either way).
+    ///
+    /// # Safety
+    /// As [`GemmPackedFn`].
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub unsafe fn gemm_packed(
+        &self,
+        m: usize,
+        w: usize,
+        k: usize,
+        a: &[f32],
+        b: &[f32],
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        if let Some(packed) = self.gemm_packed {
+            // SAFETY: forwarded.
+            return unsafe { packed(m, w, k, a, b, c, ldc) };
+        }
+        assert!(b.len() >= w.div_ceil(PANEL) * k * PANEL);
+        for q in 0..w.div_ceil(PANEL) {
+            let cols = PANEL.min(w - q * PANEL);
+            // SAFETY: panel q holds k rows of PANEL (asserted); its columns of C are within
+            // the caller's block.
+            unsafe {
+                (self.gemm)(
+                    m,
+                    cols,
+                    k,
+                    a,
+                    &b[q * k * PANEL..],
+                    PANEL,
+                    c.add(q * PANEL),
+                    ldc,
+                )
+            };
+        }
+    }
+
     /// The quantized matmul for `w`'s format ([`QGemmFn`]).
     ///
     /// # Safety
@@ -210,7 +215,9 @@ impl Kernels {
 pub struct Kernels {
     pub name: &'static str,
     pub gemm: GemmFn,
-    pub gemm_packed: GemmPackedFn,
+    /// `gemm` on packed panels, where the ISA has a kernel of its own (else
+    /// [`Kernels::gemm_packed`] runs `gemm` panel by panel).
+    pub gemm_packed: Option<GemmPackedFn>,
     pub gemm_nt: GemmNtFn,
     /// `x = exp(x)` element-wise (within 2 ulp of the reference).
     pub exp: fn(&mut [f32]),
@@ -456,7 +463,7 @@ mod tests {
                             c0.as_mut_ptr().add(j0),
                             n,
                         );
-                        (kern.gemm_packed)(
+                        kern.gemm_packed(
                             m,
                             w,
                             k,

@@ -9,7 +9,7 @@ use super::Kernels;
 pub const KERNELS: Kernels = Kernels {
     name: "scalar",
     gemm,
-    gemm_packed,
+    gemm_packed: None,
     gemm_nt,
     exp,
     gelu_tanh,
@@ -22,23 +22,6 @@ pub const KERNELS: Kernels = Kernels {
     qgemm: super::quant::scalar::QGEMM,
     quantize_acts: super::quant::scalar::quantize_acts,
 };
-
-/// [`super::GemmPackedFn`]: `gemm` panel by panel.
-///
-/// # Safety
-/// See [`super::GemmPackedFn`].
-pub unsafe fn gemm_packed(
-    m: usize,
-    w: usize,
-    k: usize,
-    a: &[f32],
-    b: &[f32],
-    c: *mut f32,
-    ldc: usize,
-) {
-    // SAFETY: forwarded.
-    unsafe { super::gemm_by_panels(gemm, m, w, k, a, b, c, ldc) }
-}
 
 /// `C[m×w] = A[m×k] · B[k×w]` (see [`super::GemmFn`]).
 ///

@@ -15,7 +15,7 @@ use super::{scalar, Kernels};
 pub const KERNELS: Kernels = Kernels {
     name: "avx2",
     gemm,
-    gemm_packed,
+    gemm_packed: None,
     gemm_nt,
     exp,
     gelu_tanh,
@@ -28,23 +28,6 @@ pub const KERNELS: Kernels = Kernels {
     qgemm: super::quant::x86_avx2::QGEMM,
     quantize_acts: super::quant::x86_avx2::quantize_acts,
 };
-
-/// [`super::GemmPackedFn`]: `gemm` panel by panel.
-///
-/// # Safety
-/// See [`super::GemmPackedFn`].
-pub unsafe fn gemm_packed(
-    m: usize,
-    w: usize,
-    k: usize,
-    a: &[f32],
-    b: &[f32],
-    c: *mut f32,
-    ldc: usize,
-) {
-    // SAFETY: forwarded.
-    unsafe { super::gemm_by_panels(gemm, m, w, k, a, b, c, ldc) }
-}
 
 const KC: usize = 256;
 const NC: usize = 256;

@@ -11,7 +11,7 @@ use super::{scalar, Kernels, PANEL};
 pub const KERNELS: Kernels = Kernels {
     name: "avx512",
     gemm,
-    gemm_packed,
+    gemm_packed: Some(gemm_packed),
     gemm_nt,
     exp,
     gelu_tanh,

@@ -766,7 +766,7 @@ fn matmuls(
                         o.add(i0 * n + c0),
                         n,
                     ),
-                    MatRef::Packed(w) => (kern.gemm_packed)(
+                    MatRef::Packed(w) => kern.gemm_packed(
                         i1 - i0,
                         c1 - c0,
                         k,
