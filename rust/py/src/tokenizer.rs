@@ -16,7 +16,6 @@ use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PySet, PyString};
-use rayon::prelude::*;
 
 use crate::convert::{ids_from, IntCache};
 use crate::errors::{attached, detached, detached_interruptible};
@@ -262,28 +261,23 @@ impl PyTokenizer {
             } else {
                 0
             };
-            pool::install(|| {
-                refs.par_iter()
-                    .with_min_len(8)
-                    .map(|t| {
-                        let mut body = inner.encode(t, false, Allowed::None);
-                        if let Some(limit) = truncate_to {
-                            let keep = limit.saturating_sub(n_special);
-                            if body.len() > keep {
-                                if truncate_left {
-                                    body.drain(..body.len() - keep);
-                                } else {
-                                    body.truncate(keep);
-                                }
-                            }
-                        }
-                        if add_special_tokens {
-                            inner.post_process(&body)
+            pool::map(&refs, 8, |t| {
+                let mut body = inner.encode(t, false, Allowed::None);
+                if let Some(limit) = truncate_to {
+                    let keep = limit.saturating_sub(n_special);
+                    if body.len() > keep {
+                        if truncate_left {
+                            body.drain(..body.len() - keep);
                         } else {
-                            body
+                            body.truncate(keep);
                         }
-                    })
-                    .collect()
+                    }
+                }
+                if add_special_tokens {
+                    inner.post_process(&body)
+                } else {
+                    body
+                }
             })
         })?;
         let longest = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -506,15 +500,8 @@ impl PyTokenizer {
         }
         let inner = &self.inner;
         let refs: Vec<&str> = strs.iter().map(|c| c.as_ref()).collect();
-        let encode_all = |group: &[&str]| {
-            pool::install(|| {
-                group
-                    .par_iter()
-                    .with_min_len(8)
-                    .map(|t| inner.encode(t, add_special_tokens, allowed))
-                    .collect::<Vec<_>>()
-            })
-        };
+        let encode_all =
+            |group: &[&str]| pool::map(group, 8, |t| inner.encode(t, add_special_tokens, allowed));
         let budget = BATCH_GROUP_BYTES * attached(py, pool::size)?;
         let bytes: usize = refs.iter().map(|t| t.len()).sum();
         // In groups of about BATCH_GROUP_BYTES per thread, checking for Ctrl-C between groups
@@ -597,12 +584,9 @@ impl PyTokenizer {
             .collect::<PyResult<_>>()?;
         let inner = &self.inner;
         detached(py, || {
-            pool::install(|| {
-                batch
-                    .par_iter()
-                    .map(|ids| inner.decode(ids, skip_special_tokens))
-                    .collect::<Result<Vec<_>, Error>>()
-            })?
+            pool::map(&batch, 1, |ids| inner.decode(ids, skip_special_tokens))?
+                .into_iter()
+                .collect::<Result<Vec<_>, Error>>()
         })
     }
 
