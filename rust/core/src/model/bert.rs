@@ -21,7 +21,7 @@ use serde_json::Value;
 use crate::io::safetensors::{Checkpoint, F32Tensor};
 use crate::kernels::{self, SendPtr};
 use crate::model::gpt2::{
-    self, activate, add_in, gemm_nt_parallel, linear, Activation, SERIAL_ELEMS,
+    self, add_in, gemm_nt_parallel, linear, linear_act, Activation, SERIAL_ELEMS,
 };
 use crate::model::weights::{
     self, f32_entry, mat_entry, norm_entries, Layout, Linear, Norm, Progress, Quant, Weights,
@@ -554,8 +554,7 @@ impl Bert {
                 linear(kern, ctx, rows, &layer.attn_out, tmp, scratch);
                 layer_norm(&mut x, Some(tmp), &layer.attn_ln, d, eps);
                 // x = LN(x + act(x Wiᵀ + bi) Wo2ᵀ + bo2)
-                linear(kern, &x, rows, &layer.inter, h, scratch);
-                activate(kern, c.activation, h);
+                linear_act(kern, &x, rows, &layer.inter, c.activation, h, scratch);
                 linear(kern, h, rows, &layer.out, tmp, scratch);
                 layer_norm(&mut x, Some(tmp), &layer.out_ln, d, eps);
             }

@@ -534,15 +534,21 @@ fn layer_norm(x: &[f32], out: &mut [f32], n: &Norm, c: &Gpt2Config) {
 
 /// `x = act(x)` element-wise: the vectorized kernels for the GELUs, on the pool when large.
 pub(crate) fn activate(kern: &kernels::Kernels, act: Activation, x: &mut [f32]) {
-    let apply = |ch: &mut [f32]| match act {
-        Activation::GeluTanh => (kern.gelu_tanh)(ch),
-        Activation::Gelu => (kern.gelu_erf)(ch),
-        _ => ch.iter_mut().for_each(|v| *v = act.apply(*v)),
-    };
+    let apply = |ch: &mut [f32]| act_in_place(kern, act, ch);
     if x.len() <= SERIAL_ELEMS {
         apply(x);
     } else {
         x.par_chunks_mut(4096).for_each(apply);
+    }
+}
+
+/// `x = act(x)` element-wise on this thread (each value's result does not depend on where it
+/// falls in `x`: the kernels run a slice's last values through their vector code too).
+fn act_in_place(kern: &kernels::Kernels, act: Activation, x: &mut [f32]) {
+    match act {
+        Activation::GeluTanh => (kern.gelu_tanh)(x),
+        Activation::Gelu => (kern.gelu_erf)(x),
+        _ => x.iter_mut().for_each(|v| *v = act.apply(*v)),
     }
 }
 
@@ -586,6 +592,27 @@ pub(crate) fn linear(
     linears(kern, x, m, &mut [(lin, out)], scratch);
 }
 
+/// `out = act(x @ w + b)`: [`linear`] with the activation applied by each task to the block it
+/// computed (one parallel region, not two; the same values as [`activate`] afterwards).
+pub(crate) fn linear_act(
+    kern: &kernels::Kernels,
+    x: &[f32],
+    m: usize,
+    lin: &Linear,
+    act: Activation,
+    out: &mut [f32],
+    scratch: &mut Scratch,
+) {
+    assert!(out.len() >= m * lin.n_out);
+    let job = MatJob {
+        w: mat_ref(lin),
+        bias: Some(lin.b.values()),
+        act: Some(act),
+        out: SendPtr(out.as_mut_ptr()),
+    };
+    matmuls(kern, x, m, lin.n_in, &[job], &mut scratch.qa);
+}
+
 /// Reusable buffers of the matmuls: the quantized activations (quantized matmuls).
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
@@ -602,7 +629,17 @@ const F32_UNIT: usize = 64;
 struct MatJob<'a> {
     w: MatRef<'a>,
     bias: Option<&'a [f32]>,
+    /// Applied after the bias.
+    act: Option<Activation>,
     out: SendPtr,
+}
+
+fn mat_ref(lin: &Linear) -> MatRef<'_> {
+    match &lin.w {
+        Mat::F32(w) => MatRef::F32(w.values(), lin.n_out),
+        Mat::Packed(w) => MatRef::Packed(w),
+        Mat::Q(q) => MatRef::Q(q),
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -677,12 +714,9 @@ pub(crate) fn linears(
         .map(|(lin, out)| {
             assert!(out.len() >= m * lin.n_out);
             MatJob {
-                w: match &lin.w {
-                    Mat::F32(w) => MatRef::F32(w.values(), lin.n_out),
-                    Mat::Packed(w) => MatRef::Packed(w),
-                    Mat::Q(q) => MatRef::Q(q),
-                },
+                w: mat_ref(lin),
                 bias: Some(lin.b.values()),
+                act: None,
                 out: SendPtr(out.as_mut_ptr()),
             }
         })
@@ -777,10 +811,15 @@ fn matmuls(
                     ),
                     MatRef::Q(w) => kern.qgemm(w, a, b, qa, i0, i1, o, n),
                 }
-                if let Some(bias) = job.bias {
+                if job.bias.is_some() || job.act.is_some() {
                     for i in i0..i1 {
                         let row = std::slice::from_raw_parts_mut(o.add(i * n + c0), c1 - c0);
-                        add_in(row, &bias[c0..c1]);
+                        if let Some(bias) = job.bias {
+                            add_in(row, &bias[c0..c1]);
+                        }
+                        if let Some(act) = job.act {
+                            act_in_place(kern, act, row);
+                        }
                     }
                 }
             }
@@ -810,6 +849,7 @@ pub(crate) fn qmatmul(
     let job = MatJob {
         w: MatRef::Q(w),
         bias: None,
+        act: None,
         out: SendPtr(out.as_mut_ptr()),
     };
     matmuls(kern, x, m, w.k, &[job], qa);
