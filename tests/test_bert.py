@@ -198,3 +198,25 @@ def test_a_vector_does_not_depend_on_its_batch(quantize: str | None) -> None:
     for i in (0, 7, 23, 39):
         assert np.array_equal(model.encode(texts[i]), together[i]), texts[i]
     assert np.array_equal(model.encode(texts[::-1], batch_size=5)[::-1], together)
+
+
+@pytest.mark.parametrize("quantize", [None, "int8", "int4"])
+def test_short_passes_run_as_a_team_with_the_same_values(
+    quantize: str | None, restore_threads: None
+) -> None:
+    """A pass of at most 256 tokens runs on the pool's threads as one team in lockstep
+    (Bert::layers_team), a longer one as a parallel region per step: the same vectors bit for
+    bit. Concurrent callers (one team at a time, the others take the regions) too."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ferrolm.set_num_threads(2)
+    model = ferrolm.AutoModel.from_pretrained(MODEL_DIR, quantize=quantize)
+    tok = model.tokenizer
+    texts = [t for t in _texts() if t.strip() and 8 <= len(tok.encode(t)) <= 200][:30]
+    assert sum(len(tok.encode(t)) for t in texts) > 256  # one micro-batch: not a team
+    together = model.encode(texts, batch_size=len(texts))
+    alone = np.stack([model.encode(t) for t in texts])
+    assert np.array_equal(alone, together)
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = np.stack(list(pool.map(model.encode, texts * 4)))
+    assert np.array_equal(concurrent, np.concatenate([alone] * 4))

@@ -26,7 +26,7 @@ use crate::model::gpt2::{
 use crate::model::weights::{
     self, f32_entry, mat_entry, norm_entries, Layout, Linear, Norm, Progress, Quant, Weights,
 };
-use crate::quant::QType;
+use crate::quant::{QActs, QType};
 use crate::runtime::pool;
 use crate::{Error, Result};
 
@@ -154,7 +154,14 @@ struct Buffers {
     h: Vec<f32>,
     tmp: Vec<f32>,
     scratch: gpt2::Scratch,
+    /// The quantized activations of the `[rows × intermediate]` matmul (team passes, which
+    /// keep those of `[rows × hidden]` in `scratch`).
+    qa_wide: QActs,
 }
+
+/// Passes of at most this many rows (tokens, all sequences together) run as a team
+/// ([`Bert::layers_team`]).
+const TEAM_ROWS: usize = 256;
 
 /// Buffers larger than this many floats (64 MB) are not kept between calls.
 const KEEP_FLOATS: usize = 16 << 20;
@@ -496,37 +503,34 @@ impl Bert {
         let (d, nh) = (c.hidden_size, c.num_attention_heads);
         let hd = d / nh;
         let eps = c.layer_norm_eps;
-        pool::install(|| -> Result<BertOutput> {
-            // x = LN(word + pos + type)                                   [rows, d]
-            let mut x = vec![0.0f32; rows * d];
-            let (word, pos, typ) = (self.word.values(), self.pos.values(), self.typ.values());
-            for &(start, len) in spans {
-                let span = x[start * d..(start + len) * d].chunks_exact_mut(d);
-                for (p, row) in span.enumerate() {
-                    let (t, ty) = (ids[start + p] as usize, type_ids[start + p] as usize);
-                    for (i, o) in row.iter_mut().enumerate() {
-                        *o = word[t * d + i] + pos[p * d + i] + typ[ty * d + i];
-                    }
-                }
-            }
-            layer_norm(&mut x, None, &self.emb_ln, d, eps);
-            let mut kept = match self.buffers.try_lock() {
-                Ok(g) => Some(g),
-                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
-                Err(TryLockError::WouldBlock) => None,
-            };
-            let mut own = Buffers::default();
-            let bufs = kept.as_deref_mut().unwrap_or(&mut own);
-            for (buf, len) in [
-                (&mut bufs.q, rows * d),
-                (&mut bufs.k, rows * d),
-                (&mut bufs.v, rows * d),
-                (&mut bufs.ctx, rows * d),
-                (&mut bufs.h, rows * c.intermediate_size),
-                (&mut bufs.tmp, rows * d),
-            ] {
-                buf.resize(len, 0.0);
-            }
+        let mut kept = match self.buffers.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        let mut own = Buffers::default();
+        let bufs = kept.as_deref_mut().unwrap_or(&mut own);
+        for (buf, len) in [
+            (&mut bufs.q, rows * d),
+            (&mut bufs.k, rows * d),
+            (&mut bufs.v, rows * d),
+            (&mut bufs.ctx, rows * d),
+            (&mut bufs.h, rows * c.intermediate_size),
+            (&mut bufs.tmp, rows * d),
+        ] {
+            buf.resize(len, 0.0);
+        }
+        // Position of each row within its sequence.
+        let mut pos = Vec::with_capacity(rows);
+        for &(_, len) in spans {
+            pos.extend(0..len);
+        }
+        let mut x = vec![0.0f32; rows * d];
+        // A short pass runs as a team in lockstep (see `layers_team`); the same values.
+        let teamed = rows <= TEAM_ROWS
+            && pool::size()? > 1
+            && self.layers_team(kern, ids, type_ids, &pos, mask, spans, &mut x, bufs)?;
+        let out = pool::install(|| -> Result<BertOutput> {
             let Buffers {
                 q,
                 k,
@@ -535,28 +539,40 @@ impl Bert {
                 h,
                 tmp,
                 scratch,
-            } = bufs;
-            let scale = 1.0 / (hd as f32).sqrt();
-            for layer in &self.layers {
-                gpt2::linears(
-                    kern,
-                    &x,
-                    rows,
-                    &mut [
-                        (&layer.q, &mut *q),
-                        (&layer.k, &mut *k),
-                        (&layer.v, &mut *v),
-                    ],
-                    scratch,
-                );
-                attention(kern, q, k, v, mask, spans, nh, hd, scale, ctx);
-                // x = LN(x + ctx Woᵀ + bo)
-                linear(kern, ctx, rows, &layer.attn_out, tmp, scratch);
-                layer_norm(&mut x, Some(tmp), &layer.attn_ln, d, eps);
-                // x = LN(x + act(x Wiᵀ + bi) Wo2ᵀ + bo2)
-                linear_act(kern, &x, rows, &layer.inter, c.activation, h, scratch);
-                linear(kern, h, rows, &layer.out, tmp, scratch);
-                layer_norm(&mut x, Some(tmp), &layer.out_ln, d, eps);
+                ..
+            } = &mut *bufs;
+            if !teamed {
+                // x = LN(word + pos + type)                               [rows, d]
+                for ((row, &t), (&ty, &p)) in x
+                    .chunks_exact_mut(d)
+                    .zip(ids)
+                    .zip(type_ids.iter().zip(&pos))
+                {
+                    self.embed_row(row, t, ty, p);
+                }
+                layer_norm(&mut x, None, &self.emb_ln, d, eps);
+                let scale = 1.0 / (hd as f32).sqrt();
+                for layer in &self.layers {
+                    gpt2::linears(
+                        kern,
+                        &x,
+                        rows,
+                        &mut [
+                            (&layer.q, &mut *q),
+                            (&layer.k, &mut *k),
+                            (&layer.v, &mut *v),
+                        ],
+                        scratch,
+                    );
+                    attention(kern, q, k, v, mask, spans, nh, hd, scale, ctx);
+                    // x = LN(x + ctx Woᵀ + bo)
+                    linear(kern, ctx, rows, &layer.attn_out, tmp, scratch);
+                    layer_norm(&mut x, Some(tmp), &layer.attn_ln, d, eps);
+                    // x = LN(x + act(x Wiᵀ + bi) Wo2ᵀ + bo2)
+                    linear_act(kern, &x, rows, &layer.inter, c.activation, h, scratch);
+                    linear(kern, h, rows, &layer.out, tmp, scratch);
+                    layer_norm(&mut x, Some(tmp), &layer.out_ln, d, eps);
+                }
             }
             let pooler = self.pooler.as_ref().filter(|_| with_pooler);
             let pooler_output = pooler.map(|p| {
@@ -569,12 +585,6 @@ impl Bert {
                 out.iter_mut().for_each(|v| *v = v.tanh());
                 out
             });
-            if let Some(g) = kept.as_deref_mut() {
-                let held = [&g.q, &g.k, &g.v, &g.ctx, &g.h, &g.tmp].map(|b| b.capacity());
-                if held.iter().sum::<usize>() > KEEP_FLOATS {
-                    *g = Buffers::default();
-                }
-            }
             let logits = match (&self.classifier, &pooler_output) {
                 (Some((w, b, n)), Some(pooled)) => {
                     let mut out = vec![0.0f32; batch * n];
@@ -591,32 +601,207 @@ impl Bert {
                 pooler_output,
                 logits,
             })
-        })?
+        });
+        let out = out?;
+        if let Some(g) = kept.as_deref_mut() {
+            let held = [&g.q, &g.k, &g.v, &g.ctx, &g.h, &g.tmp].map(|b| b.capacity());
+            if held.iter().sum::<usize>() > KEEP_FLOATS {
+                *g = Buffers::default();
+            }
+        }
+        out
+    }
+
+    /// `row = word[t] + pos[p] + type[ty]` (before the embeddings' LayerNorm).
+    #[inline]
+    fn embed_row(&self, row: &mut [f32], t: u32, ty: u32, p: usize) {
+        let d = self.config.hidden_size;
+        let (t, ty) = (t as usize, ty as usize);
+        let (word, pos, typ) = (self.word.values(), self.pos.values(), self.typ.values());
+        let (w, p, y) = (
+            &word[t * d..(t + 1) * d],
+            &pos[p * d..(p + 1) * d],
+            &typ[ty * d..(ty + 1) * d],
+        );
+        for (((o, &a), &b), &c) in row.iter_mut().zip(w).zip(p).zip(y) {
+            *o = a + b + c;
+        }
+    }
+
+    /// The embeddings and the encoder layers of a short pass (`x` gets the last hidden state),
+    /// run by the pool's threads as one team in lockstep ([`pool::team`]): each matmul split
+    /// by columns, attention by (sequence, head), LayerNorm and the activations' quantization
+    /// by rows, with a barrier between dependent steps — one sentence through MiniLM is 50
+    /// such steps of a few microseconds each, where a parallel region apiece would spend as
+    /// long waking threads as computing. Every value is computed by the same code as on the
+    /// ordinary path, so the results are identical (tested). `Ok(false)` when the pool cannot
+    /// run a team now (the caller takes the ordinary path).
+    #[allow(clippy::too_many_arguments)]
+    fn layers_team(
+        &self,
+        kern: &kernels::Kernels,
+        ids: &[u32],
+        type_ids: &[u32],
+        pos: &[usize],
+        mask: &[u8],
+        spans: &[(usize, usize)],
+        x: &mut [f32],
+        bufs: &mut Buffers,
+    ) -> Result<bool> {
+        let c = &self.config;
+        let (d, nh, inter) = (c.hidden_size, c.num_attention_heads, c.intermediate_size);
+        let (hd, eps) = (d / nh, c.layer_norm_eps);
+        let rows = ids.len();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let quant = self.quant.is_some();
+        assert!(x.len() == rows * d && pos.len() == rows);
+        assert!(bufs.h.len() >= rows * inter && bufs.tmp.len() >= rows * d);
+        bufs.scratch.qa.reset(rows, d);
+        bufs.qa_wide.reset(rows, inter);
+        let (qa_rows, qi_rows) = (bufs.scratch.qa.rows_writer(), bufs.qa_wide.rows_writer());
+        let qa = SharedRef(&bufs.scratch.qa);
+        let qi = SharedRef(&bufs.qa_wide);
+        let ptr = |b: &mut Vec<f32>| SendPtr(b.as_mut_ptr());
+        let (xp, qp, kp, vp) = (
+            SendPtr(x.as_mut_ptr()),
+            ptr(&mut bufs.q),
+            ptr(&mut bufs.k),
+            ptr(&mut bufs.v),
+        );
+        let (cp, hp, tp) = (ptr(&mut bufs.ctx), ptr(&mut bufs.h), ptr(&mut bufs.tmp));
+        let longest = spans.iter().map(|s| s.1).max().unwrap_or(0);
+        let jobs = spans.len() * nh;
+        // SAFETY (every raw access below): each buffer holds `rows × width` floats (asserted
+        // and sized by the caller) and outlives the team; between two barriers a buffer is
+        // either only read by all members or written by each at its own rows / columns /
+        // (sequence, head) blocks — never both.
+        let view = |p: SendPtr, len: usize| unsafe { std::slice::from_raw_parts(p.get(), len) };
+        pool::team(|m| {
+            let (t, n) = (m.index, m.size);
+            let (r0, r1) = m.share(rows);
+            // The rows of this member: x[r0..r1], written in place.
+            let my_rows =
+                || unsafe { std::slice::from_raw_parts_mut(xp.get().add(r0 * d), (r1 - r0) * d) };
+            for (r, row) in (r0..r1).zip(my_rows().chunks_exact_mut(d)) {
+                self.embed_row(row, ids[r], type_ids[r], pos[r]);
+                ln_row(row, None, &self.emb_ln, eps);
+            }
+            if quant {
+                unsafe { qa_rows.quantize(kern, view(xp, rows * d), r0, r1) };
+            }
+            m.sync();
+            let mut heads = HeadBufs::new(longest, hd);
+            for (l, layer) in self.layers.iter().enumerate() {
+                let jobs3 = [(&layer.q, qp), (&layer.k, kp), (&layer.v, vp)];
+                unsafe {
+                    gpt2::linears_share(kern, view(xp, rows * d), rows, &jobs3, None, qa.0, (t, n));
+                }
+                m.sync();
+                let (j0, j1) = m.share(jobs);
+                unsafe {
+                    attention_jobs(
+                        kern,
+                        [view(qp, rows * d), view(kp, rows * d), view(vp, rows * d)],
+                        mask,
+                        spans,
+                        (nh, hd, scale),
+                        cp,
+                        j0..j1,
+                        &mut heads,
+                    );
+                }
+                m.sync();
+                if quant {
+                    unsafe { qa_rows.quantize(kern, view(cp, rows * d), r0, r1) };
+                    m.sync();
+                }
+                // x = LN(x + ctx Woᵀ + bo)
+                unsafe {
+                    let jobs1 = [(&layer.attn_out, tp)];
+                    gpt2::linears_share(kern, view(cp, rows * d), rows, &jobs1, None, qa.0, (t, n));
+                }
+                m.sync();
+                let tmp = view(tp, rows * d);
+                for (r, row) in (r0..r1).zip(my_rows().chunks_exact_mut(d)) {
+                    ln_row(row, Some(&tmp[r * d..(r + 1) * d]), &layer.attn_ln, eps);
+                }
+                if quant {
+                    unsafe { qa_rows.quantize(kern, view(xp, rows * d), r0, r1) };
+                }
+                m.sync();
+                // x = LN(x + act(x Wiᵀ + bi) Wo2ᵀ + bo2)
+                unsafe {
+                    let jobs1 = [(&layer.inter, hp)];
+                    let act = Some(c.activation);
+                    gpt2::linears_share(kern, view(xp, rows * d), rows, &jobs1, act, qa.0, (t, n));
+                }
+                m.sync();
+                if quant {
+                    unsafe { qi_rows.quantize(kern, view(hp, rows * inter), r0, r1) };
+                    m.sync();
+                }
+                unsafe {
+                    let jobs1 = [(&layer.out, tp)];
+                    gpt2::linears_share(
+                        kern,
+                        view(hp, rows * inter),
+                        rows,
+                        &jobs1,
+                        None,
+                        qi.0,
+                        (t, n),
+                    );
+                }
+                m.sync();
+                let tmp = view(tp, rows * d);
+                for (r, row) in (r0..r1).zip(my_rows().chunks_exact_mut(d)) {
+                    ln_row(row, Some(&tmp[r * d..(r + 1) * d]), &layer.out_ln, eps);
+                }
+                if quant && l + 1 < self.layers.len() {
+                    unsafe { qa_rows.quantize(kern, view(xp, rows * d), r0, r1) };
+                }
+                m.sync();
+            }
+        })
     }
 }
 
+/// A shared reference handed to a team's members (the referent is only read while they run).
+#[derive(Clone, Copy)]
+struct SharedRef<'a, T>(&'a T);
+
+// SAFETY: the members only read through it, in the steps where no member writes (barriers
+// order the writes through `QActsRows` before).
+unsafe impl<T> Send for SharedRef<'_, T> {}
+unsafe impl<T> Sync for SharedRef<'_, T> {}
+
 /// `x = LN(x + y)` row by row (`y` None: `x = LN(x)`), on the pool for many rows.
 fn layer_norm(x: &mut [f32], y: Option<&[f32]>, n: &Norm, d: usize, eps: f32) {
-    let (w, b) = (n.w.values(), n.b.values());
     if let Some(y) = y {
         assert_eq!(x.len(), y.len());
     }
-    let run = |(r, row): (usize, &mut [f32])| {
-        if let Some(y) = y {
-            add_in(row, &y[r * d..(r + 1) * d]);
-        }
-        let len = row.len() as f32;
-        let mean = lane_sum(row, |v| v) / len;
-        let var = lane_sum(row, |v| (v - mean) * (v - mean)) / len;
-        let inv = 1.0 / (var + eps).sqrt();
-        for ((v, &g), &bb) in row.iter_mut().zip(w).zip(b) {
-            *v = (*v - mean) * inv * g + bb;
-        }
-    };
+    let run =
+        |(r, row): (usize, &mut [f32])| ln_row(row, y.map(|y| &y[r * d..(r + 1) * d]), n, eps);
     if x.len() <= SERIAL_ELEMS {
         x.chunks_exact_mut(d).enumerate().for_each(run);
     } else {
         x.par_chunks_mut(d).enumerate().for_each(run);
+    }
+}
+
+/// `row = LN(row + y)` (`y` None: `row = LN(row)`).
+#[inline]
+fn ln_row(row: &mut [f32], y: Option<&[f32]>, n: &Norm, eps: f32) {
+    let (w, b) = (n.w.values(), n.b.values());
+    if let Some(y) = y {
+        add_in(row, y);
+    }
+    let len = row.len() as f32;
+    let mean = lane_sum(row, |v| v) / len;
+    let var = lane_sum(row, |v| (v - mean) * (v - mean)) / len;
+    let inv = 1.0 / (var + eps).sqrt();
+    for ((v, &g), &bb) in row.iter_mut().zip(w).zip(b) {
+        *v = (*v - mean) * inv * g + bb;
     }
 }
 
@@ -665,6 +850,19 @@ struct HeadBufs {
     p: Vec<f32>,
 }
 
+impl HeadBufs {
+    /// Buffers for sequences of up to `longest` tokens and heads of `hd`.
+    fn new(longest: usize, hd: usize) -> Self {
+        let most = longest.next_multiple_of(16);
+        HeadBufs {
+            q: vec![0.0; longest * hd],
+            kt: vec![0.0; hd * most],
+            v: vec![0.0; most * hd],
+            p: vec![0.0; longest * most],
+        }
+    }
+}
+
 /// Bidirectional attention within each sequence (`spans`: `(first row, length)`), masked
 /// keys (mask 0) left out; per (sequence, head) in parallel. All `[rows × d]`, heads side by
 /// side.
@@ -688,21 +886,62 @@ fn attention(
 ) {
     let d = nh * hd;
     let rows = spans.last().map_or(0, |&(s, l)| s + l);
+    assert!(out.len() >= rows * d);
+    let longest = spans.iter().map(|s| s.1).max().unwrap_or(0);
+    let ptr = SendPtr(out.as_mut_ptr());
+    let init = || HeadBufs::new(longest, hd);
+    // SAFETY: `out` holds [rows × d] (asserted) and each job writes its own (sequence, head)
+    // block of it.
+    let job = |bufs: &mut HeadBufs, j: usize| unsafe {
+        attention_jobs(
+            kern,
+            [q, k, v],
+            mask,
+            spans,
+            (nh, hd, scale),
+            ptr,
+            j..j + 1,
+            bufs,
+        );
+    };
+    let work: usize = spans.iter().map(|s| s.1 * s.1).sum::<usize>() * d;
+    if work <= SERIAL_ELEMS {
+        let mut bufs = init();
+        (0..spans.len() * nh).for_each(|j| job(&mut bufs, j));
+    } else {
+        (0..spans.len() * nh)
+            .into_par_iter()
+            .for_each_init(init, job);
+    }
+}
+
+/// The (sequence, head) jobs `jobs` (job `j` = sequence `j / nh`, head `j % nh`) of
+/// [`attention`], on this thread, with `bufs` (sized for the longest sequence).
+///
+/// # Safety
+/// `out` points to `[rows × d]` floats, of which nothing else touches the jobs' blocks (their
+/// head's columns of their sequence's rows) during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn attention_jobs(
+    kern: &kernels::Kernels,
+    [q, k, v]: [&[f32]; 3],
+    mask: &[u8],
+    spans: &[(usize, usize)],
+    (nh, hd, scale): (usize, usize, f32),
+    out: SendPtr,
+    jobs: std::ops::Range<usize>,
+    bufs: &mut HeadBufs,
+) {
+    let d = nh * hd;
+    let rows = spans.last().map_or(0, |&(s, l)| s + l);
     assert!(spans.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0));
     assert!(q.len() >= rows * d && k.len() >= rows * d && v.len() >= rows * d);
-    assert!(out.len() >= rows * d && mask.len() >= rows);
-    let longest = spans.iter().map(|s| s.1).max().unwrap_or(0);
-    let most = longest.next_multiple_of(16);
-    let ptr = SendPtr(out.as_mut_ptr());
-    let init = || HeadBufs {
-        q: vec![0.0; longest * hd],
-        kt: vec![0.0; hd * most],
-        v: vec![0.0; most * hd],
-        p: vec![0.0; longest * most],
-    };
-    let job = |bufs: &mut HeadBufs, job: usize| {
+    assert!(mask.len() >= rows);
+    for job in jobs {
         let ((start, seq), h) = (spans[job / nh], job % nh);
         let sp = seq.next_multiple_of(16);
+        assert!(bufs.q.len() >= seq * hd && bufs.kt.len() >= hd * sp);
+        assert!(bufs.v.len() >= sp * hd && bufs.p.len() >= seq * sp);
         let keys = &mask[start..start + seq];
         let any_real = keys.iter().any(|&m| m != 0);
         for j in 0..seq {
@@ -718,7 +957,7 @@ fn attention(
         for c in 0..hd {
             bufs.kt[c * sp + seq..(c + 1) * sp].fill(0.0);
         }
-        // SAFETY: the buffers hold at least seq × hd, hd × sp and seq × sp floats.
+        // SAFETY: the buffers hold at least seq × hd, hd × sp and seq × sp floats (asserted).
         unsafe { (kern.gemm)(seq, sp, hd, &bufs.q, &bufs.kt, sp, bufs.p.as_mut_ptr(), sp) };
         for row in bufs.p[..seq * sp].chunks_exact_mut(sp) {
             // A sequence of padding only attends to everything (its output is unused).
@@ -747,21 +986,11 @@ fn attention(
                 *s *= inv;
             }
         }
-        // SAFETY: each (sequence, head) job writes only its head's columns (hd at stride d)
-        // of its own span's rows (spans do not overlap, asserted); `out` is at least
-        // [rows × d] (asserted) and outlives the loop.
+        // SAFETY: this job's block of `out` (its head's hd columns at stride d of its span's
+        // rows), the caller's promise.
         unsafe {
-            let o = ptr.get().add(start * d + h * hd);
+            let o = out.get().add(start * d + h * hd);
             (kern.gemm)(seq, hd, sp, &bufs.p, &bufs.v, hd, o, d);
         }
-    };
-    let work: usize = spans.iter().map(|s| s.1 * s.1).sum::<usize>() * d;
-    if work <= SERIAL_ELEMS {
-        let mut bufs = init();
-        (0..spans.len() * nh).for_each(|j| job(&mut bufs, j));
-    } else {
-        (0..spans.len() * nh)
-            .into_par_iter()
-            .for_each_init(init, job);
     }
 }

@@ -773,57 +773,8 @@ fn matmuls(
         let (rc, r) = (t / runs, t % runs);
         let (u0, u1) = (units * r / runs, units * (r + 1) / runs);
         let (i0, i1) = (rc * row_chunk, ((rc + 1) * row_chunk).min(m));
-        let mut start = 0;
-        for job in jobs {
-            let end = start + job.units();
-            let (a, b) = (u0.max(start) - start, u1.min(end).saturating_sub(start));
-            start = end;
-            if a >= b || i0 >= i1 {
-                continue;
-            }
-            let n = job.w.n();
-            let unit = job.w.unit();
-            let (c0, c1) = (a * unit, (b * unit).min(n));
-            // SAFETY: this task writes rows i0..i1 × columns c0..c1 of this job's `out`
-            // (m × n, asserted by the caller), disjoint from every other task's; the
-            // outputs outlive the region.
-            unsafe {
-                let o = job.out.get();
-                match job.w {
-                    MatRef::F32(w, _) => (kern.gemm)(
-                        i1 - i0,
-                        c1 - c0,
-                        k,
-                        &x[i0 * k..i1 * k],
-                        &w[c0..],
-                        n,
-                        o.add(i0 * n + c0),
-                        n,
-                    ),
-                    MatRef::Packed(w) => kern.gemm_packed(
-                        i1 - i0,
-                        c1 - c0,
-                        k,
-                        &x[i0 * k..i1 * k],
-                        w.from_column(c0),
-                        o.add(i0 * n + c0),
-                        n,
-                    ),
-                    MatRef::Q(w) => kern.qgemm(w, a, b, qa, i0, i1, o, n),
-                }
-                if job.bias.is_some() || job.act.is_some() {
-                    for i in i0..i1 {
-                        let row = std::slice::from_raw_parts_mut(o.add(i * n + c0), c1 - c0);
-                        if let Some(bias) = job.bias {
-                            add_in(row, &bias[c0..c1]);
-                        }
-                        if let Some(act) = job.act {
-                            act_in_place(kern, act, row);
-                        }
-                    }
-                }
-            }
-        }
+        // SAFETY: the tasks' (rows, units) blocks are disjoint; the jobs were checked above.
+        unsafe { run_units(kern, x, k, qa, jobs, (u0, u1), (i0, i1)) };
     };
     let tasks = row_chunks * runs;
     if tasks == 1 || (q && cols * k * m < SERIAL_ELEMS * 16) {
@@ -831,6 +782,119 @@ fn matmuls(
     } else {
         (0..tasks).into_par_iter().for_each(run);
     }
+}
+
+/// Units `u0..u1` of `jobs` (their units laid end to end, as in [`matmuls`]) for rows
+/// `i0..i1` of `x` (`m × k`; quantized jobs read `qa`, `x` quantized): the matmul, then the
+/// bias and the activation of each job.
+///
+/// # Safety
+/// Each job's `out` holds `m × n` floats that no other thread touches at these rows and
+/// columns during the call; `x` holds rows up to `i1`; every job's matrix is `k` inputs wide.
+unsafe fn run_units(
+    kern: &kernels::Kernels,
+    x: &[f32],
+    k: usize,
+    qa: &QActs,
+    jobs: &[MatJob],
+    (u0, u1): (usize, usize),
+    (i0, i1): (usize, usize),
+) {
+    let mut start = 0;
+    for job in jobs {
+        let end = start + job.units();
+        let (a, b) = (u0.max(start) - start, u1.min(end).saturating_sub(start));
+        start = end;
+        if a >= b || i0 >= i1 {
+            continue;
+        }
+        let n = job.w.n();
+        let unit = job.w.unit();
+        let (c0, c1) = (a * unit, (b * unit).min(n));
+        // SAFETY: rows i0..i1 × columns c0..c1 of this job's `out` (m × n), this caller's
+        // alone (the caller's promise).
+        unsafe {
+            let o = job.out.get();
+            match job.w {
+                MatRef::F32(w, _) => (kern.gemm)(
+                    i1 - i0,
+                    c1 - c0,
+                    k,
+                    &x[i0 * k..i1 * k],
+                    &w[c0..],
+                    n,
+                    o.add(i0 * n + c0),
+                    n,
+                ),
+                MatRef::Packed(w) => kern.gemm_packed(
+                    i1 - i0,
+                    c1 - c0,
+                    k,
+                    &x[i0 * k..i1 * k],
+                    w.from_column(c0),
+                    o.add(i0 * n + c0),
+                    n,
+                ),
+                MatRef::Q(w) => kern.qgemm(w, a, b, qa, i0, i1, o, n),
+            }
+            if job.bias.is_some() || job.act.is_some() {
+                for i in i0..i1 {
+                    let row = std::slice::from_raw_parts_mut(o.add(i * n + c0), c1 - c0);
+                    if let Some(bias) = job.bias {
+                        add_in(row, &bias[c0..c1]);
+                    }
+                    if let Some(act) = job.act {
+                        act_in_place(kern, act, row);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The share of member `t` of `n` (a team's, see [`crate::runtime::pool::team`]) of
+/// [`linears`] / [`linear_act`]: an equal run of the matrices' units (laid end to end), for
+/// all `m` rows of `x`, with `act` applied to every output. Quantized matrices read `qa`,
+/// which must hold `x` quantized already. Every output element is computed exactly as
+/// [`linears`] computes it.
+///
+/// # Safety
+/// Each `out` holds `m × n_out` floats; while the members run their shares, nothing else
+/// reads or writes them, and nothing writes `x` or `qa`.
+pub(crate) unsafe fn linears_share(
+    kern: &kernels::Kernels,
+    x: &[f32],
+    m: usize,
+    jobs: &[(&Linear, SendPtr)],
+    act: Option<Activation>,
+    qa: &QActs,
+    (t, n): (usize, usize),
+) {
+    let Some((first, _)) = jobs.first() else {
+        return;
+    };
+    let k = first.n_in;
+    let kind = |l: &Linear| std::mem::discriminant(&l.w);
+    assert!(x.len() >= m * k);
+    assert!(jobs
+        .iter()
+        .all(|(l, _)| l.n_in == k && kind(l) == kind(first)));
+    let list: Vec<MatJob> = jobs
+        .iter()
+        .map(|(lin, out)| MatJob {
+            w: mat_ref(lin),
+            bias: Some(lin.b.values()),
+            act,
+            out: *out,
+        })
+        .collect();
+    if let Some(MatRef::Q(w)) = list.first().map(|j| j.w) {
+        assert!(qa.m >= m && w.k == k);
+    }
+    let units: usize = list.iter().map(MatJob::units).sum();
+    let (u0, u1) = (units * t / n, units * (t + 1) / n);
+    // SAFETY: the members' unit runs are disjoint; the caller's promise covers the rest.
+    unsafe { run_units(kern, x, k, qa, &list, (u0, u1), (0, m)) };
 }
 
 /// `out[m × n] = x[m × k] · Wᵀ` for a quantized `W` `[n × k]`: the rows of `x` quantized once

@@ -542,6 +542,68 @@ impl QActs {
     }
 }
 
+/// Writes disjoint rows of one [`QActs`] from several threads (a team's members, each
+/// quantizing its share of the rows): raw pointers into its buffers, taken after
+/// [`QActs::reset`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QActsRows {
+    q: *mut i8,
+    d: *mut f32,
+    s: *mut i32,
+    m: usize,
+    k: usize,
+    blocks: usize,
+}
+
+// SAFETY: the members write disjoint rows, between barriers that order them with the reads.
+unsafe impl Send for QActsRows {}
+unsafe impl Sync for QActsRows {}
+
+impl QActs {
+    /// The row writer of these buffers, as [`QActs::reset`] sized them.
+    pub(crate) fn rows_writer(&mut self) -> QActsRows {
+        QActsRows {
+            q: self.q.as_mut_ptr(),
+            d: self.d.as_mut_ptr(),
+            s: self.s.as_mut_ptr(),
+            m: self.m,
+            k: self.k,
+            blocks: self.blocks,
+        }
+    }
+}
+
+impl QActsRows {
+    /// Quantizes rows `r0..r1` of `x` (`m × k`) into their place, as [`QActs::quantize`] does.
+    ///
+    /// # Safety
+    /// The buffers are alive and unmoved since [`QActs::rows_writer`]; no other thread reads
+    /// or writes rows `r0..r1` meanwhile.
+    pub(crate) unsafe fn quantize(
+        &self,
+        kern: &crate::kernels::Kernels,
+        x: &[f32],
+        r0: usize,
+        r1: usize,
+    ) {
+        let (k, nb) = (self.k, self.blocks);
+        assert!(r0 <= r1 && r1 <= self.m && x.len() >= r1 * k);
+        if r0 == r1 {
+            return;
+        }
+        let rows = r1 - r0;
+        // SAFETY: rows r0..r1 of buffers of m rows (the caller's promise).
+        let (q, d, s) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(self.q.add(r0 * nb * BLOCK), rows * nb * BLOCK),
+                std::slice::from_raw_parts_mut(self.d.add(r0 * nb), rows * nb),
+                std::slice::from_raw_parts_mut(self.s.add(r0 * nb), rows * nb),
+            )
+        };
+        (kern.quantize_acts)(&x[r0 * k..r1 * k], k, q, d, s);
+    }
+}
+
 /// The reference activation quantization of one block (`x` shorter than 32: zero-padded):
 /// returns `(d, sum of quants)` and fills `q`.
 #[inline]

@@ -20,6 +20,7 @@
 use std::sync::Arc;
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::{Error, Result};
@@ -153,6 +154,119 @@ pub fn map<T: Sync, R: Send>(
     install(|| items.par_iter().with_min_len(min_len).map(f).collect())
 }
 
+/// One thread of a [`team`]: its index and the team's size, and the barrier they share.
+#[derive(Debug)]
+pub struct Member<'a> {
+    /// This thread's index, `0..size`.
+    pub index: usize,
+    /// The number of threads in the team (the pool's).
+    pub size: usize,
+    barrier: &'a Barrier,
+}
+
+impl Member<'_> {
+    /// Waits until every member has reached this call (the same number of calls on every
+    /// member): what each wrote before is visible to all after.
+    #[inline]
+    pub fn sync(&self) {
+        self.barrier.wait();
+    }
+
+    /// This member's equal share `a..b` of `0..len`.
+    #[inline]
+    pub fn share(&self, len: usize) -> (usize, usize) {
+        (
+            len * self.index / self.size,
+            len * (self.index + 1) / self.size,
+        )
+    }
+}
+
+/// A spinning barrier for a team: short waits (a few microseconds of work between barriers)
+/// cost a fraction of a microsecond, where waking a sleeping thread costs tens. After a while
+/// it yields the CPU, for an oversubscribed machine.
+#[derive(Debug, Default)]
+struct Barrier {
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+    size: usize,
+    /// Set when a member panics, so that the others stop waiting for it.
+    broken: AtomicBool,
+}
+
+impl Barrier {
+    fn wait(&self) {
+        if self.size <= 1 {
+            return;
+        }
+        let gen = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.size {
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+            return;
+        }
+        let mut spins = 0u32;
+        while self.generation.load(Ordering::Acquire) == gen {
+            if self.broken.load(Ordering::Relaxed) {
+                panic!("another thread of the team panicked");
+            }
+            if spins < 1 << 14 {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// Marks the barrier broken if its member unwinds.
+struct BreakOnPanic<'a>(&'a Barrier);
+
+impl Drop for BreakOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.broken.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// At most one team at a time: two broadcasts queued in different orders on two workers
+/// would each wait at a barrier for a thread that runs the other.
+static TEAM: Mutex<()> = Mutex::new(());
+
+/// Runs `op` on every worker of the pool at once, as a team that moves in lockstep through
+/// [`Member::sync`] barriers: for short passes (one sentence through an encoder), where a
+/// parallel region per step would cost more in wake-ups than the step itself. Returns
+/// `Ok(false)` without running `op` when it cannot run as a team now — another team is
+/// running, or the caller is itself a worker of the pool — so that the caller takes its
+/// ordinary path. A panic in one member stops the others and reaches the caller.
+pub fn team(op: impl Fn(&Member) + Sync) -> Result<bool> {
+    if rayon::current_thread_index().is_some() {
+        return Ok(false);
+    }
+    let _one = match TEAM.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
+    };
+    let pool = pool()?;
+    let barrier = Barrier {
+        size: pool.current_num_threads(),
+        ..Barrier::default()
+    };
+    pool.broadcast(|ctx| {
+        let guard = BreakOnPanic(&barrier);
+        op(&Member {
+            index: ctx.index(),
+            size: ctx.num_threads(),
+            barrier: &barrier,
+        });
+        drop(guard);
+    });
+    Ok(true)
+}
+
 /// Runs `op` once on every worker of the pool and collects the results in worker order.
 /// Used to touch per-thread state, and by the tests to see the workers that really exist.
 pub fn broadcast<R: Send>(op: impl Fn(usize) -> R + Sync) -> Result<Vec<R>> {
@@ -206,6 +320,42 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
+    /// A team of `n` (the pool resized to it): every member runs, each step's writes are seen
+    /// by all after the barrier, a call from inside the pool is refused, and a member's panic
+    /// reaches the caller instead of leaving the others waiting.
+    fn team_steps_in_lockstep(n: usize) {
+        use std::sync::atomic::AtomicU64;
+        set_num_threads(n).unwrap();
+        let slots: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+        let seen = AtomicU64::new(0);
+        let ran = team(|m| {
+            assert_eq!(m.size, n);
+            for step in 1..=200u64 {
+                slots[m.index].store(step, Ordering::Relaxed);
+                m.sync();
+                // Every member has written this step before any reads it.
+                assert!(slots.iter().all(|s| s.load(Ordering::Relaxed) == step));
+                m.sync();
+            }
+            seen.fetch_add(1, Ordering::Relaxed);
+        })
+        .unwrap();
+        assert!(ran);
+        assert_eq!(seen.load(Ordering::Relaxed), n as u64);
+        assert!(!install(|| team(|_| ()).unwrap()).unwrap());
+        let caught = std::panic::catch_unwind(|| {
+            team(|m| {
+                if m.index == 0 {
+                    panic!("member 0 fails");
+                }
+                m.sync();
+            })
+        });
+        assert!(caught.is_err());
+        // The lock and the pool are usable again.
+        assert!(team(|m| m.sync()).unwrap());
+    }
+
     // The pool is process-global and cargo runs tests on several threads, so the tests that
     // resize it share one test function.
     #[test]
@@ -227,6 +377,8 @@ mod tests {
             let sum: u64 = install(|| (1..=1000_u64).into_par_iter().sum()).unwrap();
             assert_eq!(sum, 500_500);
         }
+        team_steps_in_lockstep(3);
+        set_num_threads(2).unwrap();
         assert!(set_num_threads(0).is_err());
         assert!(set_num_threads(MAX_THREADS + 1).is_err());
         assert_eq!(num_threads().unwrap(), 2, "a rejected size changes nothing");

@@ -16,7 +16,7 @@ use crate::kernels::QGemmFn;
 use crate::quant::{QActs, QMatrix, BLOCK, ROWS};
 
 /// Activation rows per register tile.
-const MR: usize = 4;
+const MR: usize = 7;
 
 /// The quantized matmul ([`crate::kernels::QGemmFn`]) per format, by
 /// [`super::format_index`].
@@ -41,7 +41,10 @@ unsafe fn run<const T: u8>(
     let mask = |valid: usize| ((1u32 << valid) - 1) as __mmask16;
     // Many activation rows (a prompt): two row groups per register tile, so each broadcast
     // activation feeds two vpdpbusd; a few rows (decoding): one group, two chains per row.
-    let pairs = i1 - i0 >= MR && g1 - g0 >= 2;
+    let pairs = i1 - i0 >= 4 && g1 - g0 >= 2;
+    // The rows in tiles of at most MR, as even as can be (14 rows: 7 + 7, not 7 + 7 + 0;
+    // 8: 4 + 4, not 7 + 1).
+    let tr = (i1 - i0).div_ceil((i1 - i0).div_ceil(MR).max(1));
     let mut pending: Option<(usize, &[u8], usize)> = None;
     for_groups(w, g0, g1, a, i1, |g, tiles, valid| {
         if pairs && valid == ROWS && pending.is_none() && g + 1 < g1 {
@@ -54,7 +57,7 @@ unsafe fn run<const T: u8>(
             None => ([tiles, tiles], [g, g], [mask(valid); 2]),
         };
         let two = gs[0] != gs[1];
-        row_tiles(i0, i1, MR, |i, r| {
+        row_tiles(i0, i1, tr, |i, r| {
             // SAFETY: rows i..i+r of `out` at the columns of the tile's groups, within the
             // caller's promise; `tiles` are those groups', `a` holds rows up to i1.
             unsafe {
@@ -64,10 +67,16 @@ unsafe fn run<const T: u8>(
                 ];
                 let b = blocks;
                 match (two, r) {
+                    (true, 7) => tile::<T, 2, 7>(t, b, a, i, o, ldo, masks),
+                    (true, 6) => tile::<T, 2, 6>(t, b, a, i, o, ldo, masks),
+                    (true, 5) => tile::<T, 2, 5>(t, b, a, i, o, ldo, masks),
                     (true, 4) => tile::<T, 2, 4>(t, b, a, i, o, ldo, masks),
                     (true, 3) => tile::<T, 2, 3>(t, b, a, i, o, ldo, masks),
                     (true, 2) => tile::<T, 2, 2>(t, b, a, i, o, ldo, masks),
                     (true, _) => tile::<T, 2, 1>(t, b, a, i, o, ldo, masks),
+                    (false, 7) => tile::<T, 1, 7>(t, b, a, i, o, ldo, masks),
+                    (false, 6) => tile::<T, 1, 6>(t, b, a, i, o, ldo, masks),
+                    (false, 5) => tile::<T, 1, 5>(t, b, a, i, o, ldo, masks),
                     (false, 4) => tile::<T, 1, 4>(t, b, a, i, o, ldo, masks),
                     (false, 3) => tile::<T, 1, 3>(t, b, a, i, o, ldo, masks),
                     (false, 2) => tile::<T, 1, 2>(t, b, a, i, o, ldo, masks),
