@@ -26,7 +26,7 @@ use crate::model::gpt2::{
 use crate::model::weights::{
     self, f32_entry, mat_entry, norm_entries, Layout, Linear, Norm, Progress, Quant, Weights,
 };
-use crate::quant::{QActs, QType};
+use crate::quant::{QActs, QType, BLOCK};
 use crate::runtime::pool;
 use crate::{Error, Result};
 
@@ -154,8 +154,9 @@ struct Buffers {
     h: Vec<f32>,
     tmp: Vec<f32>,
     scratch: gpt2::Scratch,
-    /// The quantized activations of the `[rows × intermediate]` matmul (team passes, which
-    /// keep those of `[rows × hidden]` in `scratch`).
+    /// Team passes ([`Bert::layers_team`]): the quantized context (the hidden state's are in
+    /// `scratch`) and intermediate activations.
+    qa_ctx: QActs,
     qa_wide: QActs,
 }
 
@@ -629,13 +630,22 @@ impl Bert {
     }
 
     /// The embeddings and the encoder layers of a short pass (`x` gets the last hidden state),
-    /// run by the pool's threads as one team in lockstep ([`pool::team`]): each matmul split
-    /// by columns, attention by (sequence, head), LayerNorm and the activations' quantization
-    /// by rows, with a barrier between dependent steps — one sentence through MiniLM is 50
-    /// such steps of a few microseconds each, where a parallel region apiece would spend as
-    /// long waking threads as computing. Every value is computed by the same code as on the
-    /// ordinary path, so the results are identical (tested). `Ok(false)` when the pool cannot
-    /// run a team now (the caller takes the ordinary path).
+    /// run by the pool's threads as one team in lockstep ([`pool::team`]), with a barrier
+    /// between dependent steps — one sentence through MiniLM is some 40 steps of a few
+    /// microseconds each, where a parallel region apiece would spend as long waking threads as
+    /// computing. The split keeps each member on data it wrote itself where it can, since a
+    /// cache line written by another core costs a transfer between cores:
+    ///
+    /// - each member owns a run of heads: it computes their query, key and value columns,
+    ///   their attention, and quantizes their context columns — no barrier in between;
+    /// - the other matmuls split by output columns; the intermediate activations are
+    ///   quantized by the member that computed them, right after;
+    /// - LayerNorm and the hidden state's quantization split by rows.
+    ///
+    /// Every value is computed by the same code as on the ordinary path, so the results are
+    /// identical (tested). `Ok(false)` when the pool cannot run a team now, or when a head's
+    /// columns are not whole units of the matmuls and blocks of the quantization (the caller
+    /// takes the ordinary path).
     #[allow(clippy::too_many_arguments)]
     fn layers_team(
         &self,
@@ -654,13 +664,30 @@ impl Bert {
         let rows = ids.len();
         let scale = 1.0 / (hd as f32).sqrt();
         let quant = self.quant.is_some();
+        let heads_split = self.layers.iter().all(|l| {
+            [&l.q, &l.k, &l.v]
+                .iter()
+                .all(|lin| hd % gpt2::col_unit(lin) == 0)
+        });
+        if !heads_split || hd % BLOCK != 0 {
+            return Ok(false);
+        }
         assert!(x.len() == rows * d && pos.len() == rows);
         assert!(bufs.h.len() >= rows * inter && bufs.tmp.len() >= rows * d);
+        assert!(bufs.q.len() >= rows * d && bufs.ctx.len() >= rows * d);
         bufs.scratch.qa.reset(rows, d);
+        bufs.qa_ctx.reset(rows, d);
         bufs.qa_wide.reset(rows, inter);
-        let (qa_rows, qi_rows) = (bufs.scratch.qa.rows_writer(), bufs.qa_wide.rows_writer());
-        let qa = SharedRef(&bufs.scratch.qa);
-        let qi = SharedRef(&bufs.qa_wide);
+        let (qx_rows, qc_rows, qh_rows) = (
+            bufs.scratch.qa.rows_writer(),
+            bufs.qa_ctx.rows_writer(),
+            bufs.qa_wide.rows_writer(),
+        );
+        let (qx, qc, qh) = (
+            SharedRef(&bufs.scratch.qa),
+            SharedRef(&bufs.qa_ctx),
+            SharedRef(&bufs.qa_wide),
+        );
         let ptr = |b: &mut Vec<f32>| SendPtr(b.as_mut_ptr());
         let (xp, qp, kp, vp) = (
             SendPtr(x.as_mut_ptr()),
@@ -670,95 +697,81 @@ impl Bert {
         );
         let (cp, hp, tp) = (ptr(&mut bufs.ctx), ptr(&mut bufs.h), ptr(&mut bufs.tmp));
         let longest = spans.iter().map(|s| s.1).max().unwrap_or(0);
-        let jobs = spans.len() * nh;
-        // SAFETY (every raw access below): each buffer holds `rows × width` floats (asserted
-        // and sized by the caller) and outlives the team; between two barriers a buffer is
-        // either only read by all members or written by each at its own rows / columns /
-        // (sequence, head) blocks — never both.
+        // SAFETY (every raw access below): each buffer holds `rows × width` floats (asserted)
+        // and outlives the team; between two barriers each block of a buffer is either only
+        // read by the members or written by one of them — the one whose rows, columns or
+        // heads it is — and read by no other.
         let view = |p: SendPtr, len: usize| unsafe { std::slice::from_raw_parts(p.get(), len) };
         pool::team(|m| {
-            let (t, n) = (m.index, m.size);
             let (r0, r1) = m.share(rows);
+            // This member's columns of a matmul's output: whole chunks of 32 columns (one
+            // quantization block) and of the matrix's unit of work.
+            let cols = |lin: &Linear| {
+                let chunk = gpt2::col_unit(lin).max(BLOCK);
+                let (a, b) = m.share(lin.n_out.div_ceil(chunk));
+                (a * chunk, (b * chunk).min(lin.n_out))
+            };
+            let (h0, h1) = m.share(nh);
+            let heads = (h0 * hd, h1 * hd);
             // The rows of this member: x[r0..r1], written in place.
             let my_rows =
                 || unsafe { std::slice::from_raw_parts_mut(xp.get().add(r0 * d), (r1 - r0) * d) };
+            let norm_rows = |n: &Norm, y: Option<SendPtr>| {
+                let tmp = y.map(|p| view(p, rows * d));
+                for (r, row) in (r0..r1).zip(my_rows().chunks_exact_mut(d)) {
+                    ln_row(row, tmp.map(|t| &t[r * d..(r + 1) * d]), n, eps);
+                }
+            };
             for (r, row) in (r0..r1).zip(my_rows().chunks_exact_mut(d)) {
                 self.embed_row(row, ids[r], type_ids[r], pos[r]);
-                ln_row(row, None, &self.emb_ln, eps);
             }
+            norm_rows(&self.emb_ln, None);
             if quant {
-                unsafe { qa_rows.quantize(kern, view(xp, rows * d), r0, r1) };
+                unsafe { qx_rows.quantize(kern, xp.get(), r0, r1) };
             }
             m.sync();
-            let mut heads = HeadBufs::new(longest, hd);
+            let mut head_bufs = HeadBufs::new(longest, hd);
             for (l, layer) in self.layers.iter().enumerate() {
-                let jobs3 = [(&layer.q, qp), (&layer.k, kp), (&layer.v, vp)];
-                unsafe {
-                    gpt2::linears_share(kern, view(xp, rows * d), rows, &jobs3, None, qa.0, (t, n));
+                // This member's heads: their q, k, v columns, attention, context quantized.
+                for (lin, out) in [(&layer.q, qp), (&layer.k, kp), (&layer.v, vp)] {
+                    let x = view(xp, rows * d);
+                    unsafe { gpt2::linear_cols(kern, x, rows, lin, out, None, qx.0, heads) };
                 }
-                m.sync();
-                let (j0, j1) = m.share(jobs);
-                unsafe {
-                    attention_jobs(
-                        kern,
-                        [view(qp, rows * d), view(kp, rows * d), view(vp, rows * d)],
-                        mask,
-                        spans,
-                        (nh, hd, scale),
-                        cp,
-                        j0..j1,
-                        &mut heads,
-                    );
+                for si in 0..spans.len() {
+                    let jobs = si * nh + h0..si * nh + h1;
+                    let (qkv, shape) = ([qp, kp, vp], (nh, hd, scale));
+                    unsafe {
+                        attention_jobs(kern, qkv, mask, spans, shape, cp, jobs, &mut head_bufs);
+                    }
                 }
-                m.sync();
                 if quant {
-                    unsafe { qa_rows.quantize(kern, view(cp, rows * d), r0, r1) };
-                    m.sync();
+                    unsafe { qc_rows.quantize_cols(kern, cp.get(), heads.0, heads.1) };
                 }
+                m.sync();
                 // x = LN(x + ctx Woᵀ + bo)
-                unsafe {
-                    let jobs1 = [(&layer.attn_out, tp)];
-                    gpt2::linears_share(kern, view(cp, rows * d), rows, &jobs1, None, qa.0, (t, n));
-                }
+                let (lin, ctx) = (&layer.attn_out, view(cp, rows * d));
+                unsafe { gpt2::linear_cols(kern, ctx, rows, lin, tp, None, qc.0, cols(lin)) };
                 m.sync();
-                let tmp = view(tp, rows * d);
-                for (r, row) in (r0..r1).zip(my_rows().chunks_exact_mut(d)) {
-                    ln_row(row, Some(&tmp[r * d..(r + 1) * d]), &layer.attn_ln, eps);
-                }
+                norm_rows(&layer.attn_ln, Some(tp));
                 if quant {
-                    unsafe { qa_rows.quantize(kern, view(xp, rows * d), r0, r1) };
+                    unsafe { qx_rows.quantize(kern, xp.get(), r0, r1) };
                 }
                 m.sync();
                 // x = LN(x + act(x Wiᵀ + bi) Wo2ᵀ + bo2)
-                unsafe {
-                    let jobs1 = [(&layer.inter, hp)];
-                    let act = Some(c.activation);
-                    gpt2::linears_share(kern, view(xp, rows * d), rows, &jobs1, act, qa.0, (t, n));
-                }
-                m.sync();
+                let (lin, act) = (&layer.inter, Some(c.activation));
+                let (c0, c1) = cols(lin);
+                let x = view(xp, rows * d);
+                unsafe { gpt2::linear_cols(kern, x, rows, lin, hp, act, qx.0, (c0, c1)) };
                 if quant {
-                    unsafe { qi_rows.quantize(kern, view(hp, rows * inter), r0, r1) };
-                    m.sync();
-                }
-                unsafe {
-                    let jobs1 = [(&layer.out, tp)];
-                    gpt2::linears_share(
-                        kern,
-                        view(hp, rows * inter),
-                        rows,
-                        &jobs1,
-                        None,
-                        qi.0,
-                        (t, n),
-                    );
+                    unsafe { qh_rows.quantize_cols(kern, hp.get(), c0, c1) };
                 }
                 m.sync();
-                let tmp = view(tp, rows * d);
-                for (r, row) in (r0..r1).zip(my_rows().chunks_exact_mut(d)) {
-                    ln_row(row, Some(&tmp[r * d..(r + 1) * d]), &layer.out_ln, eps);
-                }
+                let (lin, h) = (&layer.out, view(hp, rows * inter));
+                unsafe { gpt2::linear_cols(kern, h, rows, lin, tp, None, qh.0, cols(lin)) };
+                m.sync();
+                norm_rows(&layer.out_ln, Some(tp));
                 if quant && l + 1 < self.layers.len() {
-                    unsafe { qa_rows.quantize(kern, view(xp, rows * d), r0, r1) };
+                    unsafe { qx_rows.quantize(kern, xp.get(), r0, r1) };
                 }
                 m.sync();
             }
@@ -890,19 +903,12 @@ fn attention(
     let longest = spans.iter().map(|s| s.1).max().unwrap_or(0);
     let ptr = SendPtr(out.as_mut_ptr());
     let init = || HeadBufs::new(longest, hd);
-    // SAFETY: `out` holds [rows × d] (asserted) and each job writes its own (sequence, head)
-    // block of it.
+    assert!(q.len() >= rows * d && k.len() >= rows * d && v.len() >= rows * d);
+    let src = [q, k, v].map(|b| SendPtr(b.as_ptr().cast_mut()));
+    // SAFETY: the buffers hold [rows × d] (asserted), `q`, `k`, `v` are only read, and each
+    // job writes its own (sequence, head) block of `out`.
     let job = |bufs: &mut HeadBufs, j: usize| unsafe {
-        attention_jobs(
-            kern,
-            [q, k, v],
-            mask,
-            spans,
-            (nh, hd, scale),
-            ptr,
-            j..j + 1,
-            bufs,
-        );
+        attention_jobs(kern, src, mask, spans, (nh, hd, scale), ptr, j..j + 1, bufs);
     };
     let work: usize = spans.iter().map(|s| s.1 * s.1).sum::<usize>() * d;
     if work <= SERIAL_ELEMS {
@@ -919,12 +925,14 @@ fn attention(
 /// [`attention`], on this thread, with `bufs` (sized for the longest sequence).
 ///
 /// # Safety
-/// `out` points to `[rows × d]` floats, of which nothing else touches the jobs' blocks (their
-/// head's columns of their sequence's rows) during the call.
+/// `q`, `k`, `v` and `out` point to `[rows × d]` floats each; during the call nothing writes
+/// the jobs' blocks (their head's columns of their sequence's rows) of `q`, `k`, `v`, and
+/// nothing else touches those of `out`. (Other heads' columns may be written meanwhile: only
+/// these blocks are read.)
 #[allow(clippy::too_many_arguments)]
 unsafe fn attention_jobs(
     kern: &kernels::Kernels,
-    [q, k, v]: [&[f32]; 3],
+    [q, k, v]: [SendPtr; 3],
     mask: &[u8],
     spans: &[(usize, usize)],
     (nh, hd, scale): (usize, usize, f32),
@@ -935,8 +943,9 @@ unsafe fn attention_jobs(
     let d = nh * hd;
     let rows = spans.last().map_or(0, |&(s, l)| s + l);
     assert!(spans.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0));
-    assert!(q.len() >= rows * d && k.len() >= rows * d && v.len() >= rows * d);
     assert!(mask.len() >= rows);
+    // SAFETY: within the `[rows × d]` buffers (the caller's promise), this job's block.
+    let head = |p: SendPtr, at: usize| unsafe { std::slice::from_raw_parts(p.get().add(at), hd) };
     for job in jobs {
         let ((start, seq), h) = (spans[job / nh], job % nh);
         let sp = seq.next_multiple_of(16);
@@ -946,9 +955,9 @@ unsafe fn attention_jobs(
         let any_real = keys.iter().any(|&m| m != 0);
         for j in 0..seq {
             let at = (start + j) * d + h * hd;
-            copy_short(&mut bufs.q[j * hd..(j + 1) * hd], &q[at..at + hd]);
-            copy_short(&mut bufs.v[j * hd..(j + 1) * hd], &v[at..at + hd]);
-            for (c, &x) in k[at..at + hd].iter().enumerate() {
+            copy_short(&mut bufs.q[j * hd..(j + 1) * hd], head(q, at));
+            copy_short(&mut bufs.v[j * hd..(j + 1) * hd], head(v, at));
+            for (c, &x) in head(k, at).iter().enumerate() {
                 bufs.kt[c * sp + j] = x;
             }
         }

@@ -852,49 +852,57 @@ unsafe fn run_units(
     }
 }
 
-/// The share of member `t` of `n` (a team's, see [`crate::runtime::pool::team`]) of
-/// [`linears`] / [`linear_act`]: an equal run of the matrices' units (laid end to end), for
-/// all `m` rows of `x`, with `act` applied to every output. Quantized matrices read `qa`,
-/// which must hold `x` quantized already. Every output element is computed exactly as
-/// [`linears`] computes it.
+/// Columns `c0..c1` of [`linear_act`] (`act` None: [`linear`]) for all `m` rows of `x`, on
+/// this thread: a team member's share (see [`crate::runtime::pool::team`]). A quantized
+/// matrix reads `qa`, which must hold `x` quantized. Every output element is computed exactly
+/// as [`linears`] computes it.
+///
+/// `c0` must be a multiple of the matrix's unit of work (16 columns quantized, 32 packed, 64
+/// plain f32: see [`col_unit`]) and `c1` too, or the matrix's width.
 ///
 /// # Safety
-/// Each `out` holds `m × n_out` floats; while the members run their shares, nothing else
-/// reads or writes them, and nothing writes `x` or `qa`.
-pub(crate) unsafe fn linears_share(
+/// `out` holds `m × n_out` floats of which nothing else touches columns `c0..c1` during the
+/// call, and nothing writes `x` or `qa`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn linear_cols(
     kern: &kernels::Kernels,
     x: &[f32],
     m: usize,
-    jobs: &[(&Linear, SendPtr)],
+    lin: &Linear,
+    out: SendPtr,
     act: Option<Activation>,
     qa: &QActs,
-    (t, n): (usize, usize),
+    (c0, c1): (usize, usize),
 ) {
-    let Some((first, _)) = jobs.first() else {
-        return;
+    let job = MatJob {
+        w: mat_ref(lin),
+        bias: Some(lin.b.values()),
+        act,
+        out,
     };
-    let k = first.n_in;
-    let kind = |l: &Linear| std::mem::discriminant(&l.w);
-    assert!(x.len() >= m * k);
-    assert!(jobs
-        .iter()
-        .all(|(l, _)| l.n_in == k && kind(l) == kind(first)));
-    let list: Vec<MatJob> = jobs
-        .iter()
-        .map(|(lin, out)| MatJob {
-            w: mat_ref(lin),
-            bias: Some(lin.b.values()),
-            act,
-            out: *out,
-        })
-        .collect();
-    if let Some(MatRef::Q(w)) = list.first().map(|j| j.w) {
-        assert!(qa.m >= m && w.k == k);
+    let (k, n, unit) = (lin.n_in, job.w.n(), job.w.unit());
+    assert!(x.len() >= m * k && c0 <= c1 && c1 <= n);
+    assert!(c0 % unit == 0 && (c1 % unit == 0 || c1 == n));
+    if let MatRef::Q(w) = job.w {
+        assert!(qa.m >= m && qa.k == k && w.k == k);
     }
-    let units: usize = list.iter().map(MatJob::units).sum();
-    let (u0, u1) = (units * t / n, units * (t + 1) / n);
-    // SAFETY: the members' unit runs are disjoint; the caller's promise covers the rest.
-    unsafe { run_units(kern, x, k, qa, &list, (u0, u1), (0, m)) };
+    // SAFETY: the caller's promise; the units cover exactly columns c0..c1.
+    unsafe {
+        run_units(
+            kern,
+            x,
+            k,
+            qa,
+            &[job],
+            (c0 / unit, c1.div_ceil(unit)),
+            (0, m),
+        )
+    };
+}
+
+/// The unit of work of `lin`'s columns in [`linear_cols`].
+pub(crate) fn col_unit(lin: &Linear) -> usize {
+    mat_ref(lin).unit()
 }
 
 /// `out[m × n] = x[m × k] · Wᵀ` for a quantized `W` `[n × k]`: the rows of `x` quantized once

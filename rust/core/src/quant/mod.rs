@@ -574,33 +574,75 @@ impl QActs {
 }
 
 impl QActsRows {
-    /// Quantizes rows `r0..r1` of `x` (`m × k`) into their place, as [`QActs::quantize`] does.
+    /// Quantizes rows `r0..r1` of `x` (`m` rows of `k` floats at `x`) into their place, as
+    /// [`QActs::quantize`] does.
     ///
     /// # Safety
     /// The buffers are alive and unmoved since [`QActs::rows_writer`]; no other thread reads
-    /// or writes rows `r0..r1` meanwhile.
+    /// or writes rows `r0..r1` of them meanwhile, nor writes those rows of `x`.
     pub(crate) unsafe fn quantize(
         &self,
         kern: &crate::kernels::Kernels,
-        x: &[f32],
+        x: *const f32,
         r0: usize,
         r1: usize,
     ) {
         let (k, nb) = (self.k, self.blocks);
-        assert!(r0 <= r1 && r1 <= self.m && x.len() >= r1 * k);
+        assert!(r0 <= r1 && r1 <= self.m);
         if r0 == r1 {
             return;
         }
         let rows = r1 - r0;
-        // SAFETY: rows r0..r1 of buffers of m rows (the caller's promise).
-        let (q, d, s) = unsafe {
+        // SAFETY: rows r0..r1 of `x` and of buffers of m rows (the caller's promise).
+        let (x, q, d, s) = unsafe {
             (
+                std::slice::from_raw_parts(x.add(r0 * k), rows * k),
                 std::slice::from_raw_parts_mut(self.q.add(r0 * nb * BLOCK), rows * nb * BLOCK),
                 std::slice::from_raw_parts_mut(self.d.add(r0 * nb), rows * nb),
                 std::slice::from_raw_parts_mut(self.s.add(r0 * nb), rows * nb),
             )
         };
-        (kern.quantize_acts)(&x[r0 * k..r1 * k], k, q, d, s);
+        (kern.quantize_acts)(x, k, q, d, s);
+    }
+
+    /// Quantizes columns `c0..c1` of every row of `x` (`m` rows of `k` floats at `x`) into
+    /// their blocks, as [`QActs::quantize`] does (the blocks are independent): `c0` a
+    /// multiple of 32, `c1` too or `k`.
+    ///
+    /// # Safety
+    /// As [`QActsRows::quantize`], for those blocks of every row; `x` points to `m × k`
+    /// floats of which those columns are not written meanwhile.
+    pub(crate) unsafe fn quantize_cols(
+        &self,
+        kern: &crate::kernels::Kernels,
+        x: *const f32,
+        c0: usize,
+        c1: usize,
+    ) {
+        let (k, nb) = (self.k, self.blocks);
+        assert!(
+            c0.is_multiple_of(BLOCK)
+                && c0 <= c1
+                && c1 <= k
+                && (c1.is_multiple_of(BLOCK) || c1 == k)
+        );
+        if c0 == c1 {
+            return;
+        }
+        let (b0, width) = (c0 / BLOCK, c1 - c0);
+        let nbs = width.div_ceil(BLOCK);
+        for r in 0..self.m {
+            // SAFETY: row r's columns c0..c1 and its blocks b0..b0 + nbs (the caller's
+            // promise).
+            unsafe {
+                let src = std::slice::from_raw_parts(x.add(r * k + c0), width);
+                let at = r * nb + b0;
+                let q = std::slice::from_raw_parts_mut(self.q.add(at * BLOCK), nbs * BLOCK);
+                let d = std::slice::from_raw_parts_mut(self.d.add(at), nbs);
+                let s = std::slice::from_raw_parts_mut(self.s.add(at), nbs);
+                (kern.quantize_acts)(src, width, q, d, s);
+            }
+        }
     }
 }
 
