@@ -477,7 +477,6 @@ impl Bert {
     ) -> Result<BertOutput> {
         let c = &self.config;
         let rows = ids.len();
-        let batch = spans.len();
         debug_assert!(type_ids.len() == rows && mask.len() == rows);
         debug_assert!(spans.iter().map(|s| s.1).sum::<usize>() == rows);
         let longest = spans.iter().map(|s| s.1).max().unwrap_or(0);
@@ -529,8 +528,19 @@ impl Bert {
         let mut x = vec![0.0f32; rows * d];
         // A short pass runs as a team in lockstep (see `layers_team`); the same values.
         let teamed = rows <= TEAM_ROWS
-            && pool::size()? > 1
+            && pool::num_threads()? > 1
             && self.layers_team(kern, ids, type_ids, &pos, mask, spans, &mut x, bufs)?;
+        if teamed {
+            // The rest is a few rows: on this thread (waking the pool's workers would cost
+            // more, and they would compete with the team's spinning threads).
+            let (pooler_output, logits) =
+                self.head(kern, &x, spans, with_pooler, &mut bufs.scratch, true);
+            return Ok(BertOutput {
+                last_hidden_state: x,
+                pooler_output,
+                logits,
+            });
+        }
         let out = pool::install(|| -> Result<BertOutput> {
             let Buffers {
                 q,
@@ -542,7 +552,7 @@ impl Bert {
                 scratch,
                 ..
             } = &mut *bufs;
-            if !teamed {
+            {
                 // x = LN(word + pos + type)                               [rows, d]
                 for ((row, &t), (&ty, &p)) in x
                     .chunks_exact_mut(d)
@@ -575,28 +585,7 @@ impl Bert {
                     layer_norm(&mut x, Some(tmp), &layer.out_ln, d, eps);
                 }
             }
-            let pooler = self.pooler.as_ref().filter(|_| with_pooler);
-            let pooler_output = pooler.map(|p| {
-                let mut first = vec![0.0f32; batch * d];
-                for (f, &(start, _)) in first.chunks_exact_mut(d).zip(spans) {
-                    f.copy_from_slice(&x[start * d..(start + 1) * d]);
-                }
-                let mut out = vec![0.0f32; batch * d];
-                linear(kern, &first, batch, p, &mut out, scratch);
-                out.iter_mut().for_each(|v| *v = v.tanh());
-                out
-            });
-            let logits = match (&self.classifier, &pooler_output) {
-                (Some((w, b, n)), Some(pooled)) => {
-                    let mut out = vec![0.0f32; batch * n];
-                    gemm_nt_parallel(kern, pooled, batch, d, w.values(), *n, &mut out);
-                    for row in out.chunks_exact_mut(*n) {
-                        add_in(row, b.values());
-                    }
-                    Some(out)
-                }
-                _ => None,
-            };
+            let (pooler_output, logits) = self.head(kern, &x, spans, with_pooler, scratch, false);
             Ok(BertOutput {
                 last_hidden_state: x,
                 pooler_output,
@@ -611,6 +600,62 @@ impl Bert {
             }
         }
         out
+    }
+
+    /// The pooler's output (`tanh(x[first] Wpᵀ + bp)` for each span's first row), when asked
+    /// and present, and the classifier's logits on it, when present; on the pool, or on this
+    /// thread when `serial` (the same values: each is computed the same way wherever it runs).
+    #[allow(clippy::type_complexity)]
+    fn head(
+        &self,
+        kern: &kernels::Kernels,
+        x: &[f32],
+        spans: &[(usize, usize)],
+        with_pooler: bool,
+        scratch: &mut gpt2::Scratch,
+        serial: bool,
+    ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+        let d = self.config.hidden_size;
+        let batch = spans.len();
+        let pooler = self.pooler.as_ref().filter(|_| with_pooler);
+        let pooler_output = pooler.map(|p| {
+            let mut first = vec![0.0f32; batch * d];
+            for (f, &(start, _)) in first.chunks_exact_mut(d).zip(spans) {
+                f.copy_from_slice(&x[start * d..(start + 1) * d]);
+            }
+            let mut out = vec![0.0f32; batch * d];
+            if serial {
+                let qa = &mut scratch.qa;
+                qa.reset(batch, d);
+                (kern.quantize_acts)(&first, d, &mut qa.q, &mut qa.d, &mut qa.s);
+                let o = SendPtr(out.as_mut_ptr());
+                // SAFETY: `out` is batch × d, this thread's alone; `qa` holds `first`.
+                unsafe { gpt2::linear_cols(kern, &first, batch, p, o, None, qa, (0, p.n_out)) };
+            } else {
+                linear(kern, &first, batch, p, &mut out, scratch);
+            }
+            out.iter_mut().for_each(|v| *v = v.tanh());
+            out
+        });
+        let logits = match (&self.classifier, &pooler_output) {
+            (Some((w, b, n)), Some(pooled)) => {
+                let mut out = vec![0.0f32; batch * n];
+                if serial {
+                    // SAFETY: `out` is batch × n, `w` n × d, `pooled` batch × d.
+                    unsafe {
+                        (kern.gemm_nt)(batch, *n, d, pooled, w.values(), out.as_mut_ptr(), *n);
+                    }
+                } else {
+                    gemm_nt_parallel(kern, pooled, batch, d, w.values(), *n, &mut out);
+                }
+                for row in out.chunks_exact_mut(*n) {
+                    add_in(row, b.values());
+                }
+                Some(out)
+            }
+            _ => None,
+        };
+        (pooler_output, logits)
     }
 
     /// `row = word[t] + pos[p] + type[ty]` (before the embeddings' LayerNorm).

@@ -20,7 +20,7 @@
 use std::sync::Arc;
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::{Error, Result};
@@ -220,50 +220,233 @@ impl Barrier {
     }
 }
 
-/// Marks the barrier broken if its member unwinds.
-struct BreakOnPanic<'a>(&'a Barrier);
+impl Barrier {
+    /// Ready for a new team of `size` (no member is waiting).
+    fn reset(&mut self, size: usize) {
+        self.size = size;
+        *self.arrived.get_mut() = 0;
+        *self.broken.get_mut() = false;
+    }
+}
 
-impl Drop for BreakOnPanic<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.broken.store(true, Ordering::Relaxed);
+/// How long a crew thread spins for the next team after one ends, before it sleeps: calls
+/// that follow each other (sentences embedded one by one) find it awake, without the tens of
+/// microseconds a wake-up costs; an idle process burns at most this much after its last call.
+const CREW_SPIN: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// The job of a team, as the crew threads see it: the caller's closure, lifetime erased (the
+/// caller does not return before every crew thread is done with it).
+type Job = *const (dyn Fn(&Member) + Sync);
+
+/// What the caller and its crew threads share.
+struct CrewShared {
+    /// Bumped by the caller for each team (and to stop the crew).
+    generation: AtomicU64,
+    /// The current team's job, written before `generation` is bumped.
+    job: Mutex<Option<SendJob>>,
+    /// Crew threads done with the current team.
+    done: AtomicUsize,
+    /// A crew thread's member panicked.
+    panicked: AtomicBool,
+    stop: AtomicBool,
+    barrier: std::sync::RwLock<Barrier>,
+    /// Crew threads asleep on `wake`.
+    sleepers: AtomicUsize,
+    sleep: Mutex<()>,
+    wake: std::sync::Condvar,
+}
+
+#[derive(Clone, Copy)]
+struct SendJob(Job);
+// SAFETY: the closure is `Sync`, and the caller keeps it alive until every thread is done.
+unsafe impl Send for SendJob {}
+
+/// The threads that join callers of [`team`]: `size − 1` of them, the caller being member 0.
+/// Separate from the rayon pool, whose workers sleep between parallel regions.
+struct Crew {
+    shared: Arc<CrewShared>,
+    size: usize,
+    /// The process that started the threads (after `fork()` the child has none of them).
+    pid: u32,
+    handles: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Crew {
+    fn start(size: usize) -> Result<Crew> {
+        let shared = Arc::new(CrewShared {
+            generation: AtomicU64::new(0),
+            job: Mutex::new(None),
+            done: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            barrier: std::sync::RwLock::new(Barrier::default()),
+            sleepers: AtomicUsize::new(0),
+            sleep: Mutex::new(()),
+            wake: std::sync::Condvar::new(),
+        });
+        let mut crew = Crew {
+            shared,
+            size,
+            pid: std::process::id(),
+            handles: Vec::new(),
+        };
+        for index in 1..size {
+            let shared = Arc::clone(&crew.shared);
+            let h = std::thread::Builder::new()
+                .name(format!("ferrolm-team-{index}"))
+                .spawn(move || crew_thread(&shared, index, size))
+                .map_err(|e| Error::Internal(format!("cannot start a team thread: {e}")))?;
+            crew.handles.push(h);
+        }
+        Ok(crew)
+    }
+
+    /// Starts the next generation: the job for `Some`, stop for `None`.
+    fn publish(&self, job: Option<SendJob>) {
+        let sh = &self.shared;
+        *sh.job.lock().unwrap_or_else(PoisonError::into_inner) = job;
+        if job.is_none() {
+            sh.stop.store(true, Ordering::SeqCst);
+        }
+        sh.generation.fetch_add(1, Ordering::SeqCst);
+        if sh.sleepers.load(Ordering::SeqCst) > 0 {
+            let _g = sh.sleep.lock().unwrap_or_else(PoisonError::into_inner);
+            sh.wake.notify_all();
+        }
+    }
+
+    /// Stops the threads and waits for them.
+    fn stop(mut self) {
+        self.publish(None);
+        for h in self.handles.drain(..) {
+            let _ = h.join();
         }
     }
 }
 
-/// At most one team at a time: two broadcasts queued in different orders on two workers
-/// would each wait at a barrier for a thread that runs the other.
-static TEAM: Mutex<()> = Mutex::new(());
+/// A crew thread: waits for each generation (spinning for [`CREW_SPIN`], then asleep), runs
+/// its member of the job, counts itself done.
+fn crew_thread(sh: &CrewShared, index: usize, size: usize) {
+    let mut seen = 0u64;
+    loop {
+        let mut since = std::time::Instant::now();
+        let mut spins = 0u32;
+        loop {
+            let g = sh.generation.load(Ordering::Acquire);
+            if g != seen {
+                seen = g;
+                break;
+            }
+            spins = spins.wrapping_add(1);
+            std::hint::spin_loop();
+            if spins.is_multiple_of(256) && since.elapsed() > CREW_SPIN {
+                let mut guard = sh.sleep.lock().unwrap_or_else(PoisonError::into_inner);
+                sh.sleepers.fetch_add(1, Ordering::SeqCst);
+                while sh.generation.load(Ordering::SeqCst) == seen {
+                    guard = sh.wake.wait(guard).unwrap_or_else(PoisonError::into_inner);
+                }
+                sh.sleepers.fetch_sub(1, Ordering::SeqCst);
+                since = std::time::Instant::now();
+            }
+        }
+        if sh.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let job = *sh.job.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(SendJob(job)) = job {
+            let barrier = sh.barrier.read().unwrap_or_else(PoisonError::into_inner);
+            // SAFETY: the caller keeps the job alive until `done` counts this thread.
+            let op = unsafe { &*job };
+            let member = Member {
+                index,
+                size,
+                barrier: &barrier,
+            };
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&member)));
+            if run.is_err() {
+                barrier.broken.store(true, Ordering::Relaxed);
+                sh.panicked.store(true, Ordering::Relaxed);
+            }
+        }
+        sh.done.fetch_add(1, Ordering::Release);
+    }
+}
 
-/// Runs `op` on every worker of the pool at once, as a team that moves in lockstep through
-/// [`Member::sync`] barriers: for short passes (one sentence through an encoder), where a
-/// parallel region per step would cost more in wake-ups than the step itself. Returns
-/// `Ok(false)` without running `op` when it cannot run as a team now — another team is
-/// running, or the caller is itself a worker of the pool — so that the caller takes its
-/// ordinary path. A panic in one member stops the others and reaches the caller.
+/// At most one team at a time (its crew); a caller that finds it busy takes its ordinary
+/// path.
+static TEAM: Mutex<Option<Crew>> = Mutex::new(None);
+
+/// Runs `op` on [`num_threads`] threads at once — the caller as member 0 and a crew of
+/// threads kept for teams — as a team that moves in lockstep through [`Member::sync`]
+/// barriers: for short passes (one sentence through an encoder), where a parallel region per
+/// step would cost more in wake-ups than the step itself. Returns `Ok(false)` without running
+/// `op` when it cannot run as a team now — another team is running, or the caller is a worker
+/// of the pool — so that the caller takes its ordinary path. A panic in one member stops the
+/// others and reaches the caller.
 pub fn team(op: impl Fn(&Member) + Sync) -> Result<bool> {
     if rayon::current_thread_index().is_some() {
         return Ok(false);
     }
-    let _one = match TEAM.try_lock() {
+    let mut slot = match TEAM.try_lock() {
         Ok(g) => g,
         Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
         Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
     };
-    let pool = pool()?;
-    let barrier = Barrier {
-        size: pool.current_num_threads(),
-        ..Barrier::default()
+    let size = num_threads()?;
+    let pid = std::process::id();
+    match slot.take() {
+        // After fork(): the threads are not in this process; leak the bookkeeping.
+        Some(c) if c.pid != pid => std::mem::forget(c),
+        Some(c) if c.size != size => c.stop(),
+        keep => *slot = keep,
+    }
+    if slot.is_none() {
+        *slot = Some(Crew::start(size)?);
+    }
+    let Some(crew) = slot.as_ref() else {
+        return Err(Error::Internal("team crew missing".into()));
     };
-    pool.broadcast(|ctx| {
-        let guard = BreakOnPanic(&barrier);
-        op(&Member {
-            index: ctx.index(),
-            size: ctx.num_threads(),
+    let sh = &crew.shared;
+    sh.barrier
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .reset(size);
+    sh.done.store(0, Ordering::SeqCst);
+    sh.panicked.store(false, Ordering::SeqCst);
+    let job: &(dyn Fn(&Member) + Sync) = &op;
+    // SAFETY: only the lifetime is erased; `op` outlives every use (the wait below).
+    let job: Job = unsafe { std::mem::transmute::<_, Job>(job) };
+    crew.publish(Some(SendJob(job)));
+    let run = {
+        let barrier = sh.barrier.read().unwrap_or_else(PoisonError::into_inner);
+        let member = Member {
+            index: 0,
+            size,
             barrier: &barrier,
-        });
-        drop(guard);
-    });
+        };
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&member)));
+        if run.is_err() {
+            barrier.broken.store(true, Ordering::Relaxed);
+        }
+        // Every crew thread done with `op` (and the barrier) before they go out of scope.
+        let mut spins = 0u32;
+        while sh.done.load(Ordering::Acquire) < size - 1 {
+            spins = spins.saturating_add(1);
+            if spins < 1 << 14 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        run
+    };
+    *sh.job.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    if let Err(p) = run {
+        std::panic::resume_unwind(p);
+    }
+    if sh.panicked.load(Ordering::SeqCst) {
+        panic!("a thread of the team panicked");
+    }
     Ok(true)
 }
 
