@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -220,3 +221,54 @@ def test_short_passes_run_as_a_team_with_the_same_values(
     with ThreadPoolExecutor(8) as pool:
         concurrent = np.stack(list(pool.map(model.encode, texts * 4)))
     assert np.array_equal(concurrent, np.concatenate([alone] * 4))
+
+
+def _embed_in_child(text: str, quantize: str | None) -> bytes:
+    # Loaded in the parent before the fork: the child inherits the model and the team's
+    # bookkeeping, not its threads.
+    return bytes(np.asarray(_FORKED[quantize].encode(text)).tobytes())
+
+
+_FORKED: dict[str | None, Any] = {}
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_a_team_pass_works_in_a_forked_child(quantize: str | None, restore_threads: None) -> None:
+    """A child forked after team passes (their crew threads spinning in the parent) starts a
+    crew of its own and embeds as the parent does; children forked while the parent keeps
+    embedding do too."""
+    import multiprocessing as mp
+    import threading
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("fork is not available on this platform")
+    ferrolm.set_num_threads(2)
+    model = ferrolm.AutoModel.from_pretrained(MODEL_DIR, quantize=quantize)
+    _FORKED[quantize] = model
+    text = "A child process embeds this sentence after the fork."
+    want = model.encode(text).tobytes()
+    fork = mp.get_context("fork")
+    # A quiet parent: its crew threads exist (the pass above) but are not in a team.
+    with fork.Pool(processes=1, maxtasksperchild=1) as pool:
+        quiet = [
+            pool.apply_async(_embed_in_child, (text, quantize)).get(timeout=60) for _ in range(3)
+        ]
+    assert quiet == [want] * 3
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            model.encode("the parent keeps its team busy")
+
+    worker = threading.Thread(target=busy)
+    worker.start()
+    try:
+        with fork.Pool(processes=2, maxtasksperchild=1) as pool:
+            got = [
+                pool.apply_async(_embed_in_child, (text, quantize)).get(timeout=60)
+                for _ in range(6)
+            ]
+    finally:
+        stop.set()
+        worker.join()
+    assert got == [want] * 6
