@@ -381,8 +381,8 @@ static TEAM: Mutex<Option<Crew>> = Mutex::new(None);
 /// barriers: for short passes (one sentence through an encoder), where a parallel region per
 /// step would cost more in wake-ups than the step itself. Returns `Ok(false)` without running
 /// `op` when it cannot run as a team now — another team is running, or the caller is a worker
-/// of the pool — so that the caller takes its ordinary path. A panic in one member stops the
-/// others and reaches the caller.
+/// of the pool, or [`num_threads`] exceeds the CPUs this process may use — so that the caller
+/// takes its ordinary path. A panic in one member stops the others and reaches the caller.
 pub fn team(op: impl Fn(&Member) + Sync) -> Result<bool> {
     if rayon::current_thread_index().is_some() {
         return Ok(false);
@@ -393,6 +393,11 @@ pub fn team(op: impl Fn(&Member) + Sync) -> Result<bool> {
         Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
     };
     let size = num_threads()?;
+    // More threads than CPUs: members would wait at each barrier for one that is not
+    // running (a sentence took 20 ms instead of 1 with 3 threads on 2 CPUs).
+    if size > std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        return Ok(false);
+    }
     let pid = std::process::id();
     match slot.take() {
         // After fork(): the threads are not in this process; leak the bookkeeping.
@@ -560,7 +565,10 @@ mod tests {
             let sum: u64 = install(|| (1..=1000_u64).into_par_iter().sum()).unwrap();
             assert_eq!(sum, 500_500);
         }
-        team_steps_in_lockstep(3);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        team_steps_in_lockstep(cpus.clamp(1, 3));
+        set_num_threads(cpus + 1).unwrap();
+        assert!(!team(|_| ()).unwrap(), "no team of more threads than CPUs");
         set_num_threads(2).unwrap();
         assert!(set_num_threads(0).is_err());
         assert!(set_num_threads(MAX_THREADS + 1).is_err());
