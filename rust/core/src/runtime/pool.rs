@@ -135,7 +135,30 @@ pub fn size() -> Result<usize> {
 /// Runs `op` inside the global pool: rayon's `join`, `scope` and parallel iterators called from
 /// `op` use the pool's threads. A panic in `op` or in any task it spawns resumes on the caller.
 pub fn install<R: Send>(op: impl FnOnce() -> R + Send) -> Result<R> {
+    let _busy = Busy::enter();
     Ok(pool()?.install(op))
+}
+
+/// Calls of [`install`] and [`team`] under way, in every thread: a team starts only when it
+/// is alone (its spinning members would otherwise share the CPUs with the pool's workers, and
+/// every barrier would wait for a thread that is not running: 4 Python threads embedding
+/// sentences at once lost a quarter of their throughput).
+static BUSY: AtomicUsize = AtomicUsize::new(0);
+
+/// One call counted in [`BUSY`] while it lives.
+struct Busy;
+
+impl Busy {
+    fn enter() -> Busy {
+        BUSY.fetch_add(1, Ordering::SeqCst);
+        Busy
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        BUSY.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// `f` of each of `items`, in order: on the pool, `min_len` items or more per task, when there
@@ -380,11 +403,13 @@ static TEAM: Mutex<Option<Crew>> = Mutex::new(None);
 /// threads kept for teams — as a team that moves in lockstep through [`Member::sync`]
 /// barriers: for short passes (one sentence through an encoder), where a parallel region per
 /// step would cost more in wake-ups than the step itself. Returns `Ok(false)` without running
-/// `op` when it cannot run as a team now — another team is running, or the caller is a worker
-/// of the pool, or [`num_threads`] exceeds the CPUs this process may use — so that the caller
-/// takes its ordinary path. A panic in one member stops the others and reaches the caller.
+/// `op` when it cannot run as a team now — other work is under way on the pool or in another
+/// team, the caller is a worker of the pool, or [`num_threads`] exceeds the CPUs this process
+/// may use — so that the caller takes its ordinary path. A panic in one member stops the others and reaches the caller.
 pub fn team(op: impl Fn(&Member) + Sync) -> Result<bool> {
-    if rayon::current_thread_index().is_some() {
+    register_fork_handler();
+    let _busy = Busy::enter();
+    if rayon::current_thread_index().is_some() || BUSY.load(Ordering::SeqCst) > 1 {
         return Ok(false);
     }
     let mut slot = match TEAM.try_lock() {
@@ -482,6 +507,8 @@ fn register_fork_handler() {
     extern "C" fn child() {
         // The child has exactly one thread, the one that forked: release its guard.
         HELD.with(|h| h.borrow_mut().take());
+        // The calls under way in other threads of the parent do not go on in the child.
+        BUSY.store(0, Ordering::SeqCst);
         let mut st = state();
         if let Some(dead) = st.pool.take() {
             // Its worker threads do not exist in this process: dropping it would try to signal
@@ -513,10 +540,21 @@ mod tests {
     /// reaches the caller instead of leaving the others waiting.
     fn team_steps_in_lockstep(n: usize) {
         use std::sync::atomic::AtomicU64;
+        // Other tests run on the pool meanwhile, and a team starts only when the pool is idle:
+        // try until it does.
+        let until_it_runs = |op: &(dyn Fn(&Member) + Sync)| {
+            for _ in 0..10_000 {
+                if team(op).unwrap() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            panic!("the team never ran");
+        };
         set_num_threads(n).unwrap();
         let slots: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
         let seen = AtomicU64::new(0);
-        let ran = team(|m| {
+        until_it_runs(&|m| {
             assert_eq!(m.size, n);
             for step in 1..=200u64 {
                 slots[m.index].store(step, Ordering::Relaxed);
@@ -526,13 +564,12 @@ mod tests {
                 m.sync();
             }
             seen.fetch_add(1, Ordering::Relaxed);
-        })
-        .unwrap();
-        assert!(ran);
+        });
         assert_eq!(seen.load(Ordering::Relaxed), n as u64);
+        // Refused inside the pool (and while other work is under way on it).
         assert!(!install(|| team(|_| ()).unwrap()).unwrap());
         let caught = std::panic::catch_unwind(|| {
-            team(|m| {
+            until_it_runs(&|m| {
                 if m.index == 0 {
                     panic!("member 0 fails");
                 }
@@ -540,8 +577,8 @@ mod tests {
             })
         });
         assert!(caught.is_err());
-        // The lock and the pool are usable again.
-        assert!(team(|m| m.sync()).unwrap());
+        // The lock and the crew are usable again.
+        until_it_runs(&|m| m.sync());
     }
 
     // The pool is process-global and cargo runs tests on several threads, so the tests that
