@@ -205,9 +205,9 @@ def test_a_vector_does_not_depend_on_its_batch(quantize: str | None) -> None:
 def test_short_passes_run_as_a_team_with_the_same_values(
     quantize: str | None, restore_threads: None
 ) -> None:
-    """A pass of at most 256 tokens runs on the pool's threads as one team in lockstep
-    (Bert::layers_team), a longer one as a parallel region per step: the same vectors bit for
-    bit. Concurrent callers (one team at a time, the others take the regions) too."""
+    """A pass of at most 256 tokens runs as one team of threads in lockstep (Bert::layers_team),
+    a longer one as a parallel region per step: the same vectors bit for bit. Concurrent callers
+    (a team only while nothing else runs, the others take the regions) too."""
     from concurrent.futures import ThreadPoolExecutor
 
     ferrolm.set_num_threads(2)
@@ -271,4 +271,5 @@ def test_a_team_pass_works_in_a_forked_child(quantize: str | None, restore_threa
     finally:
         stop.set()
         worker.join()
+        _FORKED.pop(quantize)
     assert got == [want] * 6

@@ -530,30 +530,29 @@ impl Bert {
         let teamed = rows <= TEAM_ROWS
             && pool::num_threads()? > 1
             && self.layers_team(kern, ids, type_ids, &pos, mask, spans, &mut x, bufs)?;
-        if teamed {
+        let out = if teamed {
             // The rest is a few rows: on this thread (waking the pool's workers would cost
             // more, and they would compete with the team's spinning threads).
             let (pooler_output, logits) =
                 self.head(kern, &x, spans, with_pooler, &mut bufs.scratch, true);
-            return Ok(BertOutput {
+            BertOutput {
                 last_hidden_state: x,
                 pooler_output,
                 logits,
-            });
-        }
-        let out = pool::install(|| -> Result<BertOutput> {
-            let Buffers {
-                q,
-                k,
-                v,
-                ctx,
-                h,
-                tmp,
-                scratch,
-                ..
-            } = &mut *bufs;
-            {
-                // x = LN(word + pos + type)                               [rows, d]
+            }
+        } else {
+            pool::install(|| -> Result<BertOutput> {
+                let Buffers {
+                    q,
+                    k,
+                    v,
+                    ctx,
+                    h,
+                    tmp,
+                    scratch,
+                    ..
+                } = &mut *bufs;
+                // x = LN(word + pos + type)                                   [rows, d]
                 for ((row, &t), (&ty, &p)) in x
                     .chunks_exact_mut(d)
                     .zip(ids)
@@ -584,22 +583,22 @@ impl Bert {
                     linear(kern, h, rows, &layer.out, tmp, scratch);
                     layer_norm(&mut x, Some(tmp), &layer.out_ln, d, eps);
                 }
-            }
-            let (pooler_output, logits) = self.head(kern, &x, spans, with_pooler, scratch, false);
-            Ok(BertOutput {
-                last_hidden_state: x,
-                pooler_output,
-                logits,
-            })
-        });
-        let out = out?;
+                let (pooler_output, logits) =
+                    self.head(kern, &x, spans, with_pooler, scratch, false);
+                Ok(BertOutput {
+                    last_hidden_state: x,
+                    pooler_output,
+                    logits,
+                })
+            })??
+        };
         if let Some(g) = kept.as_deref_mut() {
             let held = [&g.q, &g.k, &g.v, &g.ctx, &g.h, &g.tmp].map(|b| b.capacity());
             if held.iter().sum::<usize>() > KEEP_FLOATS {
                 *g = Buffers::default();
             }
         }
-        out
+        Ok(out)
     }
 
     /// The pooler's output (`tanh(x[first] Wpᵀ + bp)` for each span's first row), when asked

@@ -574,6 +574,23 @@ impl QActs {
 }
 
 impl QActsRows {
+    /// The quants, scales and sums of blocks `at..at + n` (counted across rows).
+    ///
+    /// # Safety
+    /// Within the `m × blocks` blocks; no other thread touches them while the slices live.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn blocks(&self, at: usize, n: usize) -> (&mut [i8], &mut [f32], &mut [i32]) {
+        debug_assert!(at + n <= self.m * self.blocks);
+        // SAFETY: the caller's promise.
+        unsafe {
+            (
+                std::slice::from_raw_parts_mut(self.q.add(at * BLOCK), n * BLOCK),
+                std::slice::from_raw_parts_mut(self.d.add(at), n),
+                std::slice::from_raw_parts_mut(self.s.add(at), n),
+            )
+        }
+    }
+
     /// Quantizes rows `r0..r1` of `x` (`m` rows of `k` floats at `x`) into their place, as
     /// [`QActs::quantize`] does.
     ///
@@ -592,17 +609,12 @@ impl QActsRows {
         if r0 == r1 {
             return;
         }
-        let rows = r1 - r0;
-        // SAFETY: rows r0..r1 of `x` and of buffers of m rows (the caller's promise).
-        let (x, q, d, s) = unsafe {
-            (
-                std::slice::from_raw_parts(x.add(r0 * k), rows * k),
-                std::slice::from_raw_parts_mut(self.q.add(r0 * nb * BLOCK), rows * nb * BLOCK),
-                std::slice::from_raw_parts_mut(self.d.add(r0 * nb), rows * nb),
-                std::slice::from_raw_parts_mut(self.s.add(r0 * nb), rows * nb),
-            )
-        };
-        (kern.quantize_acts)(x, k, q, d, s);
+        // SAFETY: rows r0..r1 of `x` and of the buffers (the caller's promise).
+        unsafe {
+            let x = std::slice::from_raw_parts(x.add(r0 * k), (r1 - r0) * k);
+            let (q, d, s) = self.blocks(r0 * nb, (r1 - r0) * nb);
+            (kern.quantize_acts)(x, k, q, d, s);
+        }
     }
 
     /// Quantizes columns `c0..c1` of every row of `x` (`m` rows of `k` floats at `x`) into
@@ -630,16 +642,11 @@ impl QActsRows {
             return;
         }
         let (b0, width) = (c0 / BLOCK, c1 - c0);
-        let nbs = width.div_ceil(BLOCK);
         for r in 0..self.m {
-            // SAFETY: row r's columns c0..c1 and its blocks b0..b0 + nbs (the caller's
-            // promise).
+            // SAFETY: row r's columns c0..c1 and its blocks from b0 (the caller's promise).
             unsafe {
                 let src = std::slice::from_raw_parts(x.add(r * k + c0), width);
-                let at = r * nb + b0;
-                let q = std::slice::from_raw_parts_mut(self.q.add(at * BLOCK), nbs * BLOCK);
-                let d = std::slice::from_raw_parts_mut(self.d.add(at), nbs);
-                let s = std::slice::from_raw_parts_mut(self.s.add(at), nbs);
+                let (q, d, s) = self.blocks(r * nb + b0, width.div_ceil(BLOCK));
                 (kern.quantize_acts)(src, width, q, d, s);
             }
         }

@@ -182,7 +182,7 @@ pub fn map<T: Sync, R: Send>(
 pub struct Member<'a> {
     /// This thread's index, `0..size`.
     pub index: usize,
-    /// The number of threads in the team (the pool's).
+    /// The number of threads in the team ([`num_threads`]).
     pub size: usize,
     barrier: &'a Barrier,
 }
@@ -208,7 +208,7 @@ impl Member<'_> {
 /// A spinning barrier for a team: short waits (a few microseconds of work between barriers)
 /// cost a fraction of a microsecond, where waking a sleeping thread costs tens. After a while
 /// it yields the CPU, for an oversubscribed machine.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Barrier {
     arrived: AtomicUsize,
     generation: AtomicUsize,
@@ -218,6 +218,21 @@ struct Barrier {
 }
 
 impl Barrier {
+    fn new(size: usize) -> Barrier {
+        Barrier {
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+            size,
+            broken: AtomicBool::new(false),
+        }
+    }
+
+    /// Ready for a new team (no member is waiting; a panic may have left it mid-way).
+    fn reset(&self) {
+        self.arrived.store(0, Ordering::SeqCst);
+        self.broken.store(false, Ordering::SeqCst);
+    }
+
     fn wait(&self) {
         if self.size <= 1 {
             return;
@@ -228,27 +243,27 @@ impl Barrier {
             self.generation.fetch_add(1, Ordering::Release);
             return;
         }
-        let mut spins = 0u32;
-        while self.generation.load(Ordering::Acquire) == gen {
+        spin_until(|| {
             if self.broken.load(Ordering::Relaxed) {
                 panic!("another thread of the team panicked");
             }
-            if spins < 1 << 14 {
-                spins += 1;
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
+            self.generation.load(Ordering::Acquire) != gen
+        });
     }
 }
 
-impl Barrier {
-    /// Ready for a new team of `size` (no member is waiting).
-    fn reset(&mut self, size: usize) {
-        self.size = size;
-        *self.arrived.get_mut() = 0;
-        *self.broken.get_mut() = false;
+/// Spins until `done()`, then yields the CPU between checks after a while (for an
+/// oversubscribed machine).
+#[inline]
+fn spin_until(mut done: impl FnMut() -> bool) {
+    let mut spins = 0u32;
+    while !done() {
+        if spins < 1 << 14 {
+            spins += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
     }
 }
 
@@ -272,7 +287,7 @@ struct CrewShared {
     /// A crew thread's member panicked.
     panicked: AtomicBool,
     stop: AtomicBool,
-    barrier: std::sync::RwLock<Barrier>,
+    barrier: Barrier,
     /// Crew threads asleep on `wake`.
     sleepers: AtomicUsize,
     sleep: Mutex<()>,
@@ -302,7 +317,7 @@ impl Crew {
             done: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
-            barrier: std::sync::RwLock::new(Barrier::default()),
+            barrier: Barrier::new(size),
             sleepers: AtomicUsize::new(0),
             sleep: Mutex::new(()),
             wake: std::sync::Condvar::new(),
@@ -377,17 +392,16 @@ fn crew_thread(sh: &CrewShared, index: usize, size: usize) {
         }
         let job = *sh.job.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(SendJob(job)) = job {
-            let barrier = sh.barrier.read().unwrap_or_else(PoisonError::into_inner);
             // SAFETY: the caller keeps the job alive until `done` counts this thread.
             let op = unsafe { &*job };
             let member = Member {
                 index,
                 size,
-                barrier: &barrier,
+                barrier: &sh.barrier,
             };
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&member)));
             if run.is_err() {
-                barrier.broken.store(true, Ordering::Relaxed);
+                sh.barrier.broken.store(true, Ordering::Relaxed);
                 sh.panicked.store(true, Ordering::Relaxed);
             }
         }
@@ -405,7 +419,8 @@ static TEAM: Mutex<Option<Crew>> = Mutex::new(None);
 /// step would cost more in wake-ups than the step itself. Returns `Ok(false)` without running
 /// `op` when it cannot run as a team now — other work is under way on the pool or in another
 /// team, the caller is a worker of the pool, or [`num_threads`] exceeds the CPUs this process
-/// may use — so that the caller takes its ordinary path. A panic in one member stops the others and reaches the caller.
+/// may use — so that the caller takes its ordinary path. A panic in one member stops the
+/// others and reaches the caller.
 pub fn team(op: impl Fn(&Member) + Sync) -> Result<bool> {
     register_fork_handler();
     let _busy = Busy::enter();
@@ -430,46 +445,29 @@ pub fn team(op: impl Fn(&Member) + Sync) -> Result<bool> {
         Some(c) if c.size != size => c.stop(),
         keep => *slot = keep,
     }
-    if slot.is_none() {
-        *slot = Some(Crew::start(size)?);
-    }
-    let Some(crew) = slot.as_ref() else {
-        return Err(Error::Internal("team crew missing".into()));
+    let crew = match &mut *slot {
+        Some(c) => c,
+        None => slot.insert(Crew::start(size)?),
     };
     let sh = &crew.shared;
-    sh.barrier
-        .write()
-        .unwrap_or_else(PoisonError::into_inner)
-        .reset(size);
+    sh.barrier.reset();
     sh.done.store(0, Ordering::SeqCst);
     sh.panicked.store(false, Ordering::SeqCst);
     let job: &(dyn Fn(&Member) + Sync) = &op;
     // SAFETY: only the lifetime is erased; `op` outlives every use (the wait below).
     let job: Job = unsafe { std::mem::transmute::<_, Job>(job) };
     crew.publish(Some(SendJob(job)));
-    let run = {
-        let barrier = sh.barrier.read().unwrap_or_else(PoisonError::into_inner);
-        let member = Member {
-            index: 0,
-            size,
-            barrier: &barrier,
-        };
-        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&member)));
-        if run.is_err() {
-            barrier.broken.store(true, Ordering::Relaxed);
-        }
-        // Every crew thread done with `op` (and the barrier) before they go out of scope.
-        let mut spins = 0u32;
-        while sh.done.load(Ordering::Acquire) < size - 1 {
-            spins = spins.saturating_add(1);
-            if spins < 1 << 14 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
-        run
+    let member = Member {
+        index: 0,
+        size,
+        barrier: &sh.barrier,
     };
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&member)));
+    if run.is_err() {
+        sh.barrier.broken.store(true, Ordering::Relaxed);
+    }
+    // Every crew thread done with `op` before it goes out of scope.
+    spin_until(|| sh.done.load(Ordering::Acquire) >= size - 1);
     *sh.job.lock().unwrap_or_else(PoisonError::into_inner) = None;
     if let Err(p) = run {
         std::panic::resume_unwind(p);
