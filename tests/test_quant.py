@@ -167,11 +167,13 @@ def test_minilm_embeddings_close_to_f32(fmt: str) -> None:
     assert q.quantization == fmt
     cos = _cos_rows(q.encode(texts), f32)
     print(f"{fmt} MiniLM over {len(texts)} texts: cosine min {cos.min():.5f} mean {cos.mean():.5f}")
-    # int8 meets the target (0.995); 4 bits on these small real matrices, whose inputs put
-    # most of their energy in a few channels, fall short of 0.98 at the minimum.
+    # int8 meets the target (0.995), with 8-bit activations (min 0.998 / mean 0.9995) and with
+    # the 7-bit ones of AVX2 without VNNI (min 0.996 / mean 0.9989); 4 bits on these small
+    # real matrices, whose inputs put most of their energy in a few channels, fall short of
+    # 0.98 at the minimum.
     low = {"q8_0": 0.995, "q4_0": 0.85, "q4_1": 0.88}[fmt]
     assert cos.min() >= low
-    assert cos.mean() >= (0.999 if fmt == "q8_0" else 0.95)
+    assert cos.mean() >= (0.998 if fmt == "q8_0" else 0.95)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -2,6 +2,10 @@
 //! the CPU's integer dot-product peak (a harness for tuning the kernels).
 //!
 //! cargo run --release -p ferrolm-core --example qgemm_speed -- [q8_0|q4_0|q4_1] [M] [N] [K]
+//!     [narrow]
+//!
+//! `narrow`: 7-bit activations ([`QActs::narrow`], what the BERT encoders use where the
+//! kernels prefer them).
 
 use std::time::Instant;
 
@@ -24,7 +28,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
     let q = QMatrix::quantize(ty, &w, n, k, false);
     let kern = kernels::get();
-    let mut qa = QActs::default();
+    let mut qa = QActs {
+        narrow: args.get(5).is_some_and(|a| a == "narrow"),
+        ..QActs::default()
+    };
     qa.quantize(kern, &x, m, k);
     let mut out = vec![0.0f32; m * n];
     let calls = (2e10 / (m * n * k) as f64).ceil() as usize;
@@ -39,9 +46,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let ops = 2.0 * (m * n * k) as f64;
     println!(
-        "{} m={m} n={n} k={k} ({}): {:.2} us per call, {:.0} GOPS",
+        "{} m={m} n={n} k={k} ({}{}): {:.2} us per call, {:.0} GOPS",
         ty.name(),
         kern.name,
+        if qa.narrow { ", 7-bit activations" } else { "" },
         best * 1e6,
         ops / best / 1e9
     );

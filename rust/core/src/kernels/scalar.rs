@@ -21,6 +21,7 @@ pub const KERNELS: Kernels = Kernels {
     to_f16,
     qgemm: super::quant::scalar::QGEMM,
     quantize_acts: super::quant::scalar::quantize_acts,
+    narrow_acts: false,
 };
 
 /// `C[m×w] = A[m×k] · B[k×w]` (see [`super::GemmFn`]).

@@ -27,6 +27,7 @@ pub const KERNELS: Kernels = Kernels {
     to_f16,
     qgemm: super::quant::x86_avx2::QGEMM,
     quantize_acts: super::quant::x86_avx2::quantize_acts,
+    narrow_acts: true,
 };
 
 const KC: usize = 256;

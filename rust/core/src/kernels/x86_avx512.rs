@@ -24,6 +24,7 @@ pub const KERNELS: Kernels = Kernels {
     to_f16: super::x86_avx2::to_f16,
     qgemm: super::quant::x86_avx512::QGEMM,
     quantize_acts: super::quant::x86_avx512::quantize_acts,
+    narrow_acts: false,
 };
 
 const KC: usize = 256;

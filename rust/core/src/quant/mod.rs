@@ -501,9 +501,19 @@ pub struct QActs {
     pub q: Vec<i8>,
     pub d: Vec<f32>,
     pub s: Vec<i32>,
+    /// Quants within ±64 instead of ±127 (7-bit activations, set by the owner before
+    /// quantizing): what [`crate::kernels::Kernels::narrow_acts`] kernels run faster on. The
+    /// kernels read it as a promise about `q`; every kernel computes the same either way.
+    pub narrow: bool,
 }
 
 impl QActs {
+    /// The quantization range of these activations: 64 when [`QActs::narrow`], else 127.
+    #[inline]
+    pub fn levels(&self) -> i32 {
+        levels(self.narrow)
+    }
+
     /// Sizes the buffers for `m` rows of `k`.
     pub fn reset(&mut self, m: usize, k: usize) {
         self.m = m;
@@ -524,15 +534,17 @@ impl QActs {
         let x = &x[..m * k];
         const CHUNK: usize = 32; // rows per task
         if m < 2 * CHUNK {
-            (kern.quantize_acts)(x, k, &mut self.q, &mut self.d, &mut self.s);
+            let lv = self.levels();
+            (kern.quantize_acts)(x, k, &mut self.q, &mut self.d, &mut self.s, lv);
             return;
         }
+        let lv = self.levels();
         self.q[..m * nb * BLOCK]
             .par_chunks_mut(CHUNK * nb * BLOCK)
             .zip(self.d[..m * nb].par_chunks_mut(CHUNK * nb))
             .zip(self.s[..m * nb].par_chunks_mut(CHUNK * nb))
             .zip(x.par_chunks(CHUNK * k))
-            .for_each(|(((q, d), s), x)| (kern.quantize_acts)(x, k, q, d, s));
+            .for_each(|(((q, d), s), x)| (kern.quantize_acts)(x, k, q, d, s, lv));
     }
 
     /// Row `i`'s quants (`blocks · 32`).
@@ -553,6 +565,7 @@ pub(crate) struct QActsRows {
     m: usize,
     k: usize,
     blocks: usize,
+    narrow: bool,
 }
 
 // SAFETY: the members write disjoint rows, between barriers that order them with the reads.
@@ -569,6 +582,7 @@ impl QActs {
             m: self.m,
             k: self.k,
             blocks: self.blocks,
+            narrow: self.narrow,
         }
     }
 }
@@ -613,7 +627,7 @@ impl QActsRows {
         unsafe {
             let x = std::slice::from_raw_parts(x.add(r0 * k), (r1 - r0) * k);
             let (q, d, s) = self.blocks(r0 * nb, (r1 - r0) * nb);
-            (kern.quantize_acts)(x, k, q, d, s);
+            (kern.quantize_acts)(x, k, q, d, s, levels(self.narrow));
         }
     }
 
@@ -647,30 +661,40 @@ impl QActsRows {
             unsafe {
                 let src = std::slice::from_raw_parts(x.add(r * k + c0), width);
                 let (q, d, s) = self.blocks(r * nb + b0, width.div_ceil(BLOCK));
-                (kern.quantize_acts)(src, width, q, d, s);
+                (kern.quantize_acts)(src, width, q, d, s, levels(self.narrow));
             }
         }
     }
 }
 
-/// The reference activation quantization of one block (`x` shorter than 32: zero-padded):
-/// returns `(d, sum of quants)` and fills `q`.
+/// The quantization range of activations: ±64 when `narrow` ([`QActs::narrow`]), else ±127.
 #[inline]
-pub fn quantize_act_block(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+pub const fn levels(narrow: bool) -> i32 {
+    if narrow {
+        64
+    } else {
+        127
+    }
+}
+
+/// The reference activation quantization of one block (`x` shorter than 32: zero-padded) to
+/// integers within `±levels`: returns `(d, sum of quants)` and fills `q`.
+#[inline]
+pub fn quantize_act_block(x: &[f32], q: &mut [i8], levels: i32) -> (f32, i32) {
     let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
     if amax == 0.0 {
         q.fill(0);
         return (0.0, 0);
     }
-    let id = 127.0 / amax;
+    let (lv, id) = (levels as f32, levels as f32 / amax);
     let mut s = 0i32;
     for (i, o) in q.iter_mut().enumerate() {
         let v = x.get(i).copied().unwrap_or(0.0);
-        let r = (v * id).round_ties_even().clamp(-127.0, 127.0) as i32;
+        let r = (v * id).round_ties_even().clamp(-lv, lv) as i32;
         *o = r as i8;
         s += r;
     }
-    (amax / 127.0, s)
+    (amax / lv, s)
 }
 
 #[cfg(test)]
@@ -753,10 +777,15 @@ mod tests {
     fn activation_blocks() {
         let x = [0.5f32, -1.0, 0.25, 0.0];
         let mut q = [0i8; BLOCK];
-        let (d, s) = quantize_act_block(&x, &mut q);
+        let (d, s) = quantize_act_block(&x, &mut q, 127);
         assert_eq!(d, 1.0 / 127.0);
         assert_eq!(&q[..4], &[64, -127, 32, 0]); // 63.5 rounds to even
         assert!(q[4..].iter().all(|&v| v == 0));
         assert_eq!(s, 64 - 127 + 32);
+        // 7-bit: within ±64 (32.5 rounds to even).
+        let (d, s) = quantize_act_block(&[0.5f32, -1.0, 0.25, 1.0 / 128.0], &mut q, 64);
+        assert_eq!(d, 1.0 / 64.0);
+        assert_eq!(&q[..4], &[32, -64, 16, 0]);
+        assert_eq!(s, 32 - 64 + 16);
     }
 }

@@ -167,6 +167,6 @@ unsafe fn tile<const T: u8, const R: usize>(
 
 /// See [`crate::kernels::QuantizeActsFn`]: the scalar reference (NEON rounds the same way, and
 /// activations are a small part of the work).
-pub fn quantize_acts(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32], s: &mut [i32]) {
-    super::scalar::quantize_acts(x, k, q, d, s)
+pub fn quantize_acts(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32], s: &mut [i32], levels: i32) {
+    super::scalar::quantize_acts(x, k, q, d, s, levels)
 }

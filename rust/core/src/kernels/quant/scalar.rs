@@ -72,7 +72,7 @@ pub unsafe fn qgemm(
 }
 
 /// See [`crate::kernels::QuantizeActsFn`]: `x` is `m × k`, contiguous.
-pub fn quantize_acts(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32], s: &mut [i32]) {
+pub fn quantize_acts(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32], s: &mut [i32], levels: i32) {
     let nb = k.div_ceil(BLOCK);
     let m = d.len() / nb;
     assert!(x.len() >= m * k && q.len() == m * nb * BLOCK && s.len() == m * nb);
@@ -82,7 +82,7 @@ pub fn quantize_acts(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32], s: &mut [
         for b in 0..nb {
             let at = i * nb + b;
             let src = &row[b * BLOCK..((b + 1) * BLOCK).min(k)];
-            let (dv, sv) = quantize_act_block(src, &mut qs[at * BLOCK..(at + 1) * BLOCK]);
+            let (dv, sv) = quantize_act_block(src, &mut qs[at * BLOCK..(at + 1) * BLOCK], levels);
             ds[at] = dv;
             ss[at] = sv;
         }

@@ -2,8 +2,10 @@
 //! of 8 rows × 4 weights; `vpmaddubsw` multiplies unsigned × signed bytes into int16 pairs and
 //! `vpmaddwd` sums those into one int32 lane per row.
 //!
-//! int8 weights use the sign trick (`|w| · sign(x, w)` = `w · x`, both within int16 since
-//! |w|, |x| ≤ 127); 4-bit quants (0..15) are unsigned already, and a block's eight int16
+//! int8 weights take a whole row group (both halves) per broadcast activation word, with the
+//! sign trick (`|w| · sign(x, w)` = `w · x`, both within int16 since |w|, |x| ≤ 127), or,
+//! for 7-bit activations ([`crate::quant::QActs::narrow`]), as unsigned bytes `w + 128` with
+//! no sign instruction (see [`group_q8`]); 4-bit quants (0..15) are unsigned already, and a block's eight int16
 //! products fit without overflow (8 · 2 · 15 · 127 < 2¹⁵), so they are summed before
 //! widening. Offsets as in the AVX-512 file: `−8·s` for q4_0, `+ m · d_a · s` for q4_1.
 
@@ -38,7 +40,31 @@ unsafe fn run<const T: u8>(
     ldo: usize,
 ) {
     let blocks = w.blocks();
+    // q8_0: whole row groups (16 weight rows) per tile, the rows in tiles of at most MR as
+    // even as can be.
+    let mr = if a.narrow { 5 } else { MR };
+    let tr = (i1 - i0).div_ceil((i1 - i0).div_ceil(mr).max(1));
     for_groups(w, g0, g1, a, i1, |g, tiles, valid| {
+        if T == 0 {
+            row_tiles(i0, i1, tr, |i, r| {
+                // SAFETY: rows i..i+r of `out` at the group's columns, the caller's promise.
+                unsafe {
+                    let o = out.add(i * ldo + g * ROWS);
+                    match (a.narrow, r) {
+                        (false, 4) => group_q8::<4, false>(tiles, blocks, a, i, o, ldo, valid),
+                        (false, 3) => group_q8::<3, false>(tiles, blocks, a, i, o, ldo, valid),
+                        (false, 2) => group_q8::<2, false>(tiles, blocks, a, i, o, ldo, valid),
+                        (false, _) => group_q8::<1, false>(tiles, blocks, a, i, o, ldo, valid),
+                        (true, 5) => group_q8::<5, true>(tiles, blocks, a, i, o, ldo, valid),
+                        (true, 4) => group_q8::<4, true>(tiles, blocks, a, i, o, ldo, valid),
+                        (true, 3) => group_q8::<3, true>(tiles, blocks, a, i, o, ldo, valid),
+                        (true, 2) => group_q8::<2, true>(tiles, blocks, a, i, o, ldo, valid),
+                        (true, _) => group_q8::<1, true>(tiles, blocks, a, i, o, ldo, valid),
+                    }
+                }
+            });
+            return;
+        }
         for h in 0..2 {
             if 8 * h >= valid {
                 break;
@@ -58,6 +84,99 @@ unsafe fn run<const T: u8>(
             });
         }
     });
+}
+
+/// q8_0: one row group (16 weight rows, two vectors of 8) × `R` activation rows from `i`, over
+/// every block; each broadcast activation word feeds both halves. Writes the first `valid`
+/// columns.
+///
+/// `NARROW` (activations within ±64, [`QActs::narrow`]): the weights flipped to unsigned
+/// (`w ^ 0x80` = `w + 128`, at most 255) go straight into `vpmaddubsw`, whose pairs then stay
+/// within int16 (2 · 255 · 64 < 2¹⁵); the int32 lanes start at `−128·s` to take the offset
+/// back out. Else the sign trick: `|w| · sign(x, w)`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn group_q8<const R: usize, const NARROW: bool>(
+    tiles: &[u8],
+    blocks: usize,
+    a: &QActs,
+    i: usize,
+    out: *mut f32,
+    ldo: usize,
+    valid: usize,
+) {
+    let (tb, qo) = tile_layout(0);
+    let nb = a.blocks;
+    let aq = a.q[i * nb * BLOCK..(i + R) * nb * BLOCK].as_ptr();
+    let ad = &a.d[i * nb..(i + R) * nb];
+    let asum = &a.s[i * nb..(i + R) * nb];
+    let mut facc = [[_mm256_setzero_ps(); 2]; R];
+    let ones = _mm256_set1_epi16(1);
+    let flip = _mm256_set1_epi8(-128i8);
+    for b in 0..blocks {
+        let t = tiles[b * tb..(b + 1) * tb].as_ptr();
+        // SAFETY: loads within this tile and rows i..i+R of the activations.
+        unsafe {
+            let q = t.add(qo);
+            let mut iacc = [[_mm256_setzero_si256(); 2]; R];
+            if NARROW {
+                for (ii, acc) in iacc.iter_mut().enumerate() {
+                    let off = _mm256_set1_epi32(-128 * asum[ii * nb + b]);
+                    *acc = [off, off];
+                }
+            }
+            for c in 0..BLOCK / 4 {
+                let w0 = _mm256_loadu_si256(q.add(64 * c).cast());
+                let w1 = _mm256_loadu_si256(q.add(64 * c + 32).cast());
+                let (u0, u1) = if NARROW {
+                    (_mm256_xor_si256(w0, flip), _mm256_xor_si256(w1, flip))
+                } else {
+                    (_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(w1, w1))
+                };
+                for (ii, acc) in iacc.iter_mut().enumerate() {
+                    let x = aq.add(ii * nb * BLOCK + b * BLOCK + 4 * c);
+                    let av = _mm256_set1_epi32(x.cast::<i32>().read_unaligned());
+                    let (p0, p1) = if NARROW {
+                        (_mm256_maddubs_epi16(u0, av), _mm256_maddubs_epi16(u1, av))
+                    } else {
+                        (
+                            _mm256_maddubs_epi16(u0, _mm256_sign_epi8(av, w0)),
+                            _mm256_maddubs_epi16(u1, _mm256_sign_epi8(av, w1)),
+                        )
+                    };
+                    acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(p0, ones));
+                    acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(p1, ones));
+                }
+            }
+            let dw = [
+                _mm256_cvtph_ps(_mm_loadu_si128(t.cast())),
+                _mm256_cvtph_ps(_mm_loadu_si128(t.add(16).cast())),
+            ];
+            for ii in 0..R {
+                let da = _mm256_set1_ps(ad[ii * nb + b]);
+                for h in 0..2 {
+                    let sc = _mm256_mul_ps(dw[h], da);
+                    let f = &mut facc[ii][h];
+                    *f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[ii][h]), sc, *f);
+                }
+            }
+        }
+    }
+    for (ii, v) in facc.iter().enumerate() {
+        // SAFETY: row i + ii of the output, its first `valid` (≤ 16) columns.
+        unsafe {
+            let o = out.add(ii * ldo);
+            if valid == ROWS {
+                _mm256_storeu_ps(o, v[0]);
+                _mm256_storeu_ps(o.add(8), v[1]);
+            } else {
+                let mut tmp = [0.0f32; ROWS];
+                _mm256_storeu_ps(tmp.as_mut_ptr(), v[0]);
+                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), v[1]);
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), o, valid);
+            }
+        }
+    }
 }
 
 /// Rows `8h..8h+8` of one row group × `R` activation rows from `i`, over every block; writes
@@ -154,13 +273,20 @@ unsafe fn half<const T: u8, const R: usize>(
 }
 
 /// See [`crate::kernels::QuantizeActsFn`]; bit-identical to the scalar reference.
-pub fn quantize_acts(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32], s: &mut [i32]) {
+pub fn quantize_acts(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32], s: &mut [i32], levels: i32) {
     // SAFETY: the dispatch point hands this out only on CPUs with AVX2.
-    unsafe { quantize_acts_avx2(x, k, q, d, s) }
+    unsafe { quantize_acts_avx2(x, k, q, d, s, levels) }
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_acts_avx2(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32], s: &mut [i32]) {
+unsafe fn quantize_acts_avx2(
+    x: &[f32],
+    k: usize,
+    q: &mut [i8],
+    d: &mut [f32],
+    s: &mut [i32],
+    levels: i32,
+) {
     let nb = k.div_ceil(BLOCK);
     let m = d.len() / nb;
     assert!(x.len() >= m * k && q.len() == m * nb * BLOCK && s.len() == m * nb);
@@ -204,8 +330,8 @@ unsafe fn quantize_acts_avx2(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32], s
                 ss[at] = 0;
                 continue;
             }
-            let id = _mm256_set1_ps(127.0 / amax);
-            let (lo, hi) = (_mm256_set1_epi32(-127), _mm256_set1_epi32(127));
+            let id = _mm256_set1_ps(levels as f32 / amax);
+            let (lo, hi) = (_mm256_set1_epi32(-levels), _mm256_set1_epi32(levels));
             let qi = v.map(|x| {
                 _mm256_min_epi32(
                     _mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x, id)), lo),
@@ -224,7 +350,7 @@ unsafe fn quantize_acts_avx2(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32], s
             let s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
             let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b01_00_11_10));
             let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0b00_00_00_01));
-            ds[at] = amax / 127.0;
+            ds[at] = amax / levels as f32;
             ss[at] = _mm_cvtsi128_si32(s1);
         }
     }

@@ -191,13 +191,20 @@ unsafe fn tile<const T: u8, const G: usize, const R: usize>(
 }
 
 /// See [`crate::kernels::QuantizeActsFn`]; bit-identical to the scalar reference.
-pub fn quantize_acts(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32], s: &mut [i32]) {
+pub fn quantize_acts(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32], s: &mut [i32], levels: i32) {
     // SAFETY: the dispatch point hands this out only on CPUs with AVX-512F/BW.
-    unsafe { quantize_acts_avx512(x, k, q, d, s) }
+    unsafe { quantize_acts_avx512(x, k, q, d, s, levels) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn quantize_acts_avx512(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32], s: &mut [i32]) {
+unsafe fn quantize_acts_avx512(
+    x: &[f32],
+    k: usize,
+    q: &mut [i8],
+    d: &mut [f32],
+    s: &mut [i32],
+    levels: i32,
+) {
     let nb = k.div_ceil(BLOCK);
     let m = d.len() / nb;
     assert!(x.len() >= m * k && q.len() == m * nb * BLOCK && s.len() == m * nb);
@@ -226,8 +233,8 @@ unsafe fn quantize_acts_avx512(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32],
                 ss[at] = 0;
                 continue;
             }
-            let id = _mm512_set1_ps(127.0 / amax);
-            let (lo, hi) = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
+            let id = _mm512_set1_ps(levels as f32 / amax);
+            let (lo, hi) = (_mm512_set1_epi32(-levels), _mm512_set1_epi32(levels));
             let q0 = _mm512_min_epi32(
                 _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v0, id)), lo),
                 hi,
@@ -241,7 +248,7 @@ unsafe fn quantize_acts_avx512(x: &[f32], k: usize, q: &mut [i8], d: &mut [f32],
                 _mm_storeu_si128(q.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(q0));
                 _mm_storeu_si128(q.as_mut_ptr().add(16).cast(), _mm512_cvtepi32_epi8(q1));
             }
-            ds[at] = amax / 127.0;
+            ds[at] = amax / levels as f32;
             ss[at] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
         }
     }
