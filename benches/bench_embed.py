@@ -9,10 +9,10 @@ normalization are the same. Sentences are ~20-word lines of the corpus (default
 ../shared/data/corpora/en-fortunes.txt, else CPython's stdlib). Rows: one 10-word sentence per
 call (latency, tokenization included for every engine); 256 sentences in batches of 32
 (throughput). ferrolm fp32 is compared with ONNX Runtime fp32 and sentence-transformers,
-ferrolm int8 (``quantize="int8"``: q8_0 weights, int8 activations) with ONNX Runtime's dynamic
-int8. Each engine's cosine to ferrolm's fp32 vectors is printed beside its speed
-(sentence-transformers is the fp32 reference of the parity tests), and each ratio beside its
-target (issue 6).
+ferrolm int8 (``quantize="int8"``: q8_0 weights, int8 activations, 7-bit on AVX2 without
+VNNI) with ONNX Runtime's dynamic int8. Each engine's cosine to ferrolm's fp32 vectors is
+printed beside its speed (sentence-transformers is the fp32 reference of the parity tests), and
+each ratio beside its target (issue 6).
 """
 
 from __future__ import annotations

@@ -84,6 +84,9 @@ class BertModel:
         ``quantize="int8"`` (= ``"q8_0"``), ``"int4"`` (= ``"q4_0"``) or ``"q4_1"`` quantizes
         the encoder's matrices as they load (the embeddings and the classifier stay f32);
         ``save_pretrained`` writes a folder that loads back quantized without re-quantizing.
+        Each matmul's input is rounded per block of 32 to int8, or to 7 bits on CPUs with AVX2
+        and no VNNI, whose integer kernel runs faster on them (all-MiniLM-L6-v2: cosine to
+        f32 0.998 with 8-bit activations, 0.996 with 7-bit, at the minimum over varied texts).
         """
         folder = _resolve_model_dir(name_or_path)
         core = load_core(_core.Bert.load, folder, quantize, show_progress)
