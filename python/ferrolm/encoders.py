@@ -191,20 +191,28 @@ class BertModel:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         hidden_size = int(self.config["hidden_size"])
         normalize = bool(self.normalize or normalize_embeddings)
-        encode_args = {
-            "add_special_tokens": True,
-            "truncate_to": self.max_seq_length,
-            "truncate_left": tok.truncation_side == "left",
-            "pad_to": None,
-            "pad_id": 0,
-            "pad_left": False,
-            "as_bytes": False,
-        }
+        truncate_left = tok.truncation_side == "left"
+
+        def ids_of(batch: list[str]) -> Any:
+            # Unpadded ids, as tok(texts, truncation=True, max_length=...) gives them (one
+            # sequence each: token types 0); the core runs them end to end, pools and
+            # normalizes.
+            ids, _mask = tok._encode_for_call(
+                batch,
+                add_special_tokens=True,
+                truncate_to=self.max_seq_length,
+                truncate_left=truncate_left,
+                pad_to=None,
+                pad_id=0,
+                pad_left=False,
+                as_bytes=False,
+            )
+            return ids
+
         if 0 < len(texts) <= batch_size and not show_progress_bar:
             # One micro-batch (a query, a few sentences): no sorting, no scatter, the core's
             # buffer is the result (the latency path).
-            ids, _mask = tok._encode_for_call(texts, **encode_args)
-            raw = self._core.embed(ids, None, self.pooling, normalize)
+            raw = self._core.embed(ids_of(texts), None, self.pooling, normalize)
             out = np.frombuffer(raw, dtype="<f4").reshape(len(texts), hidden_size)
         else:
             out = np.zeros((len(texts), hidden_size), dtype=np.float32)
@@ -212,11 +220,8 @@ class BertModel:
             with Progress(len(texts), "encoding", unit="text", enabled=show_progress_bar) as bar:
                 for start in range(0, len(order), batch_size):
                     idx = order[start : start + batch_size]
-                    # Unpadded ids, as tok(texts, truncation=True, max_length=...) gives them
-                    # (one sequence each: token types 0); the core runs them end to end, pools
-                    # and normalizes.
-                    ids, _mask = tok._encode_for_call([texts[i] for i in idx], **encode_args)
-                    raw = self._core.embed(ids, None, self.pooling, normalize)
+                    batch = [texts[i] for i in idx]
+                    raw = self._core.embed(ids_of(batch), None, self.pooling, normalize)
                     out[idx] = np.frombuffer(raw, dtype="<f4").reshape(len(idx), hidden_size)
                     bar.update(len(idx))
         if convert_to_tensor:
