@@ -54,6 +54,14 @@ pub type GemmFn = unsafe fn(
 pub type GemmPackedFn =
     unsafe fn(m: usize, w: usize, k: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize);
 
+/// The height of `rows` split into register tiles of at most `most` rows, as even as can be
+/// (15 rows of at most 6: 5 + 5 + 5, not 6 + 6 + 3); at least 1.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn even_tile(rows: usize, most: usize) -> usize {
+    rows.div_ceil(rows.div_ceil(most).max(1)).max(1)
+}
+
 /// Columns per panel of a [`PackedB`].
 pub const PANEL: usize = 32;
 

@@ -68,8 +68,7 @@ unsafe fn gemm_avx2(
     // always goes through the same arithmetic (one chain of fused multiply-adds over k, or the
     // reference's), whatever `m`, `w`'s split across threads or the caller's blocking.
     let full = w - w % 8;
-    // Row tiles of at most 6, as even as can be (15 rows: 5 + 5 + 5, not 6 + 6 + 3).
-    let tall = m.div_ceil(m.div_ceil(6).max(1)).max(1);
+    let tall = super::even_tile(m, 6);
     let mut j0 = 0;
     while j0 < full {
         let j1 = (j0 + NC).min(full);

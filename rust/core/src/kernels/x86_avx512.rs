@@ -173,7 +173,7 @@ unsafe fn gemm_packed_avx512(
     // in `gemm`: each column the same chain of multiply-adds over k.
     let full = w - w % 16;
     // Row tiles of at most TALL, as even as they come.
-    let mr = m.div_ceil(m.div_ceil(TALL).max(1));
+    let mr = super::even_tile(m, TALL);
     // Panel by panel, each in order of its rows (depth blocks of KC_PACKED, each multiplied
     // by every row tile while it is in cache): the weights stream through once, in order,
     // prefetched ahead.

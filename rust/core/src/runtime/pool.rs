@@ -606,7 +606,7 @@ mod tests {
             let sum: u64 = install(|| (1..=1000_u64).into_par_iter().sum()).unwrap();
             assert_eq!(sum, 500_500);
         }
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpus = available_cpus();
         team_steps_in_lockstep(cpus.clamp(1, 3));
         set_num_threads(cpus + 1).unwrap();
         assert!(!team(|_| ()).unwrap(), "no team of more threads than CPUs");

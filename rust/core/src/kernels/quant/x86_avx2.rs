@@ -43,7 +43,7 @@ unsafe fn run<const T: u8>(
     // q8_0: whole row groups (16 weight rows) per tile, the rows in tiles of at most MR as
     // even as can be.
     let mr = if a.narrow { 5 } else { MR };
-    let tr = (i1 - i0).div_ceil((i1 - i0).div_ceil(mr).max(1));
+    let tr = crate::kernels::even_tile(i1 - i0, mr);
     for_groups(w, g0, g1, a, i1, |g, tiles, valid| {
         if T == 0 {
             row_tiles(i0, i1, tr, |i, r| {

@@ -44,7 +44,7 @@ unsafe fn run<const T: u8>(
     let pairs = i1 - i0 >= 4 && g1 - g0 >= 2;
     // The rows in tiles of at most MR, as even as can be (14 rows: 7 + 7, not 7 + 7 + 0;
     // 8: 4 + 4, not 7 + 1).
-    let tr = (i1 - i0).div_ceil((i1 - i0).div_ceil(MR).max(1));
+    let tr = crate::kernels::even_tile(i1 - i0, MR);
     let mut pending: Option<(usize, &[u8], usize)> = None;
     for_groups(w, g0, g1, a, i1, |g, tiles, valid| {
         if pairs && valid == ROWS && pending.is_none() && g + 1 < g1 {
