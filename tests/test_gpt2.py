@@ -715,7 +715,9 @@ def test_ctrl_c_stops_generation_with_keyboard_interrupt() -> None:
 
     folder = gpt2_model(n_embd=128, n_layer=4, n_head=4, n_positions=2048, vocab_size=2000)
     probe = (
-        "import sys, ferrolm\n"
+        "import signal, sys, ferrolm\n"
+        # SIGINT is inherited ignored where pytest runs in the background (`&`, nohup).
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "m = ferrolm.AutoModelForCausalLM.from_pretrained(sys.argv[1])\n"
         "m.generate([[1, 2, 3]], max_new_tokens=4)\n"
         "print('ready', flush=True)\n"
