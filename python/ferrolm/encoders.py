@@ -16,7 +16,8 @@ from typing import Any
 
 from ferrolm import _core
 from ferrolm._quant import load_core, save_folder
-from ferrolm.tokenizer import Tokenizer, _resolve_model_dir
+from ferrolm._resolve import resolve_dir
+from ferrolm.tokenizer import Tokenizer
 
 __all__ = [
     "AutoModel",
@@ -88,7 +89,7 @@ class BertModel:
         and no VNNI, whose integer kernel runs faster on them (all-MiniLM-L6-v2: cosine to
         f32 0.998 with 8-bit activations, 0.996 with 7-bit, at the minimum over varied texts).
         """
-        folder = _resolve_model_dir(name_or_path)
+        folder = resolve_dir(name_or_path)
         core = load_core(_core.Bert.load, folder, quantize, show_progress)
         tok = None
         if any((folder / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
@@ -102,6 +103,16 @@ class BertModel:
     def quantization(self) -> str | None:
         """The encoder matrices' format: ``"q8_0"``, ``"q4_0"``, ``"q4_1"``, or None (f32)."""
         return self._core.quantization
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"<ferrolm.{type(self).__name__} {self.name_or_path!r} "
+            f"model_type={c.get('model_type', 'bert')!r} hidden_size={c.get('hidden_size')} "
+            f"num_hidden_layers={c.get('num_hidden_layers')} pooling={self.pooling!r} "
+            f"normalize={self.normalize} max_seq_length={self.max_seq_length} "
+            f"quantization={self.quantization!r}>"
+        )
 
     def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:
         """Writes the model, its config, tokenizer and sentence-transformers pooling files to a

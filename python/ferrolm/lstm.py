@@ -36,6 +36,7 @@ from typing import Any
 
 from ferrolm import _core
 from ferrolm._errors import FormatError
+from ferrolm._resolve import resolve
 from ferrolm.models import PreTrainedCausalLM, _read_json, _rows_of
 from ferrolm.tokenizer import Tokenizer
 
@@ -59,9 +60,7 @@ class LSTMLanguageModel(PreTrainedCausalLM):
         """Loads a folder (``config.json`` + safetensors) or a ``.keras`` file. ``quantize``:
         ``"int8"`` / ``"int4"`` / ``"q4_1"`` for the matrices. ``tokenizer``: a Tokenizer or
         a path to one (default: the folder's ``tokenizer.json``, if any)."""
-        path = Path(name_or_path)
-        if not path.exists():
-            raise FileNotFoundError(2, "no such model file or folder", str(path))
+        path = resolve(name_or_path)
         if path.is_file():
             with tempfile.TemporaryDirectory(prefix="ferrolm-keras-") as tmp:
                 convert_keras(path, Path(tmp))

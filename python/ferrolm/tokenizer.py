@@ -25,6 +25,8 @@ from typing import Any
 from ferrolm import _core
 from ferrolm._data import data_path
 from ferrolm._errors import FormatError
+from ferrolm._io import atomic_write_text
+from ferrolm._resolve import resolve
 
 __all__ = ["GPT2_PATTERN", "BatchEncoding", "Tokenizer", "builtin_names"]
 
@@ -491,20 +493,37 @@ class Tokenizer(_core.Tokenizer):
         )
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike[str]) -> Tokenizer:
-        """A tokenizer from a model folder (``tokenizer.json``, else ``vocab.txt``, else
-        ``vocab.json`` + ``merges.txt``), or from a model name found in the local Hugging Face
-        cache. Never uses the network: a name not in
-        the cache is a ``FileNotFoundError`` saying where ferrolm looked.
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        gguf_file: str | None = None,
+        **_: Any,
+    ) -> Tokenizer:
+        """The tokenizer of a model, as every ferrolm loader resolves its name
+        (``ferrolm._resolve``): a model folder (``tokenizer.json``, else ``vocab.txt``, else
+        ``vocab.json`` + ``merges.txt``, with ``tokenizer_config.json``'s settings), a ``.gguf``
+        file (the tokenizer in its metadata; ``gguf_file=`` names one inside a folder, as in
+        transformers), a tokenizer file, a short model name such as ``"smollm2"``, or a model
+        in the local Hugging Face cache. Never uses the network. Other keyword arguments that
+        transformers takes (``use_fast``, ``revision``, ...) are accepted and ignored.
         """
-        folder = _resolve_model_dir(name_or_path)
+        path = resolve(name_or_path, gguf_file)
+        if path.is_file():
+            with open(path, "rb") as f:
+                magic = f.read(4)
+            if magic == b"GGUF":
+                return cls.from_gguf(path)
+            return cls.from_file(path)
         for candidate in ("tokenizer.json", "vocab.txt", "vocab.json"):
-            if (folder / candidate).is_file():
-                tok = cls.from_file(folder / candidate)
-                _apply_config(tok, folder)
+            if (path / candidate).is_file():
+                tok = cls.from_file(path / candidate)
+                _apply_config(tok, path)
                 return tok
+        ggufs = sorted(f.name for f in path.glob("*.gguf"))
+        hint = f"; it has {', '.join(ggufs)}: pass gguf_file=" if ggufs else ""
         raise FileNotFoundError(
-            2, "no tokenizer.json, vocab.txt or vocab.json in the model folder", str(folder)
+            2, f"no tokenizer.json, vocab.txt or vocab.json in the model folder{hint}", str(path)
         )
 
     @classmethod
@@ -626,8 +645,9 @@ class Tokenizer(_core.Tokenizer):
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Writes this tokenizer as a Hugging Face ``tokenizer.json`` (trained tokenizers, and
         those read from a ``tokenizer.json``) that ``tokenizers`` and ``transformers`` load.
-        ``path`` is the file, or an existing folder to write ``tokenizer.json`` into. Returns
-        the path written.
+        ``path`` is the file (its folders are created), or an existing folder to write
+        ``tokenizer.json`` into. The file is written atomically: a temporary file beside it,
+        flushed to the disk, then renamed over it. Returns the path written.
 
         Tokenizers read from other formats (tiktoken ranks, ``vocab.txt``, ``vocab.json``)
         raise ``ValueError``: their own files are already what ``from_file`` reads.
@@ -635,8 +655,7 @@ class Tokenizer(_core.Tokenizer):
         target = Path(path)
         if target.is_dir():
             target = target / "tokenizer.json"
-        target.write_text(self.to_json(), encoding="utf-8")
-        return target
+        return atomic_write_text(target, self.to_json())
 
     def to_json(self) -> str:
         """The ``tokenizer.json`` text ``save`` writes (``tokenizers.Tokenizer.from_str``
@@ -741,48 +760,6 @@ def _config_lowercase(folder: Path) -> bool:
             raise FormatError(f"{cfg}: {e}") from None
         return bool(value)
     return True
-
-
-def _hf_cache_dirs() -> list[Path]:
-    env = os.environ
-    if env.get("HF_HUB_CACHE"):
-        return [Path(env["HF_HUB_CACHE"])]
-    if env.get("HUGGINGFACE_HUB_CACHE"):
-        return [Path(env["HUGGINGFACE_HUB_CACHE"])]
-    home = Path(env["HF_HOME"]) if env.get("HF_HOME") else Path.home() / ".cache" / "huggingface"
-    return [home / "hub"]
-
-
-def _resolve_model_dir(name_or_path: str | os.PathLike[str]) -> Path:
-    """A local folder as given, or the newest snapshot of a cached hub model."""
-    p = Path(name_or_path)
-    if p.is_dir():
-        return p
-    name = os.fspath(name_or_path)
-    looked: list[str] = [str(p.resolve())]
-    if "/" in name or not p.exists():
-        repo = "models--" + name.replace("/", "--")
-        for cache in _hf_cache_dirs():
-            snapshots = cache / repo / "snapshots"
-            looked.append(str(snapshots))
-            ref = cache / repo / "refs" / "main"
-            if ref.is_file():
-                snap = snapshots / ref.read_text().strip()
-                if snap.is_dir():
-                    return snap
-            if snapshots.is_dir():
-                dirs = sorted(
-                    (d for d in snapshots.iterdir() if d.is_dir()),
-                    key=lambda d: d.stat().st_mtime,
-                )
-                if dirs:
-                    return dirs[-1]
-    raise FileNotFoundError(
-        2,
-        f"{name!r} is not a local folder nor a model in the Hugging Face cache "
-        f"(ferrolm never downloads); looked in: {', '.join(looked)}",
-        name,
-    )
 
 
 _builtin_cache: dict[tuple[type[Tokenizer], str], Tokenizer] = {}
