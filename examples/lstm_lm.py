@@ -2,11 +2,12 @@
 an Embedding → LSTM → Dense model trained with PyTorch, exported, then run by ferrolm
 (generation and perplexity) without PyTorch.
 
-    python examples/lstm_lm.py [--corpus FILE] [--minutes 3] [--out lstm-lm]
+    python examples/lstm_lm.py [--corpus FILE] [--minutes 3] [--out FOLDER]
 
 The corpus defaults to ../shared/data/corpora/en-fortunes.txt when it exists, else the
 CPython standard library's ``*.py`` files (code is text too). 90% trains, the last 10% is
-held out for perplexity.
+held out for perplexity. The model is saved to ``--out``, by default a new temporary folder
+(its path is printed), never into the current directory unasked.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import sysconfig
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,9 +45,13 @@ def main() -> int:
     ap.add_argument("--embedding", type=int, default=128)
     ap.add_argument("--hidden", type=int, default=384)
     ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("lstm-lm"))
+    ap.add_argument(
+        "--out", type=Path, help="the folder to save the model to (default: a new temporary folder)"
+    )
     ap.add_argument("--prompt", default="The meaning of life is")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="ferrolm-lstm-lm-"))
 
     import torch
 
