@@ -122,10 +122,23 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, Pat
                 p.mul_(3.0)
             fc.weight.mul_(8.0)
     ferrolm.lstm.save_torch_lstm(lstm, emb, rnn, fc)
+    # GRU layers of different sizes: the other cell and per-layer widths.
+    gru = root / "gru"
+    with torch.random.fork_rng():
+        torch.manual_seed(12)
+        emb = nn.Embedding(500, 24)
+        grus = [nn.GRU(24, 40, batch_first=True), nn.GRU(40, 56, batch_first=True)]
+        fc = nn.Linear(56, 500)
+        with torch.no_grad():
+            for p in (p for g in grus for p in g.parameters()):
+                p.mul_(3.0)
+            fc.weight.mul_(8.0)
+    ferrolm.lstm.save_torch_lstm(gru, emb, grus, fc)
     return {
         "gpt2": ("gpt2", gpt2, 1000),
         "llama": ("llama", llama, 300),
         "lstm": ("lstm", lstm, 500),
+        "gru": ("lstm", gru, 500),
     }
 
 
@@ -150,6 +163,8 @@ CASES = [
     ("llama", "q4_1"),
     ("lstm", ""),
     ("lstm", "int8"),
+    ("gru", ""),
+    ("gru", "int8"),
 ]
 
 

@@ -1,7 +1,8 @@
-"""ferrolm's LSTM language models (Embedding → LSTM layers → Dense) against PyTorch's nn.LSTM
-and Keras 3's ``model.predict`` (PyTorch backend) on the same seeded weights: probabilities,
-the explicit recurrent state, padded batches, greedy decoding, int8, perplexity, streaming,
-and the errors a bad file or bad input gives."""
+"""ferrolm's recurrent language models (Embedding → LSTM or GRU layers → Dense) against
+PyTorch's nn.LSTM / nn.GRU and Keras 3's ``model.predict`` (PyTorch backend) on the same seeded
+weights: probabilities, the explicit recurrent state, padded batches, greedy decoding, int8,
+perplexity, streaming, stacks of layers of different sizes, and the errors a bad file or bad
+input gives."""
 
 from __future__ import annotations
 
@@ -45,6 +46,10 @@ SAME_TOL = 1e-5
 # q8_0 weights against float32, probabilities at length 64 (measured: 1.0e-2; 1.9e-2 at 512;
 # logits 0.1; argmax agreement 98%). The error grows along the sequence through the state.
 INT8_TOL = 3e-2
+# A GRU's probabilities move more under q8_0 (measured at length 64: up to 4.6e-2 over the GRU
+# models below, mean 4e-4; LSTMs of the same sizes 1.0e-2): its state is h alone, in (-1, 1)
+# undamped by an output gate, so the Dense layer sees larger inputs and sharper distributions.
+GRU_INT8_TOL = 6e-2
 TIE = 1e-4  # reference scores closer than this are a tie: either token is a correct greedy pick
 LAYERS = [1, 2]
 
@@ -75,39 +80,79 @@ class Ref:
     """A seeded PyTorch LSTM LM, its saved folder and ferrolm's model of that folder."""
 
     emb: nn.Embedding
-    lstm: nn.LSTM
+    lstm: Any  # an nn.LSTM / nn.GRU, or a list of them (layers of different sizes)
     fc: nn.Linear
     folder: Path
     model: ferrolm.LSTMLanguageModel
 
     def run(self, ids: Any, state: Any = None) -> tuple[Any, Any, Any]:
-        """PyTorch's logits ``[batch, time, vocab]`` and ``(h_n, c_n)``."""
+        """PyTorch's logits ``[batch, time, vocab]`` and ``(h_n, c_n)`` (c_n None for a GRU),
+        from ``state`` = ``(h_0, c_0)`` (c_0 None for a GRU). For a list of modules the states
+        are as ferrolm's ``get_state`` gives them: lists of one ``[batch, H_k]`` per layer."""
         x = torch.as_tensor(np.asarray(ids), dtype=torch.long)
+        h0, c0 = (None, None) if state is None else state
         with torch.no_grad():
-            y, (h, c) = self.lstm(self.emb(x), state)
-            return self.fc(y), h, c
+            y = self.emb(x)
+            if isinstance(self.lstm, nn.RNNBase):
+                init = None if h0 is None else h0 if c0 is None else (h0, c0)
+                y, s = self.lstm(y, init)
+                h, c = s if isinstance(s, tuple) else (s, None)
+                return self.fc(y), h, c
+            hs, cs = [], []
+            for k, layer in enumerate(self.lstm):
+                init = None
+                if h0 is not None:
+                    hk = torch.as_tensor(np.asarray(h0[k])).unsqueeze(0)
+                    init = hk if c0 is None else (hk, torch.as_tensor(np.asarray(c0[k]))[None])
+                y, s = layer(y, init)
+                h, c = s if isinstance(s, tuple) else (s, None)
+                hs.append(h[0])
+                cs.append(None if c is None else c[0])
+            return self.fc(y), hs, None if cs[0] is None else cs
 
 
-def build_torch(layers: int, seed: int, vocab: int = V, bias: bool = True) -> tuple[Any, ...]:
+def build_torch(
+    layers: int, seed: int, vocab: int = V, bias: bool = True, cell: str = "lstm"
+) -> tuple[Any, ...]:
     """Embedding / LSTM / Linear from PyTorch's default init, scaled so that the gates saturate
     and the next-token distributions are far from flat (seeded, the global RNG untouched)."""
+    return build_rnn(cell, [H] * layers, seed, vocab=vocab, bias=bias)
+
+
+def build_rnn(
+    cell: str, sizes: list[int], seed: int, vocab: int = V, bias: bool = True
+) -> tuple[Any, ...]:
+    """As ``build_torch``, ``cell`` "lstm" or "gru" layers of ``sizes`` units: one module when
+    the sizes are equal, else a list of one single-layer module per size (how a PyTorch user
+    stacks layers of different sizes)."""
+    rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         emb = nn.Embedding(vocab, E)
-        lstm = nn.LSTM(E, H, layers, batch_first=True, bias=bias)
-        fc = nn.Linear(H, vocab, bias=bias)
+        if len(set(sizes)) == 1:
+            mods: Any = rnn(E, sizes[0], len(sizes), batch_first=True, bias=bias)
+            params = list(mods.parameters())
+        else:
+            ins = [E, *sizes[:-1]]
+            mods = [rnn(i, h, batch_first=True, bias=bias) for i, h in zip(ins, sizes, strict=True)]
+            params = [p for m in mods for p in m.parameters()]
+        fc = nn.Linear(sizes[-1], vocab, bias=bias)
         with torch.no_grad():
-            for p in lstm.parameters():
+            for p in params:
                 p.mul_(3.0)
             fc.weight.mul_(12.0)
-    return emb.eval(), lstm.eval(), fc.eval()
+    if isinstance(mods, list):
+        return emb.eval(), [m.eval() for m in mods], fc.eval()
+    return emb.eval(), mods.eval(), fc.eval()
 
 
 def make_ref(folder: Path, layers: int, seed: int, **kwargs: Any) -> Ref:
     tokenizer = kwargs.pop("tokenizer", None)
     vocab = kwargs.pop("vocab", V)
     bias = kwargs.pop("bias", True)
-    emb, lstm, fc = build_torch(layers, seed, vocab=vocab, bias=bias)
+    cell = kwargs.pop("cell", "lstm")
+    sizes = kwargs.pop("sizes", [H] * layers)
+    emb, lstm, fc = build_rnn(cell, sizes, seed, vocab=vocab, bias=bias)
     save_torch_lstm(folder, emb, lstm, fc, tokenizer=tokenizer, **kwargs)
     return Ref(emb, lstm, fc, folder, ferrolm.LSTMLanguageModel.from_pretrained(folder))
 
@@ -200,10 +245,19 @@ def keras_weights(ref: Ref) -> list[Any]:
         return t.detach().numpy()
 
     out = [np_(ref.emb.weight)]
-    for k in range(ref.lstm.num_layers):
-        w_ih, w_hh = getattr(ref.lstm, f"weight_ih_l{k}"), getattr(ref.lstm, f"weight_hh_l{k}")
-        b = getattr(ref.lstm, f"bias_ih_l{k}") + getattr(ref.lstm, f"bias_hh_l{k}")
-        out += [np_(w_ih).T, np_(w_hh).T, np_(b)]
+    for mod in ref.lstm if isinstance(ref.lstm, list) else [ref.lstm]:
+        for k in range(mod.num_layers):
+            w_ih, w_hh = getattr(mod, f"weight_ih_l{k}"), getattr(mod, f"weight_hh_l{k}")
+            b_ih, b_hh = getattr(mod, f"bias_ih_l{k}"), getattr(mod, f"bias_hh_l{k}")
+            if mod.mode == "LSTM":
+                out += [np_(w_ih).T, np_(w_hh).T, np_(b_ih + b_hh)]
+                continue
+            # GRU: PyTorch's gates r z n are Keras' z r h (reset_after=True); the bias is
+            # (2, 3u): input then recurrent.
+            u = mod.hidden_size
+            perm = np.r_[u : 2 * u, 0:u, 2 * u : 3 * u]
+            bias = np.stack([np_(b_ih)[perm], np_(b_hh)[perm]])
+            out += [np_(w_ih).T[:, perm], np_(w_hh).T[:, perm], bias]
     return [*out, np_(ref.fc.weight).T, np_(ref.fc.bias)]
 
 
@@ -605,9 +659,16 @@ def _bidirectional(keras: Any) -> Any:
     return [kl.Embedding(V, E), kl.Bidirectional(lstm), kl.Dense(V, activation="softmax")]
 
 
-def _gru(keras: Any) -> Any:
+def _gru_reset_before(keras: Any) -> Any:
+    """The original GRU formula (r applied before W_hn): not PyTorch's, refused."""
     kl = keras.layers
-    return [kl.Embedding(V, E), kl.GRU(H, return_sequences=True), kl.Dense(V)]
+    return [kl.Embedding(V, E), kl.GRU(H, return_sequences=True, reset_after=False), kl.Dense(V)]
+
+
+def _lstm_then_gru(keras: Any) -> Any:
+    kl = keras.layers
+    rnns = [kl.LSTM(H, return_sequences=True), kl.GRU(H, return_sequences=True)]
+    return [kl.Embedding(V, E), *rnns, kl.Dense(V)]
 
 
 def _attention(keras: Any) -> Any:
@@ -622,7 +683,8 @@ def _attention(keras: Any) -> Any:
 UNSUPPORTED: dict[str, tuple[Callable[[Any], Any], str]] = {
     "bidirectional": (_bidirectional, "bidirectional"),
     "attention": (_attention, "attention"),
-    "gru": (_gru, "gru"),
+    "gru-reset-after-false": (_gru_reset_before, "gru"),
+    "lstm-then-gru": (_lstm_then_gru, "gru"),
     "lstm-relu": (_lstm_relu, "lstm"),
     "dense-relu": (_dense_relu, "dense"),
 }
@@ -843,3 +905,362 @@ def test_state_of_another_batch_size_is_a_value_error(refs: dict[int, Ref]) -> N
     model = refs[2].model
     with pytest.raises(ValueError):
         model([[1], [2], [3]], past_key_values=model.new_state(2))
+
+
+# --------------------------------------------------------------------------- GRU, mixed sizes
+
+# name → (cell, units of each layer). Equal sizes are one PyTorch module of several layers;
+# different sizes a list of single-layer modules (and Keras' LSTM(40) → LSTM(56)).
+RNNS: dict[str, tuple[str, list[int]]] = {
+    "gru-1": ("gru", [H]),
+    "gru-2": ("gru", [H, H]),
+    "lstm-40-56": ("lstm", [40, 56]),
+    "gru-40-56": ("gru", [40, 56]),
+    "gru-56-24-40": ("gru", [56, 24, 40]),
+}
+
+
+@pytest.fixture(scope="module")
+def rnn_refs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Ref]:
+    """name → a softmax-headed model of RNNS saved from PyTorch."""
+    root = tmp_path_factory.mktemp("rnn")
+    return {
+        name: make_ref(
+            root / name,
+            len(sizes),
+            seed=200 + i,
+            cell=cell,
+            sizes=sizes,
+            output_activation="softmax",
+        )
+        for i, (name, (cell, sizes)) in enumerate(RNNS.items())
+    }
+
+
+def rnn_state(ref: Ref, state: Any) -> tuple[Any, Any]:
+    """ferrolm's state as ``Ref.run`` takes it: ``(h, c)``, c None for a GRU."""
+    got = ref.model.get_state(state)
+    return (got, None) if ref.model.config["cell"] == "gru" else got
+
+
+def state_diff(a: Any, b: Any) -> float:
+    """max |a - b| over two states (arrays, lists of per-layer arrays, or None)."""
+    if a is None or b is None:
+        assert a is None and b is None
+        return 0.0
+    if isinstance(a, list) or isinstance(b, list):
+        assert len(a) == len(b)
+        return max(max_diff(x, y) for x, y in zip(a, b, strict=True))
+    return max_diff(a, b)
+
+
+def test_config_says_cell_and_sizes(rnn_refs: dict[str, Ref]) -> None:
+    for name, (cell, sizes) in RNNS.items():
+        cfg = rnn_refs[name].model.config
+        assert cfg["cell"] == cell and cfg["hidden_sizes"] == sizes, name
+        assert cfg["num_layers"] == len(sizes)
+        assert cfg["hidden_size"] == (sizes[0] if len(set(sizes)) == 1 else sizes)
+        written = json.loads((rnn_refs[name].folder / "config.json").read_text())
+        assert written["cell"] == cell and written["hidden_size"] == cfg["hidden_size"]
+
+
+@pytest.mark.parametrize("seq", [1, 7, 64, 300])
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("name", sorted(RNNS))
+def test_rnn_predict_matches_torch(
+    rnn_refs: dict[str, Ref], name: str, batch: int, seq: int
+) -> None:
+    ref = rnn_refs[name]
+    ids = random_ids((batch, seq), seed=batch * 100 + seq + 3)
+    logits, _, _ = ref.run(ids)
+    got = ref.model.predict(ids)
+    assert got.shape == (batch, seq, V)
+    assert max_diff(got, softmax(logits)) < PROB_TOL
+    assert max_diff(ref.model(torch.from_numpy(ids)).logits, logits) < LOGIT_TOL
+
+
+def test_rnn_without_biases_matches_torch(tmp_path: Path) -> None:
+    for cell, sizes in (("gru", [H, H]), ("gru", [40, 56]), ("lstm", [40, 56])):
+        ref = make_ref(
+            tmp_path / f"{cell}-{len(set(sizes))}", 2, seed=4, cell=cell, sizes=sizes, bias=False
+        )
+        ids = random_ids((2, 30), seed=8)
+        logits, _, _ = ref.run(ids)
+        assert max_diff(ref.model(ids).logits, logits) < LOGIT_TOL, (cell, sizes)
+
+
+@pytest.mark.parametrize("name", sorted(RNNS))
+def test_rnn_chunks_carry_the_state_like_torch(rnn_refs: dict[str, Ref], name: str) -> None:
+    ref = rnn_refs[name]
+    ids = random_ids((2, 48), seed=31)
+    whole, h_n, c_n = ref.run(ids)
+    first = ref.model(ids[:, :5])
+    state, parts, at = first.past_key_values, [first.logits], 5
+    for size in (1, 3, 11, 2, 16, 10):
+        parts.append(ref.model(ids[:, at : at + size], past_key_values=state).logits)
+        at += size
+    assert at == 48
+    assert max_diff(np.concatenate(parts, axis=1), whole) < LOGIT_TOL
+    h, c = rnn_state(ref, state)
+    assert state_diff(h, h_n) < LOGIT_TOL and state_diff(c, c_n) < LOGIT_TOL
+    # One token at a time: the same again.
+    state = ref.model.new_state(2)
+    steps = [ref.model(ids[:, i : i + 1], past_key_values=state).logits for i in range(48)]
+    assert max_diff(np.concatenate(steps, axis=1), whole) < LOGIT_TOL
+
+
+@pytest.mark.parametrize("name", sorted(RNNS))
+def test_rnn_initial_state_matches_torch(rnn_refs: dict[str, Ref], name: str) -> None:
+    ref = rnn_refs[name]
+    cell, sizes = RNNS[name]
+    rng = np.random.default_rng(44)
+    hs = [(0.5 * rng.standard_normal((4, n))).astype(np.float32) for n in sizes]
+    cs = [(2.0 * rng.standard_normal((4, n))).astype(np.float32) for n in sizes]
+    same = len(set(sizes)) == 1
+    h0: Any = np.stack(hs) if same else hs
+    c0: Any = None if cell == "gru" else np.stack(cs) if same else cs
+    ids = random_ids((4, 25), seed=45)
+    as_torch = (lambda x: None if x is None else torch.from_numpy(x)) if same else (lambda x: x)
+    want, h_n, c_n = ref.run(ids, (as_torch(h0), as_torch(c0)))
+    state = ref.model.new_state(4, h=h0, c=c0)
+    h, c = rnn_state(ref, state)
+    assert state_diff(h, h0) == 0 and state_diff(c, c0) == 0
+    got = ref.model(torch.from_numpy(ids), past_key_values=state)
+    assert max_diff(got.logits, want) < LOGIT_TOL
+    h, c = rnn_state(ref, state)
+    assert state_diff(h, h_n) < LOGIT_TOL and state_diff(c, c_n) < LOGIT_TOL
+
+
+def test_gru_state_is_h_alone(rnn_refs: dict[str, Ref]) -> None:
+    model = rnn_refs["gru-2"].model
+    h = model.get_state(model([[1, 2, 3]] * 3).past_key_values)
+    assert isinstance(h, np.ndarray) and h.shape == (2, 3, H)
+    with pytest.raises(ValueError, match="no cell state"):
+        model.new_state(3, h=h, c=h)
+    uneven = rnn_refs["gru-40-56"].model
+    h = uneven.get_state(uneven([[1, 2, 3]] * 3).past_key_values)
+    assert [x.shape for x in h] == [(3, 40), (3, 56)]
+    for bad in (np.zeros((2, 3, 40)), [np.zeros((3, 40))], [np.zeros((3, 40)), np.zeros((3, 40))]):
+        with pytest.raises(ValueError, match=r"\[3, 40\], \[3, 56\]"):
+            uneven.new_state(3, h=bad)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("name", sorted(RNNS))
+def test_rnn_padded_batch_equals_rows_alone(rnn_refs: dict[str, Ref], name: str, side: str) -> None:
+    ref = rnn_refs[name]
+    model = ref.model
+    rows = ragged(52)
+    ids, mask = padded(rows, side)
+    out = model(ids, attention_mask=mask)
+    h, _ = rnn_state(ref, out.past_key_values)
+    nxt = torch.tensor([[3]] * len(rows))
+    after = model(nxt, attention_mask=torch.ones_like(nxt), past_key_values=out.past_key_values)
+    width = ids.shape[1]
+    for b, r in enumerate(rows):
+        alone = model([r])
+        cols = slice(width - len(r), width) if side == "left" else slice(0, len(r))
+        assert max_diff(out.logits[b, cols], alone.logits[0]) < SAME_TOL, f"row {b}"
+        h1, _ = rnn_state(ref, alone.past_key_values)
+        assert all(max_diff(x[b], y[0]) < SAME_TOL for x, y in zip(h, h1, strict=True))
+        cont = model([[3]], past_key_values=alone.past_key_values).logits
+        assert max_diff(after.logits[b], cont[0]) < SAME_TOL, f"row {b} after the padding"
+
+
+@pytest.mark.parametrize("name", sorted(RNNS))
+def test_rnn_greedy_generate_matches_torch_loop(rnn_refs: dict[str, Ref], name: str) -> None:
+    ref = rnn_refs[name]
+    rng = np.random.default_rng(71)
+    prompts = [rng.integers(1, V, size=n).tolist() for n in (6, 11, 1)]
+    width = max(map(len, prompts))
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, p in enumerate(prompts):
+        ids[b, width - len(p) :] = torch.tensor(p)
+        mask[b, width - len(p) :] = 1
+    out = ref.model.generate(ids, attention_mask=mask, max_new_tokens=NEW, pad_token_id=0)
+    for b, p in enumerate(prompts):
+        want, scores = torch_greedy(ref, p, NEW)
+        assert_greedy_agrees(out[b, width:].tolist(), want, scores, b)
+    alone = ref.model.generate(torch.tensor([prompts[0]]), max_new_tokens=NEW)
+    want, scores = torch_greedy(ref, prompts[0], NEW)
+    assert_greedy_agrees(alone[0, len(prompts[0]) :].tolist(), want, scores, 0)
+
+
+@pytest.mark.parametrize("name", ["gru-2", "gru-40-56", "lstm-40-56"])
+def test_rnn_int8_is_close_to_float32(rnn_refs: dict[str, Ref], name: str) -> None:
+    ref = rnn_refs[name]
+    q = ferrolm.LSTMLanguageModel.from_pretrained(ref.folder, quantize="int8")
+    assert q.quantization == "q8_0"
+    ids = random_ids((8, 64), seed=81)
+    tol = GRU_INT8_TOL if RNNS[name][0] == "gru" else INT8_TOL
+    assert max_diff(q.predict(ids), ref.model.predict(ids)) < tol
+    assert np.abs(q.predict(ids) - ref.model.predict(ids)).mean() < 1e-3
+    agree = (q.predict(ids).argmax(-1) == ref.model.predict(ids).argmax(-1)).mean()
+    assert agree > 0.95
+
+
+def test_old_config_without_cell_loads_as_lstm(refs: dict[int, Ref], tmp_path: Path) -> None:
+    """Folders written before `cell` existed (an int hidden_size, no cell) load as before."""
+    src = refs[2].folder
+    dst = tmp_path / "old"
+    dst.mkdir()
+    cfg = json.loads((src / "config.json").read_text())
+    del cfg["cell"]
+    (dst / "config.json").write_text(json.dumps(cfg))
+    (dst / "model.safetensors").write_bytes((src / "model.safetensors").read_bytes())
+    model = ferrolm.LSTMLanguageModel.from_pretrained(dst)
+    assert model.config["cell"] == "lstm" and model.config["hidden_size"] == H
+    ids = random_ids((2, 20), seed=46)
+    assert max_diff(model.predict(ids), refs[2].model.predict(ids)) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "tensor"),
+    [
+        ("gru-2", "gru.weight_hh_l1"),
+        ("gru-40-56", "gru.weight_ih_l1"),
+        ("lstm-40-56", "lstm.weight_hh_l1"),
+        ("gru-40-56", "fc.weight"),
+        ("gru-40-56", "gru.bias_hh_l0"),
+    ],
+)
+def test_rnn_wrong_shape_is_a_format_error_naming_it(
+    rnn_refs: dict[str, Ref], tmp_path: Path, name: str, tensor: str
+) -> None:
+    src = rnn_refs[name].folder
+    tensors = read_safetensors(src / "model.safetensors")
+    shape = tensors[tensor].shape
+    tensors[tensor] = np.zeros((shape[0], *shape[1:-1], shape[-1] + 1), dtype=np.float32)
+    folder = copy_folder(src, tmp_path / "m", tensors)
+    with pytest.raises(ferrolm.FormatError, match=re.escape(tensor)):
+        ferrolm.LSTMLanguageModel.from_pretrained(folder)
+
+
+def test_rnn_config_errors(rnn_refs: dict[str, Ref], tmp_path: Path) -> None:
+    src = rnn_refs["gru-40-56"].folder
+    tensors = read_safetensors(src / "model.safetensors")
+    # A GRU checkpoint under a config that says lstm: the error says which cell it is.
+    folder = copy_folder(src, tmp_path / "as-lstm", tensors, cell="lstm")
+    with pytest.raises(ferrolm.FormatError, match='"cell": "gru"'):
+        ferrolm.LSTMLanguageModel.from_pretrained(folder)
+    folder = copy_folder(src, tmp_path / "count", tensors, num_layers=3)
+    with pytest.raises(ferrolm.FormatError, match="num_layers"):
+        ferrolm.LSTMLanguageModel.from_pretrained(folder)
+    folder = copy_folder(src, tmp_path / "rnn", tensors, cell="rnn")
+    with pytest.raises(ferrolm.FormatError, match="cell"):
+        ferrolm.LSTMLanguageModel.from_pretrained(folder)
+
+
+def test_save_torch_refuses_mixed_or_unchained_stacks(tmp_path: Path) -> None:
+    emb, fc = nn.Embedding(V, E), nn.Linear(H, V)
+    with pytest.raises(ValueError, match="one kind"):
+        save_torch_lstm(
+            tmp_path / "a",
+            emb,
+            [nn.LSTM(E, H, batch_first=True), nn.GRU(H, H, batch_first=True)],
+            fc,
+        )
+    with pytest.raises(ValueError, match="input size"):
+        save_torch_lstm(
+            tmp_path / "b",
+            emb,
+            [nn.GRU(E, 40, batch_first=True), nn.GRU(56, H, batch_first=True)],
+            fc,
+        )
+    with pytest.raises(ValueError, match=r"nn\.LSTM and nn\.GRU"):
+        save_torch_lstm(tmp_path / "c", emb, nn.RNN(E, H, batch_first=True), fc)
+
+
+def test_lstmref_of_sizes_saves_what_ferrolm_runs(tmp_path: Path) -> None:
+    from ferrolm.torch_ref.lstm import LSTMRef, greedy_lstm
+
+    for cell in ("lstm", "gru"):
+        with torch.random.fork_rng():
+            torch.manual_seed(5)
+            ref = LSTMRef(V, E, [40, 56], cell=cell).eval()
+        model = ferrolm.LSTMLanguageModel.from_pretrained(ref.save(tmp_path / cell))
+        ids = random_ids((2, 17), seed=47)
+        with torch.no_grad():
+            want, _ = ref(torch.from_numpy(ids))
+        assert max_diff(model(ids).logits, want) < LOGIT_TOL, cell
+        prompt = [3, 1, 4, 1, 5]
+        got = model.generate([prompt], max_new_tokens=10)[0]
+        assert list(map(int, got)) == greedy_lstm(ref, prompt, 10), cell
+
+
+# Keras: LSTM(40) → LSTM(56), GRU layers (reset_after=True), of the PyTorch models' weights.
+
+
+def keras_rnn_lm(keras: Any, cell: str, sizes: list[int]) -> Any:
+    """Sequential: Input → Embedding → cell layers of ``sizes`` (Dropout between) → Dense."""
+    kl = keras.layers
+    keras.backend.clear_session()
+    layer = {"lstm": kl.LSTM, "gru": kl.GRU}[cell]
+    stack: list[Any] = [keras.Input((None,), dtype="int32"), kl.Embedding(V, E)]
+    for k, n in enumerate(sizes):
+        if k:
+            stack.append(kl.Dropout(0.25))
+        stack.append(layer(n, return_sequences=True))
+    stack.append(kl.Dense(V, activation="softmax"))
+    return keras.Sequential(stack)
+
+
+@pytest.fixture(scope="module")
+def keras_rnn_refs(
+    keras: Any, rnn_refs: dict[str, Ref], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, KerasRef]:
+    root = tmp_path_factory.mktemp("keras-rnn")
+    out = {}
+    for name, (cell, sizes) in RNNS.items():
+        km = keras_rnn_lm(keras, cell, sizes)
+        km.set_weights(keras_weights(rnn_refs[name]))
+        path = root / f"{name}.keras"
+        km.save(path)
+        out[name] = KerasRef(km, path, ferrolm.LSTMLanguageModel.from_pretrained(path))
+    return out
+
+
+@pytest.mark.parametrize("seq", [1, 7, 64])
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("name", sorted(RNNS))
+def test_rnn_predict_matches_keras(
+    keras_rnn_refs: dict[str, KerasRef], name: str, batch: int, seq: int
+) -> None:
+    kref = keras_rnn_refs[name]
+    ids = random_ids((batch, seq), seed=batch * 100 + seq + 9)
+    want = np.asarray(kref.keras_model.predict(ids.astype(np.int32), verbose=0))
+    assert max_diff(kref.model.predict(ids), want) < PROB_TOL
+
+
+@pytest.mark.parametrize("name", sorted(RNNS))
+def test_rnn_keras_file_and_torch_folder_are_the_same_model(
+    rnn_refs: dict[str, Ref], keras_rnn_refs: dict[str, KerasRef], name: str
+) -> None:
+    cell, sizes = RNNS[name]
+    model = keras_rnn_refs[name].model
+    assert model.config["cell"] == cell and model.config["hidden_sizes"] == sizes
+    ids = random_ids((4, 33), seed=6)
+    assert max_diff(model.predict(ids), rnn_refs[name].model.predict(ids)) < 1e-6
+
+
+def test_keras_gru_of_its_own_init_matches_keras(keras: Any, tmp_path: Path) -> None:
+    """A GRU stack as Keras initialises it (biases set non-zero), not through PyTorch's
+    weights: ferrolm's conversion alone against Keras' own GRU."""
+    km = keras_rnn_lm(keras, "gru", [40, 56])
+    rng = np.random.default_rng(48)
+    km.set_weights([w + 0.3 * rng.standard_normal(w.shape) for w in km.get_weights()])
+    path = tmp_path / "gru.keras"
+    km.save(path)
+    model = ferrolm.LSTMLanguageModel.from_pretrained(path)
+    ids = random_ids((3, 40), seed=49)
+    want = np.asarray(km.predict(ids.astype(np.int32), verbose=0))
+    assert max_diff(model.predict(ids), want) < PROB_TOL
+
+
+def test_keras_gru_reset_after_false_names_the_option(keras: Any, tmp_path: Path) -> None:
+    km = keras.Sequential([keras.Input((None,), dtype="int32"), *_gru_reset_before(keras)])
+    path = tmp_path / "reset-before.keras"
+    km.save(path)
+    with pytest.raises(ferrolm.FormatError, match=r"reset_after=False"):
+        ferrolm.LSTMLanguageModel.from_pretrained(path)

@@ -204,6 +204,9 @@ class CausalLM:
         progress: Callable[[int, int], object] | None = None,
         kv_cache_dtype: str = "float32",
     ) -> CausalLM: ...
+    # An LSTM or GRU language model folder: config.json (model_type "lstm", cell "lstm" | "gru",
+    # hidden_size an int or one per layer) + safetensors in PyTorch's layout; schema in
+    # ferrolm.lstm. Its config gives cell, hidden_size, hidden_sizes, num_layers, state_size.
     @staticmethod
     def load_lstm(path: str | os.PathLike[str], *, quantize: str | None = None) -> CausalLM: ...
     @property

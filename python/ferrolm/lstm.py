@@ -1,23 +1,34 @@
-"""LSTM language models: Embedding → stacked LSTM layers → Dense, run by ferrolm's Rust core.
+"""Recurrent language models: Embedding → stacked LSTM or GRU layers → Dense, run by ferrolm's
+Rust core.
 
 ``LSTMLanguageModel.from_pretrained(path)`` reads
 
 - a folder: ``config.json`` and ``*.safetensors`` in PyTorch's layout. The config schema::
 
-      {"model_type": "lstm", "vocab_size": V, "embedding_dim": E, "hidden_size": H,
-       "num_layers": L, "output_activation": "linear" | "softmax",
-       "tensor_names": {"embedding": "embedding", "lstm": "lstm", "output": "fc"},  # optional
+      {"model_type": "lstm", "vocab_size": V, "embedding_dim": E,
+       "hidden_size": H | [H_0, H_1, ...],    # every layer's units, or one entry per layer
+       "num_layers": L,                       # optional with a list (then it must match)
+       "cell": "lstm" | "gru",                # optional, default "lstm"; one kind per model
+       "output_activation": "linear" | "softmax",
+       "tensor_names": {"embedding": "embedding", "lstm": "lstm", "gru": "gru",
+                        "output": "fc"},                                             # optional
        "bos_token_id": ..., "eos_token_id": ..., "max_length": ...}                  # optional
 
-  with tensors ``{embedding}.weight`` ``[V, E]``, ``{lstm}.weight_ih_l{k}`` ``[4H, in]``,
-  ``{lstm}.weight_hh_l{k}`` ``[4H, H]``, ``{lstm}.bias_ih_l{k}`` / ``bias_hh_l{k}`` ``[4H]``
-  (optional), ``{output}.weight`` ``[V, H]`` and ``{output}.bias`` ``[V]`` (optional): what
-  ``nn.Embedding``, ``nn.LSTM(E, H, L, batch_first=True)`` and ``nn.Linear(H, V)`` named
-  ``embedding``, ``lstm``, ``fc`` save (:func:`save_torch_lstm` writes it);
-- a Keras 3 ``.keras`` file (the zip ``model.save`` writes) of ``Embedding`` → ``LSTM`` (one or
-  more, ``return_sequences=True``) → ``Dense``, read with ``h5py`` (``pip install
-  'ferrolm[keras]'``); ``Dropout`` and ``InputLayer`` are accepted, anything else is refused
-  naming the layer.
+  With ``{rnn}`` the cell's prefix (``lstm`` or ``gru``), ``G`` = 4 (LSTM) or 3 (GRU) and
+  ``H_k`` layer k's units, the tensors are ``{embedding}.weight`` ``[V, E]``,
+  ``{rnn}.weight_ih_l{k}`` ``[G·H_k, in]`` (``in`` = E, then ``H_{k-1}``),
+  ``{rnn}.weight_hh_l{k}`` ``[G·H_k, H_k]``, ``{rnn}.bias_ih_l{k}`` / ``bias_hh_l{k}``
+  ``[G·H_k]`` (optional), ``{output}.weight`` ``[V, H_last]`` and ``{output}.bias`` ``[V]``
+  (optional): what ``nn.Embedding``, ``nn.LSTM(E, H, L, batch_first=True)`` (or ``nn.GRU``)
+  and ``nn.Linear(H, V)`` named ``embedding``, ``lstm`` (``gru``), ``fc`` save, gates in
+  PyTorch's order (LSTM ``i f g o``, GRU ``r z n``). :func:`save_torch_lstm` writes it, also
+  for a stack of separate modules of different sizes (renumbered ``l0, l1, ...``);
+- a Keras 3 ``.keras`` file (the zip ``model.save`` writes) of ``Embedding`` → ``LSTM`` or
+  ``GRU`` (one or more, ``return_sequences=True``, of any sizes, all of one kind) → ``Dense``,
+  read with ``h5py`` (``pip install 'ferrolm[keras]'``); ``Dropout`` and ``InputLayer`` are
+  accepted, anything else is refused naming the layer. A ``GRU`` must have Keras 3's default
+  ``reset_after=True`` (PyTorch's formula); its gates ``z r h`` are reordered to ``r z n`` and
+  its bias ``(2, 3u)`` becomes ``bias_ih`` / ``bias_hh``.
 
 The model is a causal LM like the Transformers (``model(input_ids)``, ``generate``, ``stream``,
 ``ferrolm.perplexity``), plus Keras' ``predict`` and an explicit recurrent state.
@@ -44,7 +55,13 @@ __all__ = ["LSTMLanguageModel", "save_torch_lstm"]
 
 
 class LSTMLanguageModel(PreTrainedCausalLM):
-    """An Embedding → LSTM → Dense language model (Keras or PyTorch weights)."""
+    """An Embedding → LSTM or GRU layers → Dense language model (Keras or PyTorch weights).
+
+    ``config["cell"]`` is ``"lstm"`` or ``"gru"``; ``config["hidden_sizes"]`` lists each
+    layer's units (``config["hidden_size"]`` is one number when they are equal, else that
+    list). The explicit state (:meth:`new_state`, :meth:`get_state`) follows PyTorch: ``(h,
+    c)`` for an LSTM, ``h`` alone for a GRU, each ``[layers, batch, hidden]``; when the layers
+    differ in size, a list with one ``[batch, H_k]`` array per layer instead."""
 
     _ctx_name = "max_length"
 
@@ -111,39 +128,70 @@ class LSTMLanguageModel(PreTrainedCausalLM):
 
     # ---------------------------------------------------------------- explicit state
 
+    def _sizes(self) -> list[int]:
+        return [int(h) for h in self.config["hidden_sizes"]]
+
     def new_state(self, batch: int = 1, h: Any = None, c: Any = None) -> _core.Cache:
         """A state for ``batch`` sequences (zeros, or ``h`` / ``c`` given as ``[layers, batch,
-        hidden]`` arrays, PyTorch's ``(h_0, c_0)``); pass it as ``past_key_values`` to
-        ``model(...)`` to run step by step."""
+        hidden]`` arrays, PyTorch's ``(h_0, c_0)``; a GRU takes ``h`` alone; layers of
+        different sizes take a list of one ``[batch, H_k]`` array per layer); pass it as
+        ``past_key_values`` to ``model(...)`` to run step by step."""
         import numpy as np
 
         cache = self._core.new_cache(batch)
         if h is None and c is None:
             return cache
-        layers, hidden = self.config["num_layers"], self.config["hidden_size"]
-        zeros = np.zeros((layers, batch, hidden), dtype=np.float32)
-        h_arr = zeros if h is None else np.asarray(h, dtype=np.float32)
-        c_arr = zeros if c is None else np.asarray(c, dtype=np.float32)
-        for name, arr in (("h", h_arr), ("c", c_arr)):
-            if arr.shape != (layers, batch, hidden):
-                raise ValueError(f"{name} must be [{layers}, {batch}, {hidden}], got {arr.shape}")
+        gru = self.config["cell"] == "gru"
+        if gru and c is not None:
+            raise ValueError("a GRU has no cell state: pass h alone")
+        sizes = self._sizes()
+
+        def per_layer(name: str, given: Any) -> list[Any]:
+            if given is None:
+                return [np.zeros((batch, n), dtype=np.float32) for n in sizes]
+            if len(set(sizes)) == 1 and not isinstance(given, (list, tuple)):
+                arr = np.asarray(given, dtype=np.float32)
+                want = (len(sizes), batch, sizes[0])
+                if arr.shape != want:
+                    raise ValueError(
+                        f"{name} must be [{want[0]}, {want[1]}, {want[2]}], got {arr.shape}"
+                    )
+                return list(arr)
+            shapes = ", ".join(f"[{batch}, {n}]" for n in sizes)
+            if not isinstance(given, (list, tuple)) or len(given) != len(sizes):
+                raise ValueError(f"{name} must be a list of one array per layer: {shapes}")
+            out = [np.asarray(x, dtype=np.float32) for x in given]
+            if any(x.shape != (batch, n) for x, n in zip(out, sizes, strict=True)):
+                got = ", ".join(str(list(x.shape)) for x in out)
+                raise ValueError(f"{name} must be {shapes}, got {got}")
+            return out
+
+        hs = per_layer("h", h)
+        cs = [] if gru else per_layer("c", c)
         for b in range(batch):
-            # Per sequence: layer by layer, h then c.
-            flat = np.stack([h_arr[:, b], c_arr[:, b]], axis=1).reshape(-1)
-            cache.set_state(b, flat.tobytes())
+            # Per sequence: layer by layer, h then (LSTM) c.
+            parts = [x[b] for k in range(len(sizes)) for x in ([hs[k]] if gru else [hs[k], cs[k]])]
+            cache.set_state(b, np.concatenate(parts).astype("<f4").tobytes())
         return cache
 
-    def get_state(self, state: _core.Cache) -> tuple[Any, Any]:
-        """``(h, c)``, each ``[layers, batch, hidden]`` (PyTorch's ``(h_n, c_n)``)."""
+    def get_state(self, state: _core.Cache) -> Any:
+        """LSTM: ``(h, c)``, each ``[layers, batch, hidden]`` (PyTorch's ``(h_n, c_n)``); GRU:
+        ``h`` alone (``nn.GRU``'s ``h_n``). Layers of different sizes give a list of one
+        ``[batch, H_k]`` array per layer in place of each array."""
         import numpy as np
 
-        layers, hidden = self.config["num_layers"], self.config["hidden_size"]
-        per = [
-            np.frombuffer(state.get_state(b), dtype="<f4").reshape(layers, 2, hidden)
-            for b in range(state.batch)
-        ]
-        both = np.stack(per, axis=1)  # [layers, batch, 2, hidden]
-        return both[:, :, 0].copy(), both[:, :, 1].copy()
+        sizes = self._sizes()
+        parts = 1 if self.config["cell"] == "gru" else 2
+        flat = [np.frombuffer(state.get_state(b), dtype="<f4") for b in range(state.batch)]
+        # [part][layer] -> [batch, H_k]
+        out: list[list[Any]] = [[] for _ in range(parts)]
+        at = 0
+        for n in sizes:
+            for p in range(parts):
+                out[p].append(np.stack([f[at : at + n] for f in flat]).reshape(state.batch, n))
+                at += n
+        arrays = [np.stack(o) if len(set(sizes)) == 1 else o for o in out]
+        return arrays[0] if parts == 1 else (arrays[0], arrays[1])
 
 
 # -------------------------------------------------------------------- writing folders
@@ -185,25 +233,50 @@ def save_torch_lstm(
     **config: Any,
 ) -> Path:
     """Writes a folder ``LSTMLanguageModel.from_pretrained`` reads from PyTorch modules
-    ``nn.Embedding``, ``nn.LSTM`` (``batch_first=True``, unidirectional, no projection) and
-    ``nn.Linear``; extra keyword arguments go into ``config.json`` (``bos_token_id``, ...)."""
-    if getattr(lstm, "bidirectional", False) or getattr(lstm, "proj_size", 0):
-        raise ValueError("ferrolm runs unidirectional LSTMs without projections")
+    ``nn.Embedding``, the recurrent layers and ``nn.Linear``; extra keyword arguments go into
+    ``config.json`` (``bos_token_id``, ...).
+
+    ``lstm`` is an ``nn.LSTM`` or ``nn.GRU`` (``batch_first=True``, unidirectional, no
+    projection), or a sequence of them (a list or ``nn.ModuleList``, applied one after the
+    other, all LSTMs or all GRUs) for layers of different sizes: their layers are renumbered
+    ``l0, l1, ...`` in order and ``hidden_size`` becomes a list when the sizes differ."""
+    modules = list(lstm) if isinstance(lstm, (list, tuple)) or _is_module_list(lstm) else [lstm]
+    if not modules:
+        raise ValueError("no recurrent layers given")
+    modes = {getattr(m, "mode", type(m).__name__) for m in modules}
+    if not modes <= {"LSTM", "GRU"}:
+        raise ValueError(f"ferrolm runs nn.LSTM and nn.GRU layers, not {sorted(modes)}")
+    if len(modes) != 1:
+        raise ValueError("ferrolm runs stacks of one kind: all nn.LSTM or all nn.GRU")
+    cell = modes.pop().lower()
     out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
     tensors = {"embedding.weight": embedding.weight.detach().cpu().numpy()}
-    for name, value in lstm.state_dict().items():
-        tensors[f"lstm.{name}"] = value.detach().cpu().numpy()
+    sizes: list[int] = []
+    width = int(embedding.embedding_dim)
+    for m in modules:
+        if getattr(m, "bidirectional", False) or getattr(m, "proj_size", 0):
+            raise ValueError("ferrolm runs unidirectional layers without projections")
+        if int(m.input_size) != width:
+            raise ValueError(f"a layer of input size {m.input_size} follows one of {width} outputs")
+        offset = len(sizes)
+        for name, value in m.state_dict().items():
+            # weight_ih_l0 -> weight_ih_l{offset + 0}
+            stem, _, k = name.rpartition("_l")
+            tensors[f"{cell}.{stem}_l{offset + int(k)}"] = value.detach().cpu().numpy()
+        sizes += [int(m.hidden_size)] * int(m.num_layers)
+        width = int(m.hidden_size)
     tensors["fc.weight"] = fc.weight.detach().cpu().numpy()
     if fc.bias is not None:
         tensors["fc.bias"] = fc.bias.detach().cpu().numpy()
+    out.mkdir(parents=True, exist_ok=True)
     _write_safetensors(out / "model.safetensors", tensors)
     cfg = {
         "model_type": "lstm",
+        "cell": cell,
         "vocab_size": int(embedding.num_embeddings),
         "embedding_dim": int(embedding.embedding_dim),
-        "hidden_size": int(lstm.hidden_size),
-        "num_layers": int(lstm.num_layers),
+        "hidden_size": sizes[0] if len(set(sizes)) == 1 else sizes,
+        "num_layers": len(sizes),
         "output_activation": output_activation,
         **config,
     }
@@ -211,6 +284,11 @@ def save_torch_lstm(
     if tokenizer is not None:
         tokenizer.save(out)
     return out
+
+
+def _is_module_list(x: Any) -> bool:
+    """An ``nn.ModuleList`` / ``nn.Sequential`` of layers (checked without importing torch)."""
+    return type(x).__name__ in ("ModuleList", "Sequential")
 
 
 # -------------------------------------------------------------------- Keras files
@@ -267,10 +345,10 @@ def convert_keras(path: Path, out: Path) -> None:
             if kind == "Activation":
                 plan.append((kind, name, cfg))
             continue
-        if kind not in ("Embedding", "LSTM", "Dense"):
+        if kind not in ("Embedding", "LSTM", "GRU", "Dense"):
             raise FormatError(
                 f"{path}: layer {name!r} ({kind}) is unsupported; ferrolm runs Embedding → LSTM "
-                "→ Dense (with Dropout / InputLayer)"
+                "or GRU → Dense (with Dropout / InputLayer)"
             )
         plan.append((kind, name, cfg))
     kinds = [k for k, _, _ in plan]
@@ -279,11 +357,21 @@ def convert_keras(path: Path, out: Path) -> None:
         or kinds[0] != "Embedding"
         or "Dense" not in kinds
         or kinds.count("Dense") != 1
-        or any(k != "LSTM" for k in kinds[1 : kinds.index("Dense")])
+        or any(k not in ("LSTM", "GRU") for k in kinds[1 : kinds.index("Dense")])
         or kinds.index("Dense") < 2
         or any(k != "Activation" for k in kinds[kinds.index("Dense") + 1 :])
     ):
-        raise FormatError(f"{path}: layers {kinds} are not Embedding → LSTM (one or more) → Dense")
+        raise FormatError(
+            f"{path}: layers {kinds} are not Embedding → LSTM or GRU (one or more) → Dense"
+        )
+    rnn_kinds = set(kinds[1 : kinds.index("Dense")])
+    if len(rnn_kinds) > 1:
+        first_gru = next(n for k, n, _ in plan if k == "GRU")
+        raise FormatError(
+            f"{path}: layer {first_gru!r}: mixed LSTM and GRU layers are unsupported; ferrolm "
+            "runs stacks of one kind"
+        )
+    cell = rnn_kinds.pop().lower()
     try:
         h5 = h5py.File(io.BytesIO(weights), "r")
     except OSError as e:
@@ -299,8 +387,7 @@ def convert_keras(path: Path, out: Path) -> None:
             raise FormatError(f"{path}: the weights of layer {name!r} are missing")
 
         tensors: dict[str, Any] = {}
-        hidden = None
-        n_lstm = 0
+        sizes: list[int] = []
         output_activation = "linear"
         vocab = embed = 0
         for kind, name, cfg in plan:
@@ -313,39 +400,61 @@ def convert_keras(path: Path, out: Path) -> None:
                 (table,) = variables(cfg, 1)
                 vocab, embed = table.shape
                 tensors["embedding.weight"] = table
-            elif kind == "LSTM":
-                for key, want in (
+            elif kind in ("LSTM", "GRU"):
+                checks: tuple[tuple[str, Any], ...] = (
                     ("activation", "tanh"),
                     ("recurrent_activation", "sigmoid"),
                     ("go_backwards", False),
                     ("return_sequences", True),
-                ):
+                )
+                if kind == "GRU":
+                    # reset_after=False applies r before W_hn (the original GRU paper's form):
+                    # another formula than PyTorch's, which ferrolm's cell computes.
+                    checks += (("reset_after", True),)
+                for key, want in checks:
                     if cfg.get(key, want) != want:
                         raise FormatError(
-                            f"{path}: layer {name!r} (LSTM) with {key}={cfg.get(key)!r} is "
+                            f"{path}: layer {name!r} ({kind}) with {key}={cfg.get(key)!r} is "
                             f"unsupported; ferrolm runs {key}={want!r}"
                         )
+                gates = 4 if kind == "LSTM" else 3
                 use_bias = cfg.get("use_bias", True)
                 vs = variables(cfg, 3 if use_bias else 2)
                 kernel, recurrent = vs[0], vs[1]
                 units = int(cfg.get("units", recurrent.shape[0]))
-                if recurrent.shape != (units, 4 * units) or kernel.shape[1] != 4 * units:
+                width = embed if not sizes else sizes[-1]
+                if recurrent.shape != (units, gates * units) or kernel.shape != (
+                    width,
+                    gates * units,
+                ):
                     raise FormatError(
-                        f"{path}: layer {name!r} (LSTM) weights {kernel.shape} / "
-                        f"{recurrent.shape} do not fit units={units}"
+                        f"{path}: layer {name!r} ({kind}) weights {kernel.shape} / "
+                        f"{recurrent.shape} do not fit units={units} after {width} inputs"
                     )
-                if hidden is not None and units != hidden:
-                    raise FormatError(
-                        f"{path}: layer {name!r}: stacked LSTMs of different sizes "
-                        f"({hidden} then {units}) are unsupported"
-                    )
-                hidden = units
-                k = n_lstm
-                tensors[f"lstm.weight_ih_l{k}"] = kernel.T
-                tensors[f"lstm.weight_hh_l{k}"] = recurrent.T
+                k = len(sizes)
+                sizes.append(units)
+                if kind == "LSTM":
+                    # Keras' gates i f c o are PyTorch's i f g o; one bias (b_ih).
+                    tensors[f"lstm.weight_ih_l{k}"] = kernel.T
+                    tensors[f"lstm.weight_hh_l{k}"] = recurrent.T
+                    if use_bias:
+                        tensors[f"lstm.bias_ih_l{k}"] = vs[2]
+                    continue
+                # Keras' GRU gates are z r h, PyTorch's r z n: swap the first two blocks.
+                order = np.concatenate(
+                    [np.arange(units, 2 * units), np.arange(units), np.arange(2 * units, 3 * units)]
+                )
+                tensors[f"gru.weight_ih_l{k}"] = kernel.T[order]
+                tensors[f"gru.weight_hh_l{k}"] = recurrent.T[order]
                 if use_bias:
-                    tensors[f"lstm.bias_ih_l{k}"] = vs[2]
-                n_lstm += 1
+                    bias = vs[2]
+                    if bias.shape != (2, 3 * units):
+                        raise FormatError(
+                            f"{path}: layer {name!r} (GRU) bias {bias.shape} is not (2, "
+                            f"{3 * units}) (input and recurrent biases)"
+                        )
+                    tensors[f"gru.bias_ih_l{k}"] = bias[0][order]
+                    tensors[f"gru.bias_hh_l{k}"] = bias[1][order]
             elif kind == "Dense":
                 act = cfg.get("activation", "linear")
                 if act not in ("linear", "softmax"):
@@ -361,16 +470,20 @@ def convert_keras(path: Path, out: Path) -> None:
             else:  # a trailing Activation
                 if cfg.get("activation") == "softmax":
                     output_activation = "softmax"
-    if hidden is None or tensors["fc.weight"].shape != (vocab, hidden):
-        raise FormatError(f"{path}: the Dense layer does not map the LSTM units to the vocabulary")
+    if not sizes or tensors["fc.weight"].shape != (vocab, sizes[-1]):
+        raise FormatError(
+            f"{path}: the Dense layer does not map the last {cell.upper()} layer's units to the "
+            "vocabulary"
+        )
     out.mkdir(parents=True, exist_ok=True)
     _write_safetensors(out / "model.safetensors", tensors)
     cfg_out = {
         "model_type": "lstm",
         "vocab_size": int(vocab),
         "embedding_dim": int(embed),
-        "hidden_size": int(hidden),
-        "num_layers": n_lstm,
+        "cell": cell,
+        "hidden_size": sizes[0] if len(set(sizes)) == 1 else sizes,
+        "num_layers": len(sizes),
         "output_activation": output_activation,
     }
     (out / "config.json").write_text(json.dumps(cfg_out), encoding="utf-8")

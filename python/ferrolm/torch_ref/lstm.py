@@ -1,10 +1,13 @@
-"""The LSTM language model in plain PyTorch: the reference of ferrolm's LSTM tests and the model
-the example trains (``examples/lstm_lm.py``).
+"""The recurrent (LSTM / GRU) language model in plain PyTorch: the reference of ferrolm's LSTM
+tests and the model the example trains (``examples/lstm_lm.py``).
 
-``LSTMRef`` is Embedding → ``nn.LSTM(batch_first=True)`` → Linear, with the module names
-(``embedding``, ``lstm``, ``fc``) that ``ferrolm.LSTMLanguageModel`` reads; ``save`` writes the
-folder ferrolm loads, ``greedy`` is the reference greedy loop, ``train_lm`` a small training loop
-(Adam, next-token cross-entropy) over a list of token ids.
+``LSTMRef`` is Embedding → ``nn.LSTM`` or ``nn.GRU`` (``batch_first=True``) → Linear, with the
+module names (``embedding``, ``lstm``, ``fc``) that ``ferrolm.LSTMLanguageModel`` reads. Given
+one ``hidden_size``, ``lstm`` is one module of ``num_layers`` layers; given a list of sizes, it
+is an ``nn.ModuleList`` of one single-layer module per size, run one after the other (its
+state: a list of the modules' states). ``save`` writes the folder ferrolm loads, ``greedy_lstm``
+is the reference greedy loop, ``train_lm`` a small training loop (Adam, next-token
+cross-entropy) over a list of token ids.
 """
 
 from __future__ import annotations
@@ -22,22 +25,48 @@ __all__ = ["LSTMRef", "greedy_lstm", "train_lm"]
 
 
 class LSTMRef(nn.Module):
-    """Embedding → ``num_layers`` LSTM layers → Linear to the vocabulary (logits)."""
+    """Embedding → recurrent layers (``cell`` ``"lstm"`` or ``"gru"``; ``num_layers`` of
+    ``hidden_size``, or one layer per entry of a list of sizes) → Linear to the vocabulary."""
 
     def __init__(
-        self, vocab_size: int, embedding_dim: int, hidden_size: int, num_layers: int = 1
+        self,
+        vocab_size: int,
+        embedding_dim: int,
+        hidden_size: int | Sequence[int],
+        num_layers: int = 1,
+        cell: str = "lstm",
     ) -> None:
         super().__init__()
+        kinds: dict[str, type[nn.LSTM] | type[nn.GRU]] = {"lstm": nn.LSTM, "gru": nn.GRU}
+        if cell not in kinds:
+            raise ValueError(f"cell must be 'lstm' or 'gru', not {cell!r}")
+        rnn = kinds[cell]
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        self.lstm = nn.LSTM(embedding_dim, hidden_size, num_layers, batch_first=True)
-        self.fc = nn.Linear(hidden_size, vocab_size)
+        self.lstm: nn.Module
+        if isinstance(hidden_size, int):
+            self.lstm = rnn(embedding_dim, hidden_size, num_layers, batch_first=True)
+            last = hidden_size
+        else:
+            sizes = list(hidden_size)
+            ins = [embedding_dim, *sizes[:-1]]
+            self.lstm = nn.ModuleList(
+                rnn(i, h, 1, batch_first=True) for i, h in zip(ins, sizes, strict=True)
+            )
+            last = sizes[-1]
+        self.fc = nn.Linear(last, vocab_size)
 
-    def forward(
-        self, ids: Tensor, state: tuple[Tensor, Tensor] | None = None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Logits ``[batch, time, vocab]`` and the final ``(h, c)``."""
-        out, new_state = self.lstm(self.embedding(ids), state)
-        return self.fc(out), new_state
+    def forward(self, ids: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """Logits ``[batch, time, vocab]`` and the final state (``(h, c)`` of an LSTM, ``h`` of
+        a GRU; a list of them, one per module, for a list of sizes)."""
+        x = self.embedding(ids)
+        if not isinstance(self.lstm, nn.ModuleList):
+            out, new_state = self.lstm(x, state)
+            return self.fc(out), new_state
+        states = []
+        for k, layer in enumerate(self.lstm):
+            x, s = layer(x, None if state is None else state[k])
+            states.append(s)
+        return self.fc(x), states
 
     def save(self, folder: str | Path, tokenizer: Any = None, **config: Any) -> Path:
         """The folder ``ferrolm.LSTMLanguageModel.from_pretrained`` reads."""

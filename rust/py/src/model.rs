@@ -289,7 +289,7 @@ impl PyCausalLm {
         Ok(PyCausalLm::llama(model))
     }
 
-    /// Loads an LSTM language model folder (`config.json` with `model_type` "lstm" and
+    /// Loads an LSTM or GRU language model folder (`config.json` with `model_type` "lstm" and
     /// safetensors in PyTorch's layout), the matrices quantized to `quantize` if given.
     #[staticmethod]
     #[pyo3(signature = (path, *, quantize = None))]
@@ -390,8 +390,17 @@ impl PyCausalLm {
                 d.set_item("model_type", "lstm")?;
                 d.set_item("vocab_size", c.vocab_size)?;
                 d.set_item("embedding_dim", c.embedding_dim)?;
-                d.set_item("hidden_size", c.hidden_size)?;
-                d.set_item("num_layers", c.num_layers)?;
+                // `hidden_size`: one number when every layer has it, else the list (as in
+                // config.json); `hidden_sizes` is always the list.
+                match c.hidden_sizes.as_slice() {
+                    [first, rest @ ..] if rest.iter().all(|h| h == first) => {
+                        d.set_item("hidden_size", *first)?
+                    }
+                    sizes => d.set_item("hidden_size", sizes.to_vec())?,
+                }
+                d.set_item("hidden_sizes", c.hidden_sizes.clone())?;
+                d.set_item("num_layers", c.num_layers())?;
+                d.set_item("cell", c.cell.name())?;
                 let act = match c.output_activation {
                     OutputActivation::Linear => "linear",
                     OutputActivation::Softmax => "softmax",
