@@ -8,13 +8,13 @@ sentence-transformers folder (all-MiniLM-L6-v2 and the like) loads as is.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ferrolm import _core
+from ferrolm._io import parse_json
 from ferrolm._quant import load_core, save_folder
 from ferrolm._resolve import resolve_dir
 from ferrolm.tokenizer import Tokenizer
@@ -40,10 +40,13 @@ class BaseModelOutput(dict[str, Any]):
 
 
 def _json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file, ``{}`` where there is none; a malformed one (not JSON, nested
+    too deeply) is a ``FormatError`` naming it."""
     try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        raw = path.read_bytes()
+    except OSError:
         return {}
+    loaded = parse_json(raw, path)
     return loaded if isinstance(loaded, dict) else {}
 
 
@@ -57,12 +60,11 @@ class BertModel:
         self.tokenizer = tokenizer
         pooling = _json(folder / "1_Pooling" / "config.json")
         self.pooling = "cls" if pooling.get("pooling_mode_cls_token") else "mean"
+        modules_file = folder / "modules.json"
         modules = (
-            json.loads((folder / "modules.json").read_text(encoding="utf-8"))
-            if (folder / "modules.json").is_file()
-            else []
+            parse_json(modules_file.read_bytes(), modules_file) if modules_file.is_file() else []
         )
-        self.normalize = any(
+        self.normalize = isinstance(modules, list) and any(
             isinstance(m, dict) and str(m.get("type", "")).endswith("Normalize") for m in modules
         )
         st = _json(folder / "sentence_bert_config.json")

@@ -47,6 +47,7 @@ from typing import Any
 
 from ferrolm import _core
 from ferrolm._errors import FormatError
+from ferrolm._io import parse_json
 from ferrolm._resolve import resolve
 from ferrolm.models import PreTrainedCausalLM, _read_json, _rows_of
 from ferrolm.tokenizer import Tokenizer
@@ -318,10 +319,13 @@ def convert_keras(path: Path, out: Path) -> None:
 
     try:
         with zipfile.ZipFile(path) as z:
-            config = json.loads(z.read("config.json"))
+            raw_config = z.read("config.json")
             weights = z.read("model.weights.h5")
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
         raise FormatError(f"{path}: not a Keras 3 .keras file ({e})") from None
+    config = parse_json(raw_config, f"{path}: config.json")
+    if not isinstance(config, dict):
+        raise FormatError(f"{path}: config.json is not a JSON object")
     layers = config.get("config", {}).get("layers")
     if not isinstance(layers, list):
         raise FormatError(f"{path}: config.json has no layer list")

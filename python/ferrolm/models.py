@@ -16,7 +16,6 @@ forward pass, the KV cache, sampling and the generation loop run in Rust with th
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import warnings
@@ -26,6 +25,7 @@ from typing import Any
 
 from ferrolm import _core
 from ferrolm._errors import FormatError
+from ferrolm._io import parse_json
 from ferrolm._quant import load_core, save_folder
 from ferrolm._resolve import KNOWN_MODELS, resolve, resolve_dir
 from ferrolm.tokenizer import Tokenizer
@@ -56,8 +56,10 @@ class CausalLMOutput(dict[str, Any]):
             raise AttributeError(name) from None
 
 
-def _rows_of(input_ids: Any) -> tuple[list[list[int]], str]:
-    """Token ids as lists of rows, and the kind they came as: "pt", "np" or "list"."""
+def _rows_of(input_ids: Any, vocab: int | None = None) -> tuple[list[list[int]], str]:
+    """Token ids as lists of rows, and the kind they came as: "pt", "np" or "list". With
+    `vocab`, an id outside ``range(vocab)`` (negative included) is an ``IndexError`` naming
+    it, as the Rust core raises for one past the vocabulary."""
     kind = "list"
     mod = type(input_ids).__module__
     if mod.startswith("torch"):
@@ -74,10 +76,34 @@ def _rows_of(input_ids: Any) -> tuple[list[list[int]], str]:
     out = []
     for r in rows:
         row = [int(x) for x in r]
-        if any(x < 0 for x in row):
-            raise ValueError("input_ids must be non-negative token ids")
+        if vocab is not None:
+            for x in row:
+                if not 0 <= x < vocab:
+                    raise IndexError(f"token id {x} is outside the vocabulary of {vocab}")
         out.append(row)
     return out, kind
+
+
+#: The largest count or length ferrolm takes (the Rust core's sizes are 64-bit).
+_MAX_COUNT = 2**63 - 1
+
+
+def _count(name: str, value: Any, least: int = 0) -> int:
+    """`value` as an int from `least` to 2^63 - 1, else a ``ValueError`` naming `name`."""
+    n = int(value)
+    if n < least:
+        raise ValueError(f"{name} must be >= {least}, got {n}")
+    if n > _MAX_COUNT:
+        raise ValueError(f"{name}={n} is too large (at most 2**63 - 1)")
+    return n
+
+
+def _token_ids(name: str, ids: list[int], vocab: int) -> list[int]:
+    """`ids` (an argument such as ``eos_token_id``), each checked to be in the vocabulary."""
+    for i in ids:
+        if not 0 <= i < vocab:
+            raise IndexError(f"{name}: token id {i} is outside the vocabulary of {vocab}")
+    return ids
 
 
 def _as_kind(rows: list[list[int]] | Any, kind: str, dtype: str = "int64") -> Any:
@@ -96,14 +122,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     valid JSON, or not an object, is a ``FormatError`` naming it and what is wrong."""
     if not path.is_file():
         return {}
-    try:
-        loaded = json.loads(path.read_bytes())
-    except UnicodeDecodeError as e:
-        raise FormatError(f"{path}: not UTF-8 text ({e})") from None
-    except ValueError as e:
-        raise FormatError(f"{path}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise FormatError(f"{path}: JSON nested too deeply to read") from None
+    loaded = parse_json(path.read_bytes(), path)
     if not isinstance(loaded, dict):
         raise FormatError(f"{path}: a JSON object expected, not {type(loaded).__name__}")
     return loaded
@@ -171,6 +190,10 @@ class PreTrainedCausalLM:
         self.tokenizer = tokenizer
 
     @property
+    def _vocab_size(self) -> int:
+        return int(self._core.config["vocab_size"])
+
+    @property
     def device(self) -> str:
         return "cpu"
 
@@ -221,7 +244,7 @@ class PreTrainedCausalLM:
         with 0; positions count real tokens only, so a left-padded row gets the logits it gets
         alone.
         """
-        rows, kind = _rows_of(input_ids)
+        rows, kind = _rows_of(input_ids, self._vocab_size)
         batch = len(rows)
         if batch == 0 or not rows[0]:
             raise ValueError("input_ids is empty")
@@ -281,7 +304,8 @@ class PreTrainedCausalLM:
                 if max_new is None:
                     max_length = gc.get("max_length", 20)
             if max_new is None:
-                max_new = int(max_length) - prompt_len
+                max_length = _count("max_length", max_length)
+                max_new = max_length - prompt_len
                 if max_new <= 0:
                     warnings.warn(
                         f"the prompt has {prompt_len} tokens, max_length is {max_length}: "
@@ -289,36 +313,45 @@ class PreTrainedCausalLM:
                         stacklevel=3,
                     )
                     max_new = 0
-        min_new = _or(kw.pop("min_new_tokens", None), 0)
+        max_new = _count("max_new_tokens", max_new)
+        min_new = _count("min_new_tokens", _or(kw.pop("min_new_tokens", None), 0))
         min_length = kw.pop("min_length", None)
         if min_length:
-            min_new = max(min_new, int(min_length) - prompt_len)
-        eos = _ids(pick("eos_token_id", self.config.get("eos_token_id")))
+            min_new = max(min_new, _count("min_length", min_length) - prompt_len)
+        vocab = self._vocab_size
+        eos = _token_ids(
+            "eos_token_id", _ids(pick("eos_token_id", self.config.get("eos_token_id"))), vocab
+        )
         pad = kw.pop("pad_token_id", None)
         if pad is None:
             pad = gc.get("pad_token_id")
         if pad is None:
             pad = eos[0] if eos else 0
+        pad = _token_ids("pad_token_id", [int(pad)], vocab)[0]
         seed = kw.pop("seed", None)
         if seed is None:
             seed = secrets.randbits(64)
         stop = kw.pop("stop", None) or []
         if isinstance(stop, str):
             stop = [stop]
-        top_k = pick("top_k", 50)
+        # As transformers: a top_k past the vocabulary keeps every token.
+        top_k = _count("top_k", min(int(pick("top_k", 50) or 0), vocab))
         args: dict[str, Any] = dict(
-            max_new_tokens=int(max_new),
-            min_new_tokens=int(min_new),
-            num_return_sequences=int(_or(kw.pop("num_return_sequences", None), 1)),
+            max_new_tokens=max_new,
+            # Past max_new_tokens, min_new_tokens means the same as max_new_tokens.
+            min_new_tokens=min(min_new, max_new),
+            num_return_sequences=_count(
+                "num_return_sequences", _or(kw.pop("num_return_sequences", None), 1), least=1
+            ),
             do_sample=bool(pick("do_sample", False)),
             temperature=float(pick("temperature", 1.0)),
-            top_k=int(top_k or 0),
+            top_k=top_k,
             top_p=float(pick("top_p", 1.0)),
             min_p=float(pick("min_p", 0.0)),
             repetition_penalty=float(pick("repetition_penalty", 1.0)),
-            no_repeat_ngram_size=int(pick("no_repeat_ngram_size", 0)),
+            no_repeat_ngram_size=_count("no_repeat_ngram_size", pick("no_repeat_ngram_size", 0)),
             eos=eos,
-            pad=int(pad),
+            pad=pad,
             seed=int(seed) & (2**64 - 1),
             stop=list(stop),
         )
@@ -326,11 +359,6 @@ class PreTrainedCausalLM:
             kw.pop(key, None)
         if kw:
             raise TypeError(f"generate() got unexpected arguments: {', '.join(sorted(kw))}")
-        for name in ("max_new_tokens", "min_new_tokens", "top_k", "no_repeat_ngram_size"):
-            if args[name] < 0:
-                raise ValueError(f"{name} must be >= 0, got {args[name]}")
-        if args["num_return_sequences"] < 1:
-            raise ValueError("num_return_sequences must be >= 1")
         n_ctx = int(self.config["n_ctx"])
         what = self._ctx_name
         if prompt_len > n_ctx:
@@ -350,11 +378,18 @@ class PreTrainedCausalLM:
         return args
 
     def _prompts(self, input_ids: Any, attention_mask: Any) -> tuple[list[list[int]], str]:
+        """The prompts as lists of ids. ``input_ids=None`` starts one sequence from the BOS
+        token (as transformers' ``generate()``); an empty batch, or a row with no token (none
+        that ``attention_mask`` marks real), is a ``ValueError``."""
         rows: list[list[int]]
         if input_ids is None:
-            rows, kind = [[]], "list"
-        else:
-            rows, kind = _rows_of(input_ids)
+            bos = self.config.get("bos_token_id")
+            if bos is None:
+                raise ValueError("no input_ids given and the config has no bos_token_id")
+            return [[int(bos)]], "list"
+        rows, kind = _rows_of(input_ids, self._vocab_size)
+        if not rows:
+            raise ValueError("input_ids is empty: no prompt given (pass None to start from BOS)")
         if attention_mask is not None:
             mrows, _ = _rows_of(attention_mask)
             if len(mrows) != len(rows) or any(
@@ -365,15 +400,13 @@ class PreTrainedCausalLM:
                 [t for t, m in zip(r, mr, strict=True) if m]
                 for r, mr in zip(rows, mrows, strict=True)
             ]
-        bos = self.config.get("bos_token_id")
-        fixed = []
-        for r in rows:
+        for i, r in enumerate(rows):
             if not r:
-                if bos is None:
-                    raise ValueError("empty prompt and the config has no bos_token_id")
-                r = [int(bos)]
-            fixed.append(r)
-        return fixed, kind
+                raise ValueError(
+                    f"prompt {i} is empty (no token, or none its attention_mask marks): give "
+                    "every prompt at least one token, e.g. the BOS token"
+                )
+        return rows, kind
 
     def generate(self, input_ids: Any = None, attention_mask: Any = None, **kwargs: Any) -> Any:
         """Generates continuations, as ``transformers``' ``generate``: returns
@@ -422,6 +455,8 @@ class PreTrainedCausalLM:
 
         tok = self._need_tokenizer()
         ids = tok.encode(prompt) if isinstance(prompt, str) else prompt
+        if isinstance(prompt, str) and not ids:
+            ids = None  # an empty text starts from BOS, as transformers' pipeline does
         prompts, _ = self._prompts(ids, None)
         if len(prompts) != 1:
             raise ValueError("stream() takes one prompt")
@@ -469,7 +504,8 @@ class PreTrainedCausalLM:
         out = []
         n = int(_or(kwargs.get("num_return_sequences"), 1))
         for i, p in enumerate(prompts):
-            ids = self.generate([p], **kwargs)
+            # An empty text starts from BOS, as transformers' text-generation pipeline does.
+            ids = self.generate([p] if p else None, **kwargs)
             for row in ids:
                 new = row[len(p) :]
                 text = tok.decode(new, skip_special_tokens=skip_special_tokens)

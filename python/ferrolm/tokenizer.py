@@ -25,7 +25,7 @@ from typing import Any
 from ferrolm import _core
 from ferrolm._data import data_path
 from ferrolm._errors import FormatError
-from ferrolm._io import atomic_write_text
+from ferrolm._io import atomic_write_text, parse_json
 from ferrolm._resolve import resolve
 
 __all__ = ["GPT2_PATTERN", "BatchEncoding", "Tokenizer", "builtin_names"]
@@ -227,6 +227,10 @@ class Tokenizer(_core.Tokenizer):
                 f"'only_second', not {truncation!r}"
             )
         strategy = truncation if isinstance(truncation, str) else "longest_first"
+        if max_length is not None:
+            max_length = int(max_length)
+            if not 0 <= max_length < 2**63:
+                raise ValueError(f"max_length must be from 0 to 2**63 - 1, got {max_length}")
         limit = max_length if max_length is not None else self.model_max_length
         if (truncate or pad_mode == "max_length") and limit >= NO_LIMIT:
             raise ValueError(
@@ -394,6 +398,10 @@ class Tokenizer(_core.Tokenizer):
         width = 0
         if pad_to is not None:
             width = max(len(r) for r in all_ids) if pad_to == 0 else pad_to
+        # The lists below (ids, token types, mask: 24 bytes of pointers a cell, and an int
+        # object for each pad id), checked against the memory left before they are built.
+        cells = sum(max(width, len(r)) for r in all_ids)
+        _core._check_memory(cells, 56, f"{len(all_ids)} rows padded to {width} tokens")
         masks = []
         for i, row in enumerate(all_ids):
             fill = max(width - len(row), 0)
@@ -606,6 +614,7 @@ class Tokenizer(_core.Tokenizer):
                 context["tools"] = list(tools)
             if documents is not None:
                 context["documents"] = list(documents)
+            _check_nesting(context)
             text = template.render(json.dumps(context, ensure_ascii=False))
             if continue_final_message:
                 last = messages[-1].get("content") if messages else None
@@ -715,6 +724,41 @@ def _rebuild(cls: type[Tokenizer], data: bytes, kind: str, opts: dict[str, Any])
     return cls(data, kind, **opts)
 
 
+#: How deeply lists and dicts may nest in a chat template's context (the messages, tools and
+#: documents inside it): the template engine's JSON reader stops at 128 levels, and Python's
+#: own JSON writer at about 1000 (``RecursionError``); no real conversation comes near.
+MAX_CHAT_NESTING = 100
+#: How many values lists and dicts may hold in all, counted as JSON writes them (a list shared
+#: twice counts twice): about a second of walking, far past any real conversation.
+MAX_CHAT_ITEMS = 1 << 22
+
+
+def _check_nesting(context: Any) -> None:
+    """A ``ValueError`` when lists, tuples and dicts nest in `context` deeper than
+    ``MAX_CHAT_NESTING`` (a cycle does) or hold more than ``MAX_CHAT_ITEMS`` values in all (a
+    tree of shared lists that doubles at each level does); walks without recursion."""
+    stack: list[tuple[Any, int]] = [(context, 0)]
+    items = 0
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, Mapping):
+            children: Any = value.values()
+        elif isinstance(value, (list, tuple)):
+            children = value
+        else:
+            continue
+        if depth >= MAX_CHAT_NESTING:
+            raise ValueError(
+                f"chat messages nest lists and dicts more than {MAX_CHAT_NESTING} levels deep"
+            )
+        items += len(children)
+        if items > MAX_CHAT_ITEMS:
+            raise ValueError(
+                f"chat messages hold more than {MAX_CHAT_ITEMS} values in lists and dicts"
+            )
+        stack.extend((child, depth + 1) for child in children)
+
+
 def _apply_config(tok: Tokenizer, folder: Path) -> None:
     """Reads ``model_max_length`` and the special-token names from tokenizer_config.json and
     special_tokens_map.json, as transformers does."""
@@ -722,10 +766,7 @@ def _apply_config(tok: Tokenizer, folder: Path) -> None:
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         path = folder / name
         if path.is_file():
-            try:
-                loaded = json.loads(path.read_text(encoding="utf-8"))
-            except ValueError as e:
-                raise FormatError(f"{path}: invalid JSON: {e}") from None
+            loaded = parse_json(path.read_bytes(), path)
             if isinstance(loaded, dict):
                 config.update(loaded)
     limit = config.get("model_max_length")
@@ -755,10 +796,11 @@ def _config_lowercase(folder: Path) -> bool:
     cfg = folder / "tokenizer_config.json"
     if cfg.is_file():
         try:
-            value = json.loads(cfg.read_text(encoding="utf-8")).get("do_lower_case", True)
-        except (ValueError, OSError) as e:
+            raw = cfg.read_bytes()
+        except OSError as e:
             raise FormatError(f"{cfg}: {e}") from None
-        return bool(value)
+        loaded = parse_json(raw, cfg)
+        return bool(loaded.get("do_lower_case", True) if isinstance(loaded, dict) else True)
     return True
 
 

@@ -6,7 +6,7 @@
 //! new references to those (an increment instead of an allocation). Reading ids back from a
 //! list walks the list directly instead of going through the generic sequence protocol.
 
-use pyo3::exceptions::{PyOverflowError, PyTypeError};
+use pyo3::exceptions::{PyIndexError, PyOverflowError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -104,21 +104,48 @@ unsafe fn advise_items(list: *mut ffi::PyObject, n: isize) {
     }
 }
 
-/// Token ids from a list, tuple or any iterable of `int`s (a numpy array too).
+/// The error for an int that is no token id at all (negative, or past 2^32 - 1): the
+/// `IndexError` an id past the vocabulary gets, so every out-of-range id raises the same.
+fn not_an_id(id: impl std::fmt::Display) -> PyErr {
+    PyIndexError::new_err(format!("token id {id} is not in the vocabulary"))
+}
+
+/// One token id argument: `Some(id)`, or None for an int that cannot be one (negative, or
+/// past 2^32 - 1, however large); `TypeError` for what is not an int.
+pub fn id_arg(obj: &Bound<'_, PyAny>) -> PyResult<Option<u32>> {
+    match obj.extract::<i64>() {
+        Ok(v) => Ok(u32::try_from(v).ok()),
+        Err(e) if e.is_instance_of::<PyOverflowError>(obj.py()) => Ok(None),
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "a token id must be an int, got {}",
+            obj.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))),
+    }
+}
+
+/// [`id_arg`], with an int that cannot be an id raising `IndexError` naming it.
+pub fn id_or_index_error(obj: &Bound<'_, PyAny>) -> PyResult<u32> {
+    id_arg(obj)?.ok_or_else(|| not_an_id(obj))
+}
+
+/// Token ids from a list, tuple or any iterable of `int`s (a numpy array too). An int that
+/// cannot be an id (negative, past 2^32 - 1) raises `IndexError`, as one past the vocabulary
+/// does where the ids are used.
 pub fn ids_from(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
     let one = |item: &Bound<'_, PyAny>| -> PyResult<u32> {
-        let v: i64 = item.extract().map_err(|_| {
-            PyTypeError::new_err(format!(
+        match id_arg(item) {
+            Err(_) => Err(PyTypeError::new_err(format!(
                 "token ids must be ints, got {}",
                 item.get_type()
                     .name()
                     .map(|n| n.to_string())
                     .unwrap_or_default()
-            ))
-        })?;
-        u32::try_from(v).map_err(|_| {
-            PyOverflowError::new_err(format!("token id {v} is out of range (0 to 4294967295)"))
-        })
+            ))),
+            Ok(id) => id.ok_or_else(|| not_an_id(item)),
+        }
     };
     if let Ok(list) = obj.cast::<PyList>() {
         let py = list.py();
@@ -146,9 +173,7 @@ pub fn ids_from(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
                 Some(e) if !e.is_instance_of::<PyOverflowError>(py) => {
                     one(&owned).err().unwrap_or(e)
                 }
-                _ => PyOverflowError::new_err(format!(
-                    "token id {owned} is out of range (0 to 4294967295)"
-                )),
+                _ => not_an_id(&owned),
             });
         }
         return Ok(out);

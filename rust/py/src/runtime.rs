@@ -143,3 +143,15 @@ pub fn _sleep_detached(py: Python<'_>, seconds: f64) -> PyResult<()> {
 pub fn _read_bandwidth(py: Python<'_>, bytes: usize) -> PyResult<f64> {
     detached(py, || ferrolm_core::kernels::read_bandwidth(bytes))
 }
+
+/// `MemoryError` (naming `what`) unless `count` items of `item_bytes` each fit in the memory
+/// this process can still get (`ferrolm_core::runtime::mem::check`): for the Python code that
+/// builds large lists; returns their size in bytes. A count past 2^64 is refused as well.
+#[pyfunction]
+pub fn _check_memory(count: &Bound<'_, PyAny>, item_bytes: usize, what: &str) -> PyResult<usize> {
+    let py = count.py();
+    let n = count.extract::<usize>().unwrap_or(usize::MAX);
+    attached(py, || {
+        ferrolm_core::runtime::mem::check(n, item_bytes, what)
+    })
+}

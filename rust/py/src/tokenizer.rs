@@ -6,7 +6,7 @@
 //! work); longer texts and all batches release it. Batches borrow each `str`'s UTF-8 buffer
 //! (kept alive by a strong reference) instead of copying it.
 
-use ferrolm_core::runtime::pool;
+use ferrolm_core::runtime::{mem, pool};
 use std::sync::Arc;
 
 use ferrolm_core::tokenizer::stream::DecodeStream;
@@ -17,7 +17,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PySet, PyString};
 
-use crate::convert::{ids_from, IntCache};
+use crate::convert::{id_arg, id_or_index_error, ids_from, IntCache};
 use crate::errors::{attached, detached, detached_interruptible};
 
 /// Token ids with the character offsets of each.
@@ -55,13 +55,8 @@ pub struct PyDecodeStream {
 #[pymethods]
 impl PyDecodeStream {
     /// Adds one token id; returns the text it completes ("" while a character is incomplete).
-    fn step(&self, py: Python<'_>, id: i64) -> PyResult<String> {
-        let id = u32::try_from(id).map_err(|_| {
-            crate::errors::to_pyerr(
-                py,
-                Error::OutOfRange(format!("token id {id} is not in the vocabulary")),
-            )
-        })?;
+    fn step(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<String> {
+        let id = id_or_index_error(id)?;
         let mut state = self.state.lock();
         attached(py, || state.step(&self.tokenizer, id))
     }
@@ -289,6 +284,19 @@ impl PyTokenizer {
             None => 0,
         };
         let width_of = |len: usize| len.max(target);
+        // What the padded rows will hold, checked before building them: per cell an i64 id and
+        // mask here, then as bytes (16) and numpy's copies (24), or as Python lists (16 of
+        // pointers, 32 for an id's int object, and the token type ids' list, 8).
+        let cells = rows
+            .iter()
+            .fold(0usize, |sum, r| sum.saturating_add(width_of(r.len())));
+        let per_cell = if as_bytes {
+            16 + 16 + 24
+        } else {
+            16 + 16 + 32 + 8
+        };
+        let what = format!("{} rows padded to {} tokens", rows.len(), width_of(longest));
+        mem::check(cells, per_cell, &what).map_err(|e| crate::errors::to_pyerr(py, e))?;
         let pad = |row: &[u32]| -> (Vec<i64>, Vec<i64>) {
             let fill = width_of(row.len()) - row.len();
             let mut ids = Vec::with_capacity(row.len() + fill);
@@ -592,10 +600,8 @@ impl PyTokenizer {
 
     /// The token `id` as Hugging Face writes it (byte-level characters, e.g. "Ġworld"), or
     /// None when no token has that id.
-    fn id_to_token(&self, id: i64) -> Option<String> {
-        u32::try_from(id)
-            .ok()
-            .and_then(|id| self.inner.id_to_token(id))
+    fn id_to_token(&self, id: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
+        Ok(id_arg(id)?.and_then(|id| self.inner.id_to_token(id)))
     }
 
     /// The id of a token written as `id_to_token` writes it, or None.
@@ -604,9 +610,12 @@ impl PyTokenizer {
     }
 
     /// The raw bytes of token `id` (tiktoken's `decode_single_token_bytes`).
-    fn id_to_bytes<'py>(&self, py: Python<'py>, id: i64) -> PyResult<Bound<'py, PyBytes>> {
-        let bytes = u32::try_from(id)
-            .ok()
+    fn id_to_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        id: &Bound<'_, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let bytes = id_arg(id)?
             .and_then(|i| self.inner.id_to_bytes(i))
             .ok_or_else(|| {
                 crate::errors::to_pyerr(

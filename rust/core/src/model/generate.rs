@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::model::kv::Cache;
 use crate::model::sampling::{self, Rng, Sampling};
 use crate::model::CausalLm;
+use crate::runtime::mem;
 use crate::{Error, Result};
 
 /// The arguments of `generate` (already resolved from `max_length`, `generation_config.json`
@@ -96,32 +97,54 @@ impl Generation {
             )));
         }
         let b = prompts.len();
-        let mut tokens = vec![0u32; b * width];
-        let mut mask = vec![0u8; b * width];
+        let n = params.num_return_sequences;
+        let vocab = model.vocab_size();
+        let seqs = b.checked_mul(n).ok_or_else(|| {
+            Error::OutOfMemory(format!(
+                "{b} prompts × num_return_sequences = {n} is more sequences than this machine \
+                 can address"
+            ))
+        })?;
+        // Room for the prompt and every new token: the cache never grows while decoding.
+        let room = width.saturating_add(params.max_new_tokens).min(n_pos);
+        let mut tokens: Vec<u32> = mem::zeros(b.saturating_mul(width), "the prompts")?;
+        let mut mask: Vec<u8> = mem::zeros(b.saturating_mul(width), "the prompts")?;
         for (i, p) in prompts.iter().enumerate() {
             let off = width - p.len();
             tokens[i * width + off..(i + 1) * width].copy_from_slice(p);
             mask[i * width + off..(i + 1) * width].fill(1);
         }
-        // Room for the prompt and every new token: the cache never grows while decoding.
-        let room = (width + params.max_new_tokens).min(n_pos);
         let mut cache = model.new_cache(b, Some(room))?;
+        // Everything the generation will hold at once, checked before the prefill runs: the
+        // copies of the prompts' caches for every sequence and, per sequence, its logits, its
+        // tokens (history, new tokens, the output rows) and its sampling state.
+        let expanded = if n == 1 { 0 } else { cache.bytes() / b };
+        let per_seq = [
+            expanded,
+            vocab.saturating_mul(4),
+            room.saturating_mul(4 * 4),
+            std::mem::size_of::<Rng>() + 2 * std::mem::size_of::<Vec<u32>>() + 32,
+        ]
+        .iter()
+        .fold(0usize, |a, &x| a.saturating_add(x));
+        mem::check_all(
+            &[(seqs, per_seq), (b, vocab.saturating_mul(4))],
+            &format!("generating {seqs} sequences of up to {room} tokens"),
+        )?;
         cache.set_cancel(cancel);
         let mut logits = Vec::new();
         model.forward_into(&mut cache, &tokens, &mask, width, true, &mut logits)?;
-        let n = params.num_return_sequences;
-        let vocab = model.vocab_size();
+        drop((tokens, mask));
         let (cache, logits) = if n == 1 {
             (cache, logits)
         } else {
             let sources: Vec<usize> = (0..b).flat_map(|i| std::iter::repeat_n(i, n)).collect();
-            let mut rows = Vec::with_capacity(b * n * vocab);
-            for &s in &sources {
-                rows.extend_from_slice(&logits[s * vocab..(s + 1) * vocab]);
+            let mut rows: Vec<f32> = mem::zeros(seqs.saturating_mul(vocab), "the logits")?;
+            for (row, &s) in rows.chunks_exact_mut(vocab.max(1)).zip(&sources) {
+                row.copy_from_slice(&logits[s * vocab..(s + 1) * vocab]);
             }
             (cache.expand(&sources)?, rows)
         };
-        let seqs = b * n;
         let history: Vec<Vec<u32>> = (0..seqs).map(|i| prompts[i / n].clone()).collect();
         Ok(Generation {
             model,

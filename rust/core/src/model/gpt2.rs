@@ -30,7 +30,7 @@ use crate::model::weights::{
     Table, Weights,
 };
 pub(crate) use crate::model::weights::{Linear, Norm};
-use crate::model::CausalLm;
+use crate::model::{CausalLm, ModelId};
 use crate::quant::{QActs, QMatrix, QType, ROWS};
 use crate::runtime::{mem, pool};
 use crate::{Error, Result};
@@ -208,6 +208,8 @@ pub struct Gpt2 {
     /// The element type of new KV caches.
     kv_dtype: KvDtype,
     weight_bytes: usize,
+    /// Marks the caches it makes.
+    id: ModelId,
 }
 
 impl Gpt2 {
@@ -283,6 +285,7 @@ impl Gpt2 {
             quant: quant.qtype(),
             kv_dtype: KvDtype::F32,
             weight_bytes: 0,
+            id: ModelId::fresh(),
             config,
         };
         model.weight_bytes = model.tensors()?.iter().map(|(_, _, t)| t.len_bytes()).sum();
@@ -339,7 +342,7 @@ impl Gpt2 {
         let c = &self.config;
         let n = c.n_positions;
         let cap = capacity.unwrap_or_else(|| Cache::default_capacity(n));
-        Cache::new(c.n_layer, c.n_embd, n, slots, self.kv_dtype, cap)
+        Ok(Cache::new(c.n_layer, c.n_embd, n, slots, self.kv_dtype, cap)?.owned_by(self.id))
     }
 
     /// The element type of the KV caches this model makes from now on.
@@ -377,7 +380,7 @@ impl CausalLm for Gpt2 {
         let c = &self.config;
         let slots = cache.slots;
         check_logits(slots, t, c.vocab_size, last_only)?;
-        cache.begin(tokens, mask, t, c.vocab_size, "n_positions")?;
+        cache.begin(self.id, tokens, mask, t, c.vocab_size, "n_positions")?;
         let kern = kernels::get();
         let (d, hd, nh) = (c.n_embd, c.head_dim(), c.n_head);
         let rows = slots * t;

@@ -14,6 +14,8 @@ use crate::kernels::{self, SendPtr};
 use crate::runtime::mem;
 use crate::{Error, Result};
 
+use super::ModelId;
+
 use super::gpt2::{Scratch, SERIAL_ELEMS};
 
 /// The element type of a KV cache: f32, or f16 (half the memory, attention reads converted
@@ -477,6 +479,8 @@ pub struct Cache {
     pub(crate) work: Work,
     /// Set from another thread to stop a forward call between layers ([`Cache::set_cancel`]).
     pub(crate) cancel: Option<Arc<AtomicBool>>,
+    /// The model that made it: only that one may run on it ([`Cache::begin`]).
+    pub(crate) owner: ModelId,
 }
 
 /// [`Error::Cancelled`] once `flag` is set.
@@ -531,7 +535,14 @@ impl Cache {
             rnn_per_slot: 0,
             work: Work::default(),
             cancel: None,
+            owner: ModelId::NONE,
         })
+    }
+
+    /// Marks the cache as made by model `id` (the model's `new_cache` calls it).
+    pub(crate) fn owned_by(mut self, id: ModelId) -> Self {
+        self.owner = id;
+        self
     }
 
     /// An empty cache for a recurrent model: `per_slot` state values per sequence (zeros), no
@@ -581,17 +592,33 @@ impl Cache {
         Ok(())
     }
 
-    /// Checks a forward call's input (`tokens` and `mask`, `[slots × t]`, ids below `vocab`),
-    /// makes room for `t` more positions (`what` names the model's context limit in errors) and
-    /// fills in the new rows' positions.
+    /// Checks that model `model` made this cache and a forward call's input (`tokens` and
+    /// `mask`, `[slots × t]`, ids below `vocab`), makes room for `t` more positions (`what`
+    /// names the model's context limit in errors) and fills in the new rows' positions.
     pub(crate) fn begin(
         &mut self,
+        model: ModelId,
         tokens: &[u32],
         mask: &[u8],
         t: usize,
         vocab: usize,
         what: &str,
     ) -> Result<()> {
+        if self.owner != model {
+            let g = self.geom;
+            let shape = if self.rnn_per_slot > 0 {
+                format!("a recurrent state of {} values", self.rnn_per_slot)
+            } else {
+                format!(
+                    "{} layers × {} key/value values a position, context {}",
+                    g.n_layer, g.d, self.max_ctx
+                )
+            };
+            return Err(Error::invalid(format!(
+                "past_key_values was made by another model ({shape}); a cache can only be \
+                 continued by the model whose output it came from"
+            )));
+        }
         let slots = self.slots;
         if tokens.len() != slots * t || mask.len() != slots * t {
             return Err(Error::invalid(format!(
@@ -737,6 +764,7 @@ impl Cache {
             rnn_per_slot: self.rnn_per_slot,
             work: Work::default(),
             cancel: self.cancel.clone(),
+            owner: self.owner,
         })
     }
 }

@@ -29,7 +29,7 @@ use crate::kernels;
 use crate::model::gpt2::{add_in, check_logits, head_logits, linear, SERIAL_ELEMS};
 use crate::model::kv::{attention, check_cancel, Cache, KvDtype, QkvLayout};
 use crate::model::weights::{self, Layout, Linear, Mat, Progress, Quant, Table, Weights};
-use crate::model::CausalLm;
+use crate::model::{CausalLm, ModelId};
 use crate::quant::{QMatrix, QType, ROWS};
 use crate::runtime::pool;
 use crate::{Error, Result};
@@ -470,6 +470,8 @@ pub struct Llama {
     kv_dtype: KvDtype,
     quant: Option<QType>,
     weight_bytes: usize,
+    /// Marks the caches it makes.
+    id: ModelId,
 }
 
 fn zeros(n: usize) -> F32Tensor {
@@ -737,6 +739,7 @@ impl Llama {
             kv_dtype: KvDtype::F32,
             quant,
             weight_bytes,
+            id: ModelId::fresh(),
         }
     }
 
@@ -772,14 +775,15 @@ impl CausalLm for Llama {
         let c = &self.config;
         let n = c.max_position_embeddings;
         let cap = capacity.unwrap_or_else(|| Cache::default_capacity(n));
-        Cache::new(
+        Ok(Cache::new(
             c.num_hidden_layers,
             c.kv_dim(),
             n,
             slots,
             self.kv_dtype,
             cap,
-        )
+        )?
+        .owned_by(self.id))
     }
 
     fn forward_into(
@@ -794,7 +798,14 @@ impl CausalLm for Llama {
         let c = &self.config;
         let slots = cache.slots;
         check_logits(slots, t, c.vocab_size, last_only)?;
-        cache.begin(tokens, mask, t, c.vocab_size, "max_position_embeddings")?;
+        cache.begin(
+            self.id,
+            tokens,
+            mask,
+            t,
+            c.vocab_size,
+            "max_position_embeddings",
+        )?;
         let kern = kernels::get();
         let (d, hd, nh, nkv) = (
             c.hidden_size,

@@ -40,7 +40,7 @@ use crate::kernels;
 use crate::model::gpt2::linear;
 use crate::model::kv::{check_cancel, Cache};
 use crate::model::weights::{self, Linear, Mat, Table};
-use crate::model::CausalLm;
+use crate::model::{CausalLm, ModelId};
 use crate::quant::{QMatrix, QType};
 use crate::runtime::{mem, pool};
 use crate::{Error, Result};
@@ -283,6 +283,8 @@ pub struct Lstm {
     layers: Vec<Layer>,
     out: Linear,
     quant: Option<QType>,
+    /// Marks the caches (states) it makes.
+    id: ModelId,
 }
 
 fn owned(values: Vec<f32>, shape: Vec<usize>) -> F32Tensor {
@@ -406,6 +408,7 @@ impl Lstm {
             layers,
             out,
             quant: quantize,
+            id: ModelId::fresh(),
         })
     }
 
@@ -479,7 +482,10 @@ impl CausalLm for Lstm {
     }
 
     fn new_cache(&self, slots: usize, _capacity: Option<usize>) -> Result<Cache> {
-        Cache::recurrent(slots, self.config.state_size(), self.config.max_length)
+        Ok(
+            Cache::recurrent(slots, self.config.state_size(), self.config.max_length)?
+                .owned_by(self.id),
+        )
     }
 
     fn forward_into(
@@ -499,7 +505,7 @@ impl CausalLm for Lstm {
         }
         let slots = cache.slots;
         crate::model::gpt2::check_logits(slots, t, c.vocab_size, last_only)?;
-        cache.begin(tokens, mask, t, c.vocab_size, "max_length")?;
+        cache.begin(self.id, tokens, mask, t, c.vocab_size, "max_length")?;
         let kern = kernels::get();
         let e = c.embedding_dim;
         let g = c.cell.gates();

@@ -9,8 +9,27 @@ pub mod lstm;
 pub mod sampling;
 pub(crate) mod weights;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::Result;
 pub use kv::{Cache, KvDtype};
+
+/// Which loaded model made a KV cache: a number no other model of this process gets, so a
+/// cache passed to another model (another architecture, another size, or the same shape with
+/// other weights) is refused instead of read with the wrong layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelId(u64);
+
+impl ModelId {
+    /// A number not given before (0 is "no model").
+    pub(crate) fn fresh() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ModelId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The id of no model: a cache made outside a model is refused by every one.
+    pub(crate) const NONE: ModelId = ModelId(0);
+}
 
 /// A decoder-only language model: what generation, the Python bindings and perplexity need.
 pub trait CausalLm: Send + Sync + std::fmt::Debug {

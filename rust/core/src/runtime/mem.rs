@@ -3,9 +3,12 @@
 //! with [`Error::OutOfMemory`] before anything is allocated, instead of the allocator aborting
 //! the process or the machine swapping.
 //!
-//! "Can still get" is the kernel's estimate of available memory (`MemAvailable` in
-//! `/proc/meminfo`), lowered to what a cgroup's `memory.max` leaves (containers). Elsewhere, or
-//! when those files cannot be read, only sizes that overflow the address space are refused.
+//! "Can still get" is the least of, on Linux: the kernel's estimate of available memory
+//! (`MemAvailable` in `/proc/meminfo`); what a cgroup's `memory.max` leaves (containers); what
+//! the process's own limits leave, `RLIMIT_AS` (`ulimit -v`) minus the address space it maps
+//! now and `RLIMIT_DATA` minus its data segment (`/proc/self/statm`). Each is read again on
+//! every check (a limit can change at run time: `resource.setrlimit`). Elsewhere, or when none
+//! of those can be read, only sizes that overflow the address space are refused.
 
 use crate::{Error, Result};
 
@@ -14,6 +17,25 @@ const CHECK_FROM: usize = 64 << 20;
 
 /// Bytes this process can still allocate, when the operating system says.
 pub fn available_bytes() -> Option<u64> {
+    tightest().map(|(bytes, _)| bytes)
+}
+
+/// The least of the limits that apply, with what it is (for messages).
+fn tightest() -> Option<(u64, &'static str)> {
+    let (as_left, data_left) = rlimit_left();
+    [
+        mem_available().map(|b| (b, "of memory is available")),
+        cgroup_left().map(|b| (b, "is left under the cgroup's memory.max")),
+        as_left.map(|b| (b, "of address space is left under RLIMIT_AS (ulimit -v)")),
+        data_left.map(|b| (b, "is left under RLIMIT_DATA (ulimit -d)")),
+    ]
+    .into_iter()
+    .flatten()
+    .min_by_key(|&(bytes, _)| bytes)
+}
+
+/// `MemAvailable` of `/proc/meminfo`, in bytes.
+fn mem_available() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kib = meminfo
         .lines()
@@ -23,11 +45,7 @@ pub fn available_bytes() -> Option<u64> {
         .trim()
         .parse::<u64>()
         .ok()?;
-    let mut avail = kib.saturating_mul(1024);
-    if let Some(left) = cgroup_left() {
-        avail = avail.min(left);
-    }
-    Some(avail)
+    Some(kib.saturating_mul(1024))
 }
 
 /// What a cgroup v2 limit leaves (`memory.max - memory.current`), if there is one.
@@ -36,6 +54,57 @@ fn cgroup_left() -> Option<u64> {
     let max = read("memory.max")?.trim().parse::<u64>().ok()?;
     let current = read("memory.current")?.trim().parse::<u64>().ok()?;
     Some(max.saturating_sub(current))
+}
+
+/// The soft limit `resource` (`RLIMIT_*`), or None when it is unlimited or cannot be read.
+/// A macro, not a function: the constants' type differs between C libraries (glibc, musl).
+#[cfg(target_os = "linux")]
+macro_rules! soft_limit {
+    ($resource:expr) => {{
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `lim` is a valid, writable rlimit for getrlimit to fill in.
+        let rc = unsafe { libc::getrlimit($resource, &mut lim) };
+        (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur as u64)
+    }};
+}
+
+/// What this process's soft `RLIMIT_AS` and `RLIMIT_DATA` leave (None where unlimited): a
+/// `malloc` past them fails, and Rust's allocator then aborts.
+#[cfg(target_os = "linux")]
+fn rlimit_left() -> (Option<u64>, Option<u64>) {
+    let as_limit = soft_limit!(libc::RLIMIT_AS);
+    let data_limit = soft_limit!(libc::RLIMIT_DATA);
+    if as_limit.is_none() && data_limit.is_none() {
+        return (None, None);
+    }
+    let statm = std::fs::read_to_string("/proc/self/statm").ok();
+    // SAFETY: sysconf has no preconditions; it returns -1 for an unknown name.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let (size, data) = statm.as_deref().and_then(parse_statm).unwrap_or((0, 0));
+    let left = |limit: Option<u64>, used_pages: u64| {
+        limit.map(|l| l.saturating_sub(used_pages.saturating_mul(page)))
+    };
+    (left(as_limit, size), left(data_limit, data))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn rlimit_left() -> (Option<u64>, Option<u64>) {
+    (None, None)
+}
+
+/// `(size, data)` in pages from `/proc/self/statm` ("size resident shared text lib data dt"):
+/// the whole address space, and the data segment and stack (what `RLIMIT_DATA` counts, near
+/// enough).
+fn parse_statm(statm: &str) -> Option<(u64, u64)> {
+    let mut fields = statm
+        .split_ascii_whitespace()
+        .map(|f| f.parse::<u64>().ok());
+    let size = fields.next()??;
+    let data = fields.nth(4)??;
+    Some((size, data))
 }
 
 /// Checks that `count` elements of `elem_bytes` each (for `what`, named in the error) fit in
@@ -51,11 +120,11 @@ pub fn check(count: usize, elem_bytes: usize, what: &str) -> Result<usize> {
         return Err(too_big());
     }
     if bytes >= CHECK_FROM {
-        if let Some(avail) = available_bytes() {
+        if let Some((avail, which)) = tightest() {
             if bytes as u64 > avail {
                 return Err(Error::OutOfMemory(format!(
-                    "{what} would need {}, and only {} of memory is available: use a smaller \
-                     batch or fewer tokens",
+                    "{what} would need {}, and only {} {which}: use a smaller batch or fewer \
+                     tokens",
                     human(bytes as u64),
                     human(avail)
                 )));
@@ -63,6 +132,20 @@ pub fn check(count: usize, elem_bytes: usize, what: &str) -> Result<usize> {
         }
     }
     Ok(bytes)
+}
+
+/// Checks that buffers of `(count, elem_bytes)` each, all held at once (for `what`), fit
+/// together in the memory left; returns their total size in bytes.
+pub fn check_all(parts: &[(usize, usize)], what: &str) -> Result<usize> {
+    let total = parts.iter().try_fold(0usize, |sum, &(count, elem_bytes)| {
+        count.checked_mul(elem_bytes)?.checked_add(sum)
+    });
+    match total {
+        Some(bytes) => check(bytes, 1, what),
+        None => Err(Error::OutOfMemory(format!(
+            "{what} would need more memory than this machine can address"
+        ))),
+    }
 }
 
 /// `n` zeros, after [`check`]: allocated with `calloc` (pages are touched only when written).
@@ -140,7 +223,9 @@ pub fn advise_huge(start: usize, bytes: usize) {
 /// `bytes` as "1.5 GB" / "300 MB".
 fn human(bytes: u64) -> String {
     let b = bytes as f64;
-    if b >= 1e9 {
+    if b >= 1e12 {
+        format!("{:.1} TB", b / 1e12)
+    } else if b >= 1e9 {
         format!("{:.1} GB", b / 1e9)
     } else {
         format!("{:.0} MB", b / 1e6)
@@ -166,6 +251,125 @@ mod tests {
         let mut v = vec![1.0f32; 2];
         grow(&mut v, 4, "x").unwrap();
         assert_eq!(v, [1.0, 1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn sums_of_buffers_are_checked_together() {
+        assert_eq!(check_all(&[(10, 4), (3, 8)], "x").unwrap(), 64);
+        let e = check_all(&[(usize::MAX / 2, 1), (usize::MAX / 2, 4)], "a generation");
+        assert!(e.unwrap_err().to_string().contains("a generation"));
+        if let Some(avail) = available_bytes() {
+            let half = (avail / 2 + (1 << 30)) as usize;
+            let e = check_all(&[(half, 1), (half, 1)], "both halves").unwrap_err();
+            assert!(e.to_string().contains("both halves"), "{e}");
+        }
+    }
+
+    #[test]
+    fn statm_gives_the_address_space_and_the_data_segment() {
+        assert_eq!(parse_statm("2500 300 100 10 0 900 0\n"), Some((2500, 900)));
+        assert_eq!(parse_statm("2500 300"), None);
+        assert_eq!(parse_statm(""), None);
+        #[cfg(target_os = "linux")]
+        {
+            let own = std::fs::read_to_string("/proc/self/statm").unwrap();
+            let (size, data) = parse_statm(&own).unwrap();
+            assert!(size > 0 && data > 0 && data <= size, "{own}");
+        }
+    }
+
+    /// Runs `name` (an ignored test of this module) in a child process of this test binary:
+    /// changing a limit of the process would disturb the tests running beside it.
+    #[cfg(target_os = "linux")]
+    fn in_child(name: &str) {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", &format!("runtime::mem::tests::{name}")])
+            .args(["--ignored", "--nocapture", "--test-threads=1"])
+            .env("FERROLM_MEM_CHILD", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "the child ran no test: {text}");
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_address_space_limit_is_respected_and_read_again_each_time() {
+        in_child("address_space_limit_child");
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_data_limit_is_respected() {
+        in_child("data_limit_child");
+    }
+
+    #[cfg(target_os = "linux")]
+    fn set_soft_limit(resource: libc::__rlimit_resource_t, bytes: u64) -> u64 {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: a valid rlimit to read into, then to write from.
+        unsafe {
+            assert_eq!(libc::getrlimit(resource, &mut lim), 0);
+            let old = lim.rlim_cur;
+            lim.rlim_cur = bytes.min(lim.rlim_max);
+            assert_eq!(libc::setrlimit(resource, &lim), 0);
+            old
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn page_size() -> u64 {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        u64::try_from(page).unwrap()
+    }
+
+    /// Under `ulimit -v` of what is mapped + 1 GB: 2 GB is refused naming the limit, 256 MB is
+    /// allowed and really allocates; after the limit is lifted again, 2 GB passes the check.
+    #[test]
+    #[ignore = "run in a child process by the test above"]
+    #[cfg(target_os = "linux")]
+    fn address_space_limit_child() {
+        if std::env::var_os("FERROLM_MEM_CHILD").is_none() {
+            return;
+        }
+        let page = page_size();
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let mapped = parse_statm(&statm).unwrap().0 * page;
+        let old = set_soft_limit(libc::RLIMIT_AS, mapped + (1 << 30));
+        let e = check(2 << 30, 1, "the logits").unwrap_err();
+        assert!(matches!(e, Error::OutOfMemory(_)));
+        assert!(e.to_string().contains("RLIMIT_AS"), "{e}");
+        let left = available_bytes().unwrap();
+        assert!(left <= 1 << 30, "{left}");
+        let v = zeros::<u8>(256 << 20, "a buffer").unwrap();
+        assert_eq!(v.len(), 256 << 20);
+        drop(v);
+        set_soft_limit(libc::RLIMIT_AS, old);
+        if mem_available().is_some_and(|m| m > 3 << 30) && cgroup_left().is_none_or(|c| c > 3 << 30)
+        {
+            check(2 << 30, 1, "the logits").unwrap();
+        }
+    }
+
+    #[test]
+    #[ignore = "run in a child process by the test above"]
+    #[cfg(target_os = "linux")]
+    fn data_limit_child() {
+        if std::env::var_os("FERROLM_MEM_CHILD").is_none() {
+            return;
+        }
+        let page = page_size();
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let data = parse_statm(&statm).unwrap().1 * page;
+        set_soft_limit(libc::RLIMIT_DATA, data + (512 << 20));
+        let e = check(1 << 30, 1, "the KV cache").unwrap_err();
+        assert!(e.to_string().contains("RLIMIT_DATA"), "{e}");
     }
 
     #[test]
