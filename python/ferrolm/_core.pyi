@@ -17,6 +17,7 @@ __all__ = [
     "Tokenizer",
     "__version__",
     "_check_memory",
+    "_exchange_paths",
     "_fail_for_tests",
     "_pool_workers",
     "_qmatmul",
@@ -77,6 +78,9 @@ def _fail_for_tests(kind: str) -> None: ...
 def _sleep_detached(seconds: float) -> None: ...
 def _read_bandwidth(bytes: int) -> float: ...
 def _check_memory(count: int, item_bytes: int, what: str) -> int: ...
+
+# Swaps two folders in one step (renameat2 RENAME_EXCHANGE); False where unsupported.
+def _exchange_paths(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool: ...
 
 @disjoint_base
 class Tokenizer:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ferrolm._io import check_destination, parse_json, replace_folder
 from ferrolm._progress import Progress
 
 __all__ = ["QUANTIZE_CHOICES", "load_core", "save_folder"]
@@ -66,32 +67,37 @@ def load_core(
         return loader(folder, quantize, report)
 
 
+def _owned(name: str) -> bool:
+    """The entries of a folder that a save writes, or removes when the new model lacks them."""
+    return (
+        name == "config.json"
+        or name == "model.safetensors.index.json"
+        or (name.startswith("model") and name.endswith(".safetensors"))
+        or name in _SIDE_FILES
+        or name in _SIDE_DIRS
+    )
+
+
 def save_folder(
     core: Any,
     source: Path,
     dest: str | os.PathLike[str],
     *,
+    source_id: tuple[int, int] | None = None,
     copy_f32_weights: bool = False,
 ) -> Path:
     """Writes a loadable folder: the core's weights (or, with ``copy_f32_weights`` for an f32
     model, the source's safetensors as they are), ``config.json`` with the quantization noted,
-    and the tokenizer / pooling files of ``source``."""
+    and the tokenizer / pooling files of ``source`` (the absolute folder the model was loaded
+    from; ``source_id`` its identity, from ``_io.register_source``).
+
+    The save is atomic (``_io.replace_folder``): killed, interrupted or out of disk space, it
+    leaves the folder as it was or wholly new. A destination that is the source folder, or a
+    folder another live model reads, is refused (compared by inode)."""
     out = Path(dest)
-    if out.resolve() == source.resolve():
-        raise ValueError(f"save_pretrained: {out} is the folder the model was loaded from")
-    out.mkdir(parents=True, exist_ok=True)
+    check_destination(out, source_id if source_id is not None else _inode_of(source))
     quant = core.quantization
-    if quant is None and copy_f32_weights:
-        names = ["model.safetensors"] if (source / "model.safetensors").is_file() else []
-        index = source / "model.safetensors.index.json"
-        if not names and index.is_file():
-            shards = json.loads(index.read_text())["weight_map"].values()
-            names = ["model.safetensors.index.json", *sorted(set(shards))]
-        for name in names:
-            shutil.copyfile(source / name, out / name)
-    else:
-        core.save(out)
-    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    config = parse_json((source / "config.json").read_bytes(), source / "config.json")
     if quant is None:
         config.pop("quantization_config", None)
     else:
@@ -100,11 +106,33 @@ def save_folder(
             "format": quant,
             "layout": "r16",
         }
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    for name in _SIDE_FILES:
-        if (source / name).is_file():
-            shutil.copyfile(source / name, out / name)
-    for name in _SIDE_DIRS:
-        if (source / name).is_dir():
-            shutil.copytree(source / name, out / name, dirs_exist_ok=True)
-    return out
+
+    def write(stage: Path) -> None:
+        if quant is None and copy_f32_weights:
+            names = ["model.safetensors"] if (source / "model.safetensors").is_file() else []
+            index = source / "model.safetensors.index.json"
+            if not names and index.is_file():
+                shards = parse_json(index.read_bytes(), index)["weight_map"].values()
+                names = ["model.safetensors.index.json", *sorted(set(shards))]
+            for name in names:
+                shutil.copyfile(source / name, stage / name)
+        else:
+            core.save(stage)
+        for name in _SIDE_FILES:
+            if (source / name).is_file():
+                shutil.copyfile(source / name, stage / name)
+        for name in _SIDE_DIRS:
+            if (source / name).is_dir():
+                shutil.copytree(source / name, stage / name)
+        text = json.dumps(config, indent=2) + "\n"
+        (stage / "config.json").write_text(text, encoding="utf-8")
+
+    return replace_folder(out, write, _owned)
+
+
+def _inode_of(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)

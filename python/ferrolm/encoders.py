@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ferrolm import _core
-from ferrolm._io import parse_json
+from ferrolm._io import parse_json, register_source
 from ferrolm._quant import load_core, save_folder
 from ferrolm._resolve import resolve_dir
 from ferrolm.tokenizer import Tokenizer
@@ -56,6 +56,9 @@ class BertModel:
     def __init__(self, core: _core.Bert, folder: Path, tokenizer: Tokenizer | None) -> None:
         self._core = core
         self.name_or_path = str(folder)
+        # The folder by absolute path and identity: a later chdir changes neither (save).
+        self._source_dir = folder.resolve()
+        self._source_id = register_source(self, folder)
         self.config: dict[str, Any] = {**_json(folder / "config.json"), **core.config}
         self.tokenizer = tokenizer
         pooling = _json(folder / "1_Pooling" / "config.json")
@@ -119,7 +122,13 @@ class BertModel:
     def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:
         """Writes the model, its config, tokenizer and sentence-transformers pooling files to a
         folder that ``from_pretrained`` loads back as it is (quantized weights included)."""
-        save_folder(self._core, Path(self.name_or_path), save_directory, copy_f32_weights=True)
+        save_folder(
+            self._core,
+            self._source_dir,
+            save_directory,
+            source_id=self._source_id,
+            copy_f32_weights=True,
+        )
 
     def __call__(
         self,

@@ -47,7 +47,7 @@ from typing import Any
 
 from ferrolm import _core
 from ferrolm._errors import FormatError
-from ferrolm._io import parse_json
+from ferrolm._io import atomic_write_bytes, atomic_write_text, parse_json
 from ferrolm._resolve import resolve
 from ferrolm.models import PreTrainedCausalLM, _read_json, _rows_of
 from ferrolm.tokenizer import Tokenizer
@@ -216,11 +216,7 @@ def _write_safetensors(path: Path, tensors: Mapping[str, Any]) -> None:
         offset += len(data)
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for b in blobs:
-            f.write(b)
+    atomic_write_bytes(path, b"".join([struct.pack("<Q", len(raw)), raw, *blobs]))
 
 
 def save_torch_lstm(
@@ -281,7 +277,7 @@ def save_torch_lstm(
         "output_activation": output_activation,
         **config,
     }
-    (out / "config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    atomic_write_text(out / "config.json", json.dumps(cfg, indent=2))  # last: weights first
     if tokenizer is not None:
         tokenizer.save(out)
     return out

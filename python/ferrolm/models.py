@@ -25,7 +25,7 @@ from typing import Any
 
 from ferrolm import _core
 from ferrolm._errors import FormatError
-from ferrolm._io import parse_json
+from ferrolm._io import parse_json, register_source
 from ferrolm._quant import load_core, save_folder
 from ferrolm._resolve import KNOWN_MODELS, resolve, resolve_dir
 from ferrolm.tokenizer import Tokenizer
@@ -180,6 +180,9 @@ class PreTrainedCausalLM:
         self._core = core
         self.name_or_path = str(source)
         folder = source if source.is_dir() else source.parent
+        # The folder by absolute path and identity: a later chdir changes neither (save).
+        self._source_dir = folder.resolve()
+        self._source_id = register_source(self, folder)
         raw = _read_json(folder / "config.json") if source.is_dir() else {}
         self.config: dict[str, Any] = {**raw, **core.config}
         self.generation_config: dict[str, Any] = (
@@ -637,7 +640,7 @@ class GPT2LMHeadModel(PreTrainedCausalLM):
     def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:
         """Writes the model (quantized or f32), its config and tokenizer files to a folder
         that ``from_pretrained`` loads back as it is."""
-        save_folder(self._core, Path(self.name_or_path), save_directory)
+        save_folder(self._core, self._source_dir, save_directory, source_id=self._source_id)
 
 
 class LlamaForCausalLM(PreTrainedCausalLM):

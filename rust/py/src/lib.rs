@@ -4,6 +4,7 @@
 
 mod convert;
 mod errors;
+mod io;
 mod model;
 mod runtime;
 mod tokenizer;
@@ -26,6 +27,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(runtime::_sleep_detached, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_read_bandwidth, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_check_memory, m)?)?;
+    m.add_function(wrap_pyfunction!(io::_exchange_paths, m)?)?;
     m.add_function(wrap_pyfunction!(train::train_bpe, m)?)?;
     m.add_function(wrap_pyfunction!(train::train_wordpiece, m)?)?;
     m.add_class::<tokenizer::PyTokenizer>()?;

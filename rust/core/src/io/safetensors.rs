@@ -529,7 +529,8 @@ pub fn write(
             TensorData::U8(v) => out.extend_from_slice(v),
         }
     }
-    std::fs::write(path, out).map_err(|e| Error::io(path, e))
+    // Atomically: a model that maps the file being replaced keeps reading the old one.
+    crate::io::atomic::write(path, &out)
 }
 
 #[cfg(test)]
