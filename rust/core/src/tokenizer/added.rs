@@ -3,7 +3,7 @@
 //! text, those with `normalized: true` in the normalized text; the longest match wins at the
 //! leftmost position; `lstrip` / `rstrip` make a match swallow the white space before / after it.
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 
 use crate::{Error, Result};
 
@@ -44,6 +44,9 @@ impl Matcher {
         }
         let ac = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
+            // The DFA the builder would pick for a few patterns costs the square of a long
+            // pattern's length to build (a 64 KB token: 14 s); this NFA is linear.
+            .kind(Some(AhoCorasickKind::ContiguousNFA))
             .build(which.iter().map(|&i| tokens[i].content.as_str()))
             .map_err(|e| Error::Internal(format!("added-token matcher: {e}")))?;
         Ok(Some(Matcher { ac, which }))

@@ -215,10 +215,43 @@ impl Bpe {
     /// id and its merge priority. `what` names the source in errors.
     pub fn from_ranks(what: &str, ranks: Vec<(Vec<u8>, u32)>) -> Result<Self> {
         Self::build(what, &ranks, false, |lookup| {
+            // Every split of every token is tried; hashing both halves of each split would cost
+            // the square of a token's length (a megabyte-long token: a minute), so the halves
+            // are looked up by rolling hashes, a constant per split.
+            let poly = Poly::new();
+            let longest = ranks.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
+            let mut powers = Vec::with_capacity(longest + 1);
+            let mut p = 1u64;
+            for _ in 0..=longest {
+                powers.push(p);
+                p = poly.mul(p, poly.base);
+            }
+            let by_hash: FxHashMap<(u64, usize), u32> = lookup
+                .iter()
+                .map(|(t, &id)| ((poly.hash(t), t.len()), id))
+                .collect();
             let mut merges = Vec::new();
+            let mut prefix = Vec::new();
             for (tok, rank) in &ranks {
+                prefix.clear();
+                prefix.push(0u64);
+                for &b in tok.iter() {
+                    let h = prefix[prefix.len() - 1];
+                    prefix.push(poly.push(h, b));
+                }
+                let whole = prefix[tok.len()];
                 for k in 1..tok.len() {
-                    if let (Some(&a), Some(&b)) = (lookup.get(&tok[..k]), lookup.get(&tok[k..])) {
+                    let Some(&a) = by_hash.get(&(prefix[k], k)) else {
+                        continue;
+                    };
+                    let rest = poly.sub(whole, poly.mul(prefix[k], powers[tok.len() - k]));
+                    let Some(&b) = by_hash.get(&(rest, tok.len() - k)) else {
+                        continue;
+                    };
+                    // Both halves found by hash: confirm by bytes, so even a collision cannot
+                    // add a wrong merge. Only splits whose halves are both tokens get here, and
+                    // each costs the token's length: in all at most twice the file's size.
+                    if lookup.get(&tok[..k]) == Some(&a) && lookup.get(&tok[k..]) == Some(&b) {
                         merges.push((pair_key(a, b), *rank, *rank));
                     }
                 }
@@ -744,6 +777,52 @@ pub(crate) fn escape(bytes: &[u8]) -> String {
     format!("{:?}", String::from_utf8_lossy(bytes))
 }
 
+/// Polynomial hashes of byte strings modulo the prime 2^61 − 1, with a base drawn at random
+/// for each use, so a file cannot be made to collide (two strings of equal length collide with
+/// probability under 2^-50); a hit is still confirmed by comparing the bytes.
+struct Poly {
+    base: u64,
+}
+
+const MERSENNE_61: u64 = (1 << 61) - 1;
+
+impl Poly {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u8(0);
+        Poly {
+            base: 256 + h.finish() % (MERSENNE_61 - 512),
+        }
+    }
+
+    fn reduce(x: u64) -> u64 {
+        if x >= MERSENNE_61 {
+            x - MERSENNE_61
+        } else {
+            x
+        }
+    }
+
+    fn mul(&self, a: u64, b: u64) -> u64 {
+        let p = u128::from(a) * u128::from(b);
+        Self::reduce((p as u64 & MERSENNE_61) + (p >> 61) as u64)
+    }
+
+    fn sub(&self, a: u64, b: u64) -> u64 {
+        Self::reduce(a + MERSENNE_61 - b)
+    }
+
+    /// The hash of a string extended by one byte.
+    fn push(&self, h: u64, b: u8) -> u64 {
+        Self::reduce(self.mul(h, self.base) + u64::from(b) + 1)
+    }
+
+    fn hash(&self, bytes: &[u8]) -> u64 {
+        bytes.iter().fold(0, |h, &b| self.push(h, b))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -811,6 +890,20 @@ mod tests {
         assert!(!bpe.merge_grouped(&piece, &mut grouped, &mut s));
         assert!(grouped.is_empty());
         assert_eq!(enc(&bpe, &piece, true), reference(&bpe, &piece));
+    }
+
+    #[test]
+    fn a_megabyte_long_rank_token_builds_in_linear_time() {
+        // Every split of every token is looked up; hashing each half would be quadratic (a
+        // megabyte of one letter took a minute). With rolling hashes this is milliseconds.
+        let mut ranks: Vec<(Vec<u8>, u32)> = (0..=255_u8).map(|b| (vec![b], b as u32)).collect();
+        ranks.push((b"aa".to_vec(), 256));
+        ranks.push((vec![b'a'; 1 << 20], 257));
+        let bpe = Bpe::from_ranks("long", ranks).unwrap();
+        // The long token is no merge of two tokens, so it never forms; "aa" does.
+        assert_eq!(enc(&bpe, b"aaaaa", false), vec![256, 256, b'a' as u32]);
+        // Splits found by hash are the splits found by bytes.
+        assert_eq!(enc(&bpe, b"abc", false), reference(&bpe, b"abc"));
     }
 
     #[test]

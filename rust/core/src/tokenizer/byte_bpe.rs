@@ -6,7 +6,7 @@
 //!
 //! A [`BpeTokenizer`] is immutable once built: share it across threads freely.
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use rustc_hash::FxHashMap;
 
 use crate::tokenizer::bpe::{Bpe, Scratch};
@@ -82,6 +82,9 @@ impl Specials {
             Some(
                 AhoCorasick::builder()
                     .match_kind(MatchKind::LeftmostLongest)
+                    // The DFA the builder would pick for a few patterns costs the square of a long
+                    // pattern's length to build (a 64 KB token: 14 s); this NFA is linear.
+                    .kind(Some(AhoCorasickKind::ContiguousNFA))
                     .build(&names)
                     .map_err(|e| Error::Internal(format!("special-token matcher: {e}")))?,
             )

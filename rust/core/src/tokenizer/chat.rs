@@ -6,6 +6,7 @@
 
 mod guard;
 mod json;
+mod scan;
 
 use std::fmt::Write as _;
 
@@ -79,6 +80,7 @@ impl ChatTemplate {
             .lstrip_blocks(true)
             .build()
             .map_err(|e| Error::Internal(e.to_string()))?;
+        scan::check_source(source, &syntax)?;
         let ast = machinery::parse(source, NAME, syntax.clone())
             .map_err(|e| Error::format("chat template", e.to_string()))?;
         guard::check_constants(&ast)?;

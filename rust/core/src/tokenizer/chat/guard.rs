@@ -453,6 +453,41 @@ pub(super) fn guarded<'s>(instructions: &Instructions<'s>) -> Result<Instruction
     Ok(out)
 }
 
+/// The deepest expression tree `check_constants` walks. `scan::check_source` already bounds a
+/// tag's nesting (1,000 operators, and minijinja 150 brackets and blocks); this keeps the walk
+/// itself bounded whatever reaches it.
+const MAX_WALK_DEPTH: usize = 4096;
+
+thread_local! {
+    static WALK_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// One level of `check_constants`' walk, released when dropped.
+struct Level;
+
+impl Level {
+    fn enter() -> Result<Self> {
+        let depth = WALK_DEPTH.with(|d| {
+            d.set(d.get() + 1);
+            d.get()
+        });
+        let level = Level;
+        if depth > MAX_WALK_DEPTH {
+            return Err(Error::format(
+                "chat template",
+                format!("an expression is nested more than {MAX_WALK_DEPTH} levels deep"),
+            ));
+        }
+        Ok(level)
+    }
+}
+
+impl Drop for Level {
+    fn drop(&mut self) {
+        WALK_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
 /// Constant operands larger than this (in walk units) are refused at compile time.
 const MAX_FOLDED_UNITS: u64 = 1 << 20;
 
@@ -483,6 +518,7 @@ pub(super) fn check_constants(stmt: &ast::Stmt<'_>) -> Result<()> {
         }
     }
     fn expr(e: &ast::Expr<'_>) -> Result<()> {
+        let _level = Level::enter()?;
         match e {
             ast::Expr::Var(_) | ast::Expr::Const(_) => Ok(()),
             ast::Expr::Slice(s) => {
@@ -533,6 +569,7 @@ pub(super) fn check_constants(stmt: &ast::Stmt<'_>) -> Result<()> {
             ast::Expr::Map(m) => exprs(m.keys.iter().chain(&m.values)),
         }
     }
+    let _level = Level::enter()?;
     match stmt {
         ast::Stmt::Template(t) => stmts(&t.children),
         ast::Stmt::EmitExpr(e) => expr(&e.expr),
