@@ -175,3 +175,59 @@ def test_vocab_txt_lines_are_bounded(tmp_path: Path) -> None:
     path.write_text(base + "a" * (50 << 20) + "\n")
     with pytest.raises(ferrolm.FormatError, match="at most 1024"):
         Tokenizer.from_file(path)
+
+
+# The most special-token ids a TemplateProcessing template adds to a sequence (SECURITY.md).
+MAX_TEMPLATE_IDS = 1024
+
+
+def _json_with_template(names: int, ids_per_token: int, sequences: int = 1) -> dict[str, object]:
+    tj = json.loads(SEED_JSON.read_text())
+    single: list[object] = [{"Sequence": {"id": "A", "type_id": 0}}] * sequences
+    single += [{"SpecialToken": {"id": "<|e|>", "type_id": 0}}] * names
+    tj["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": single,
+        "pair": None,
+        "special_tokens": {
+            "<|e|>": {"id": "<|e|>", "ids": [6] * ids_per_token, "tokens": ["<|e|>"]}
+        },
+    }
+    return dict(tj)
+
+
+def test_an_expanding_post_processor_is_refused_before_it_grows(tmp_path: Path) -> None:
+    # The 1.35 MB file that grew to 6.7 GB and aborted: one special token of 50,000 ids named
+    # 20,000 times. Loaded in a child under a 4 GB address-space limit.
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(_json_with_template(20_000, 50_000)))
+    assert path.stat().st_size < 2_000_000
+    code = f"""
+        import resource, sys
+        sys.path[:0] = {sys.path!r}
+        import ferrolm
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, resource.RLIM_INFINITY))
+        try:
+            ferrolm.Tokenizer.from_file({str(path)!r})
+        except ferrolm.FormatError as e:
+            print("FormatError:", e)
+    """
+    r = _child(code, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "FormatError" in r.stdout and "more than 1024 special-token ids" in r.stdout, r.stdout
+
+
+def test_post_processor_expansion_at_the_limit_and_past_it(tmp_path: Path) -> None:
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(_json_with_template(1, MAX_TEMPLATE_IDS)))
+    tok = Tokenizer.from_file(path)
+    assert tok.encode("a") == tok.encode("a", add_special_tokens=False) + [6] * MAX_TEMPLATE_IDS
+    path.write_text(json.dumps(_json_with_template(1, MAX_TEMPLATE_IDS + 1)))
+    with pytest.raises(ferrolm.FormatError, match="more than 1024 special-token ids"):
+        Tokenizer.from_file(path)
+    path.write_text(json.dumps(_json_with_template(MAX_TEMPLATE_IDS + 1, 1)))
+    with pytest.raises(ferrolm.FormatError, match="more than 1024 special-token ids"):
+        Tokenizer.from_file(path)
+    path.write_text(json.dumps(_json_with_template(0, 1, sequences=17)))
+    with pytest.raises(ferrolm.FormatError, match="more than 16 copies of the sequence"):
+        Tokenizer.from_file(path)

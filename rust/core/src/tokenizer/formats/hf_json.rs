@@ -434,8 +434,15 @@ fn parse_post_processor(
                     .field(p, "post_processor", key)?
                     .as_array()
                     .ok_or_else(|| cx.err(format!("post_processor: `{key}` must be a list")))?;
+                // What a template adds to every sequence is bounded before anything is
+                // built: one special token named 20,000 times, holding 50,000 ids, would be
+                // 10^9 ids for every `encode`.
+                let mut budget = TemplateBudget {
+                    ids: MAX_TEMPLATE_IDS,
+                    sequences: MAX_TEMPLATE_SEQUENCES,
+                };
                 list.iter()
-                    .map(|item| template_item(cx, p, key, item, added, model))
+                    .map(|item| template_item(cx, p, key, item, added, model, &mut budget))
                     .collect()
             };
             let single = items("single")?
@@ -469,8 +476,19 @@ fn parse_post_processor(
     }
 }
 
+/// The most special-token ids one TemplateProcessing template adds to a sequence (real ones add
+/// 1–3, each a single id) and the most `Sequence` items it holds (real ones: 1, or 2 for pairs).
+const MAX_TEMPLATE_IDS: usize = 1024;
+const MAX_TEMPLATE_SEQUENCES: usize = 16;
+
+/// What is left of a template's bounds while its items are read.
+struct TemplateBudget {
+    ids: usize,
+    sequences: usize,
+}
+
 /// One item of a TemplateProcessing template: `{"Sequence": {"id": "A"|"B", "type_id": n}}`
-/// or `{"SpecialToken": {"id": name, "type_id": n}}`.
+/// or `{"SpecialToken": {"id": name, "type_id": n}}`, charged to `budget`.
 fn template_item(
     cx: &Ctx<'_>,
     p: &Value,
@@ -478,8 +496,15 @@ fn template_item(
     item: &Value,
     added: &AddedTokens,
     model: &Model,
+    budget: &mut TemplateBudget,
 ) -> Result<PairItem> {
     let section = format!("post_processor.{key}");
+    let too_many = |what: &str, limit: usize| {
+        cx.err(format!(
+            "{section}: the template adds more than {limit} {what} to every sequence \
+             (real templates add a few); refused"
+        ))
+    };
     let type_id = |v: &Value| -> u32 {
         v.get("type_id")
             .and_then(Value::as_u64)
@@ -487,6 +512,10 @@ fn template_item(
             .unwrap_or(0)
     };
     if let Some(seq) = item.get("Sequence") {
+        budget.sequences = budget
+            .sequences
+            .checked_sub(1)
+            .ok_or_else(|| too_many("copies of the sequence", MAX_TEMPLATE_SEQUENCES))?;
         return match seq.get("id").and_then(Value::as_str) {
             Some("A") => Ok(PairItem::A(type_id(seq))),
             Some("B") => Ok(PairItem::B(type_id(seq))),
@@ -500,17 +529,31 @@ fn template_item(
             .and_then(|s| s.get(name))
             .and_then(|s| s.get("ids"))
         {
-            Some(ids) => ids
-                .as_array()
-                .ok_or_else(|| cx.err("post_processor: special token `ids` must be a list"))?
-                .iter()
-                .map(|i| {
-                    i.as_u64()
-                        .and_then(|i| u32::try_from(i).ok())
-                        .ok_or_else(|| cx.err("post_processor: special token ids must be integers"))
-                })
-                .collect::<Result<Vec<u32>>>()?,
-            None => vec![special_id(cx, name, added, model)?],
+            Some(ids) => {
+                let ids = ids
+                    .as_array()
+                    .ok_or_else(|| cx.err("post_processor: special token `ids` must be a list"))?;
+                budget.ids = budget
+                    .ids
+                    .checked_sub(ids.len())
+                    .ok_or_else(|| too_many("special-token ids", MAX_TEMPLATE_IDS))?;
+                ids.iter()
+                    .map(|i| {
+                        i.as_u64()
+                            .and_then(|i| u32::try_from(i).ok())
+                            .ok_or_else(|| {
+                                cx.err("post_processor: special token ids must be integers")
+                            })
+                    })
+                    .collect::<Result<Vec<u32>>>()?
+            }
+            None => {
+                budget.ids = budget
+                    .ids
+                    .checked_sub(1)
+                    .ok_or_else(|| too_many("special-token ids", MAX_TEMPLATE_IDS))?;
+                vec![special_id(cx, name, added, model)?]
+            }
         };
         return Ok(PairItem::Special(ids, type_id(sp)));
     }
