@@ -128,10 +128,19 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work
 
 
-def _env() -> dict[str, str]:
+def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     # The console lines call `ferrolm` as a user does: the one installed beside this Python.
     bindir = os.path.dirname(sys.executable)
-    return {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+    return subprocess.run(
+        argv,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=900,
+        env=env,
+    )
 
 
 def test_the_readme_has_snippets() -> None:
@@ -144,15 +153,7 @@ def test_python_block_runs_as_written(workdir: Path, line: int, code: str) -> No
     script.write_text(code, encoding="utf-8")
     runner = workdir / "run_block.py"
     runner.write_text(RUNNER, encoding="utf-8")
-    r = subprocess.run(
-        [sys.executable, str(runner), str(script), str(line)],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=900,
-        env=_env(),
-    )
+    r = _run([sys.executable, str(runner), str(script), str(line)], workdir)
     assert r.returncode == 0 and r.stdout.rstrip().endswith("ok"), (
         f"README.md block at line {line}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     )
@@ -171,15 +172,7 @@ def _expected_output(comment: str) -> str | None:
 @pytest.mark.parametrize(("line", "command"), CONSOLE, ids=[f"line{n}" for n, _ in CONSOLE])
 def test_console_line_runs_as_written(workdir: Path, line: int, command: str) -> None:
     cmd, _, comment = command.partition("  #")
-    r = subprocess.run(
-        ["bash", "-c", cmd],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=900,
-        env=_env(),
-    )
+    r = _run(["bash", "-c", cmd], workdir)
     assert r.returncode == 0, (
         f"README.md line {line}: {cmd}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     )

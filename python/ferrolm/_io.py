@@ -31,6 +31,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "check_destination",
+    "inode",
     "parse_json",
     "register_source",
     "replace_folder",
@@ -93,7 +94,8 @@ _LIVE: dict[tuple[int, int], int] = {}
 _LIVE_LOCK = threading.Lock()
 
 
-def _inode(path: Path) -> tuple[int, int] | None:
+def inode(path: Path) -> tuple[int, int] | None:
+    """A file's or folder's identity, (device, inode); None where it does not exist."""
     try:
         st = os.stat(path)
     except OSError:
@@ -113,7 +115,7 @@ def _unregister(key: tuple[int, int]) -> None:
 def register_source(owner: object, folder: Path) -> tuple[int, int] | None:
     """Notes that `owner` (a model) reads the files of `folder` (memory-mapped) for as long as
     it lives; returns the folder's identity."""
-    key = _inode(folder)
+    key = inode(folder)
     if key is not None:
         with _LIVE_LOCK:
             _LIVE[key] = _LIVE.get(key, 0) + 1
@@ -124,7 +126,7 @@ def register_source(owner: object, folder: Path) -> tuple[int, int] | None:
 def check_destination(dest: Path, source: tuple[int, int] | None) -> None:
     """Refuses `dest` when it is the source folder (`source`: its identity from
     :func:`register_source`) or a folder another live model reads."""
-    key = _inode(dest)
+    key = inode(dest)
     if key is None:
         return
     if key == source:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ferrolm._io import check_destination, parse_json, replace_folder
+from ferrolm._io import check_destination, inode, parse_json, replace_folder
 from ferrolm._progress import Progress
 
 __all__ = ["QUANTIZE_CHOICES", "load_core", "save_folder"]
@@ -95,7 +95,7 @@ def save_folder(
     leaves the folder as it was or wholly new. A destination that is the source folder, or a
     folder another live model reads, is refused (compared by inode)."""
     out = Path(dest)
-    check_destination(out, source_id if source_id is not None else _inode_of(source))
+    check_destination(out, source_id if source_id is not None else inode(source))
     quant = core.quantization
     config = parse_json((source / "config.json").read_bytes(), source / "config.json")
     if quant is None:
@@ -128,11 +128,3 @@ def save_folder(
         (stage / "config.json").write_text(text, encoding="utf-8")
 
     return replace_folder(out, write, _owned)
-
-
-def _inode_of(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
