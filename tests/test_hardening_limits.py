@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -77,14 +76,14 @@ def _in_child(code: str, folder: Path, *, headroom_gb: int = 2, timeout: float =
 def test_num_return_sequences_past_memory_is_a_memory_error(folder: Path) -> None:
     out = _in_child(
         """
+        # The message is the up-front check's (a count of sequences and bytes): it comes
+        # before the prefill, or the allocator would have aborted this child.
         for n in (10**6, 10**12, 2**62):
-            t = time.perf_counter()
             try:
                 m.generate([[1, 2, 3]], max_new_tokens=3, num_return_sequences=n)
                 raise SystemExit(f"num_return_sequences={n} was not refused")
             except MemoryError as e:
                 assert "sequences" in str(e), e
-            assert time.perf_counter() - t < 5, "refused up front, not after the prefill"
         assert len(m.generate([[1, 2, 3]], max_new_tokens=3, num_return_sequences=4)) == 4
         print("survived")
         """,
@@ -262,10 +261,9 @@ def test_deeply_nested_chat_messages_are_value_errors(folder: Path) -> None:
     shared: Any = "x"
     for _ in range(60):
         shared = [shared, shared]
-    t = time.perf_counter()
+    # Refused after counting at most 2^22 of them (a walk of all 2^60 would never return).
     with pytest.raises(ValueError, match="values"):
         m.chat([{"role": "user", "content": shared}], max_new_tokens=1)
-    assert time.perf_counter() - t < 10
     cyclic: list[Any] = []
     cyclic.append(cyclic)
     with pytest.raises(ValueError, match="levels deep"):
@@ -280,13 +278,11 @@ def test_padding_to_a_huge_max_length_is_checked_before_building_lists(folder: P
         tok = m.tokenizer
         tok.pad_token = "<|endoftext|>"
         for kw in ({}, {"return_tensors": "np"}):
-            t = time.perf_counter()
             try:
                 tok(["hi", "there"], padding="max_length", max_length=10**8, **kw)
                 raise SystemExit("padding to 10**8 passed the check")
             except MemoryError as e:
                 assert "padded to 100000000" in str(e), e
-            assert time.perf_counter() - t < 5
         try:
             tok(["hi"] * 3, ["there"] * 3, padding="max_length", max_length=10**8)
             raise SystemExit("padding pairs to 10**8 passed the check")
