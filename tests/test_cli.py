@@ -144,9 +144,7 @@ def test_a_missing_optional_package_is_one_line_saying_what_to_install(
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs a pseudo-terminal (POSIX)")
 def test_ctrl_c_at_the_chat_prompt_exits_on_a_new_line() -> None:
     import pty
-    import select
     import signal
-    import time
 
     from llama_models import smollm2_folder
 
@@ -158,25 +156,23 @@ def test_ctrl_c_at_the_chat_prompt_exits_on_a_new_line() -> None:
         os.execv(sys.executable, [sys.executable, "-m", "ferrolm", "chat", "--model", "smollm2"])
     out = b""
 
-    def read_until(done: Any, timeout: float) -> None:
+    def read_until(done: Any) -> None:
+        # Blocking reads, no clock: they end at `done` or when the child closes the terminal.
         nonlocal out
-        deadline = time.monotonic() + timeout
-        while not done() and time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.5)
-            if ready:
-                try:
-                    chunk = os.read(fd, 4096)
-                except OSError:  # the child closed the terminal
-                    return
-                if not chunk:
-                    return
-                out += chunk
+        while not done():
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the child closed the terminal
+                return
+            if not chunk:
+                return
+            out += chunk
 
     try:
-        read_until(lambda: out.endswith(b"> "), 300)
+        read_until(lambda: out.endswith(b"> "))
         assert out.endswith(b"> "), out[-500:]
         os.write(fd, b"\x03")  # Ctrl-C, as typed
-        read_until(lambda: False, 60)
+        read_until(lambda: False)
     finally:
         _, status = os.waitpid(pid, 0)
         os.close(fd)
