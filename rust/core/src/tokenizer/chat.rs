@@ -28,7 +28,7 @@ const NAME: &str = "chat_template";
 /// 806k on a 4 MB conversation of 1,000 messages; SmolLM2's 635k), so this renders about 10 MB;
 /// and it bounds what a crafted template (a template inside a GGUF file is untrusted text) can
 /// make one render cost: about 128 MB of data work, a fraction of a second.
-const FUEL: u64 = 2_000_000;
+pub const FUEL: u64 = 2_000_000;
 
 /// The longest message `raise_exception` keeps.
 const MAX_EXCEPTION_MESSAGE: usize = 4096;
@@ -73,7 +73,9 @@ impl ChatTemplate {
         Self::with_fuel(source, FUEL)
     }
 
-    fn with_fuel(source: &str, fuel: u64) -> Result<Self> {
+    /// Compiles `source` with a different bound on the work of one render, in fuel (`new`
+    /// uses [`FUEL`]); time and memory per render grow linearly with it.
+    pub fn with_fuel(source: &str, fuel: u64) -> Result<Self> {
         let mut env = Environment::new();
         let syntax = minijinja::syntax::SyntaxConfig::builder()
             .trim_blocks(true)
