@@ -2,7 +2,7 @@
 //! Llama model built from what the file claims.
 #![no_main]
 use ferrolm_core::io::gguf::Gguf;
-use ferrolm_core::model::llama::Llama;
+use ferrolm_core::model::registry;
 use ferrolm_core::quant::QType;
 use ferrolm_core::tokenizer::Tokenizer;
 use libfuzzer_sys::fuzz_target;
@@ -21,5 +21,5 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = Tokenizer::from_gguf(&g);
-    let _ = Llama::load_gguf(&path, None, None);
+    let _ = registry::load_gguf(&path, None, None);
 });

@@ -18,13 +18,16 @@ from ferrolm.encoders import (
 )
 from ferrolm.lstm import LSTMLanguageModel
 from ferrolm.models import (
+    DECODER_CLASSES,
     AutoModelForCausalLM,
     AutoTokenizer,
     CausalLMOutput,
+    DecoderForCausalLM,
     GPT2LMHeadModel,
     GPT2Tokenizer,
     LlamaForCausalLM,
     PreTrainedCausalLM,
+    decoder_model_types,
 )
 from ferrolm.perplexity import perplexity
 from ferrolm.tokenizer import BatchEncoding, Tokenizer
@@ -91,6 +94,7 @@ __all__ = [
     "BertTokenizer",
     "Cache",
     "CausalLMOutput",
+    "DecoderForCausalLM",
     "FerrolmError",
     "FormatError",
     "GPT2LMHeadModel",
@@ -104,6 +108,7 @@ __all__ = [
     "available_isas",
     "cpu_features",
     "data_path",
+    "decoder_model_types",
     "get_num_threads",
     "kernel_isa",
     "perplexity",
@@ -111,3 +116,16 @@ __all__ = [
     "train_bpe",
     "train_wordpiece",
 ]
+
+
+def __getattr__(name: str) -> type[DecoderForCausalLM]:
+    """The class of each decoder architecture of the registry without a class of its own
+    above, under its ``transformers`` name (``ferrolm.Qwen2ForCausalLM``, ...)."""
+    try:
+        return DECODER_CLASSES[name]
+    except KeyError:
+        raise AttributeError(f"module 'ferrolm' has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *DECODER_CLASSES})

@@ -17,8 +17,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import threading
 import weakref
 from collections.abc import Callable
@@ -56,9 +56,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Writes `data` to `path` atomically (its folders are created); returns the path."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    # Named before it exists (as replace_folder's stage): a Ctrl-C at any point leaves no file.
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -234,9 +235,17 @@ def replace_folder(
     _remove_stale_stages(parent, out.name)
     stage: Path | None = None
     try:
-        prefix = f".{out.name}{_STAGE_TAG}{os.getpid()}-"
-        stage = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-        _ACTIVE_STAGES.add(str(stage))
+        # Named before it exists (not tempfile.mkdtemp, whose return a Ctrl-C can cut off
+        # after the folder is made): whatever interrupts from here on, the folder is known and
+        # removed below.
+        while True:
+            stage = parent / f".{out.name}{_STAGE_TAG}{os.getpid()}-{secrets.token_hex(6)}"
+            _ACTIVE_STAGES.add(str(stage))
+            try:
+                os.mkdir(stage, 0o700)
+                break
+            except FileExistsError:
+                _ACTIVE_STAGES.discard(str(stage))
         write(stage)
         if out.is_dir():
             for entry in out.iterdir():

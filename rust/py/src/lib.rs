@@ -31,6 +31,8 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(train::train_bpe, m)?)?;
     m.add_function(wrap_pyfunction!(train::train_wordpiece, m)?)?;
     m.add_class::<tokenizer::PyTokenizer>()?;
+    m.add_function(wrap_pyfunction!(model::decoder_architectures, m)?)?;
+    m.add_function(wrap_pyfunction!(model::gguf_architecture, m)?)?;
     m.add_class::<model::PyCausalLm>()?;
     m.add_class::<model::PyCache>()?;
     m.add_class::<model::PyGeneration>()?;

@@ -1,4 +1,4 @@
-//! Glue for `ferrolm_core::model`: the `Gpt2` class (forward pass over an explicit `Cache`,
+//! Glue for `ferrolm_core::model`: the `CausalLM` class (forward pass over an explicit `Cache`,
 //! generation run entirely in Rust) and `Generation`, a step-by-step generation for streaming.
 //!
 //! Performance notes: token ids cross the boundary as lists of ints (small); logits come back as
@@ -8,16 +8,16 @@
 use std::sync::Arc;
 
 use ferrolm_core::model::generate::{Adjust, GenerateParams, Generation};
-use ferrolm_core::model::gpt2::Gpt2;
-use ferrolm_core::model::llama::Llama;
-use ferrolm_core::model::lstm::{Lstm, OutputActivation};
+use ferrolm_core::model::lstm::Lstm;
+use ferrolm_core::model::registry;
 use ferrolm_core::model::sampling::Sampling;
 use ferrolm_core::model::{Cache, CausalLm, KvDtype};
 use ferrolm_core::quant::QType;
 use ferrolm_core::tokenizer::Tokenizer;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList};
+use serde_json::Value;
 
 use crate::errors::{attached, detached, detached_interruptible};
 use crate::tokenizer::PyTokenizer;
@@ -91,20 +91,12 @@ impl PyCache {
     }
 }
 
-/// A decoder-only language model (GPT-2, Llama) loaded from a folder or a GGUF file
-/// (immutable; share it across threads).
+/// A decoder-only language model (any architecture of the registry, or an LSTM) loaded from a
+/// folder or a GGUF file (immutable; share it across threads).
 #[derive(Debug)]
 #[pyclass(frozen, module = "ferrolm._core", name = "CausalLM")]
 pub struct PyCausalLm {
-    arch: Arch,
-}
-
-/// The architecture behind a [`PyCausalLm`], for what is not in [`CausalLm`].
-#[derive(Debug)]
-enum Arch {
-    Gpt2(Arc<Gpt2>),
-    Llama(Arc<Llama>),
-    Lstm(Arc<Lstm>),
+    model: Arc<dyn CausalLm>,
 }
 
 fn kv_dtype_of(name: &str) -> PyResult<KvDtype> {
@@ -115,33 +107,68 @@ fn kv_dtype_of(name: &str) -> PyResult<KvDtype> {
     })
 }
 
+/// The decoder architectures `CausalLM.load` reads, in registration order: `(name,
+/// transformers class name, config.json model_types, GGUF architectures)`.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+pub fn decoder_architectures() -> Vec<(
+    &'static str,
+    &'static str,
+    Vec<&'static str>,
+    Vec<&'static str>,
+)> {
+    registry::ARCHS
+        .iter()
+        .map(|a| {
+            let gguf = if a.load_gguf.is_some() {
+                a.gguf_archs.to_vec()
+            } else {
+                Vec::new()
+            };
+            (a.name, a.class_name, a.model_types.to_vec(), gguf)
+        })
+        .collect()
+}
+
+/// The decoder architecture (its name) of a GGUF file, from its header.
+#[pyfunction]
+pub fn gguf_architecture(py: Python<'_>, path: std::path::PathBuf) -> PyResult<&'static str> {
+    detached(py, || registry::gguf_arch(&path).map(|a| a.name))
+}
+
 impl PyCausalLm {
-    fn gpt2(model: Gpt2) -> Self {
-        PyCausalLm {
-            arch: Arch::Gpt2(Arc::new(model)),
-        }
-    }
-
-    fn lstm(model: Lstm) -> Self {
-        PyCausalLm {
-            arch: Arch::Lstm(Arc::new(model)),
-        }
-    }
-
-    fn llama(model: Llama) -> Self {
-        PyCausalLm {
-            arch: Arch::Llama(Arc::new(model)),
-        }
-    }
-
-    /// The model, whatever its architecture.
+    /// The model.
     fn model(&self) -> Arc<dyn CausalLm> {
-        match &self.arch {
-            Arch::Gpt2(m) => m.clone(),
-            Arch::Llama(m) => m.clone(),
-            Arch::Lstm(m) => m.clone(),
-        }
+        Arc::clone(&self.model)
     }
+}
+
+/// `v` as a Python object (a config field: null, a bool, a number, a string or a list).
+fn json_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(b) => b.into_pyobject(py)?.to_owned().into_any(),
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => u.into_pyobject(py)?.into_any(),
+            (None, Some(i)) => i.into_pyobject(py)?.into_any(),
+            _ => n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any(),
+        },
+        Value::String(s) => s.into_pyobject(py)?.into_any(),
+        Value::Array(a) => {
+            let items = a
+                .iter()
+                .map(|x| json_to_py(py, x))
+                .collect::<PyResult<Vec<_>>>()?;
+            PyList::new(py, items)?.into_any()
+        }
+        Value::Object(m) => {
+            let d = PyDict::new(py);
+            for (k, x) in m {
+                d.set_item(k, json_to_py(py, x)?)?;
+            }
+            d.into_any()
+        }
+    })
 }
 
 /// The sampling and stopping arguments, as `generate` receives them from Python.
@@ -242,51 +269,35 @@ fn progress_fn(progress: Option<Py<PyAny>>) -> impl Fn(usize, usize) + Sync {
 
 #[pymethods]
 impl PyCausalLm {
-    /// Loads a GPT-2 folder: `config.json` and `model.safetensors` (or its shards), the
-    /// matrices quantized to `quantize` (`progress(done, total)` per matrix).
-    /// `kv_cache_dtype`: `"float32"` (default) or `"float16"` for the caches it makes.
+    /// Loads a decoder: a Hugging Face folder (`config.json` + safetensors) of any
+    /// architecture of the registry (`decoder_model_types()`), or with `gguf=True` a GGUF file
+    /// (its quantized tensors used as they are). The matrices are quantized to `quantize` as
+    /// they load (`progress(done, total)` per matrix); a folder saved quantized by ferrolm loads
+    /// as it is. `kv_cache_dtype`: `"float32"` (default) or `"float16"` for the caches it makes.
     #[staticmethod]
-    #[pyo3(signature = (path, quantize = None, progress = None, kv_cache_dtype = "float32"))]
+    #[pyo3(signature = (path, quantize = None, progress = None, kv_cache_dtype = "float32", *, gguf = false))]
     fn load(
         py: Python<'_>,
         path: std::path::PathBuf,
         quantize: Option<&str>,
         progress: Option<Py<PyAny>>,
         kv_cache_dtype: &str,
-    ) -> PyResult<PyCausalLm> {
-        let q = parse_quantize(quantize)?;
-        let kv = kv_dtype_of(kv_cache_dtype)?;
-        let report = progress_fn(progress);
-        let mut model = detached(py, || Gpt2::load_with(&path, q, Some(&report)))?;
-        model.set_kv_dtype(kv);
-        Ok(PyCausalLm::gpt2(model))
-    }
-
-    /// Loads a Llama-family model: a Hugging Face folder (`config.json` + safetensors) or,
-    /// with `gguf=True`, a GGUF file (its quantized tensors used as they are; f32 / f16 ones
-    /// quantized to `quantize` if given).
-    #[staticmethod]
-    #[pyo3(signature = (path, *, gguf = false, quantize = None, progress = None, kv_cache_dtype = "float32"))]
-    fn load_llama(
-        py: Python<'_>,
-        path: std::path::PathBuf,
         gguf: bool,
-        quantize: Option<&str>,
-        progress: Option<Py<PyAny>>,
-        kv_cache_dtype: &str,
     ) -> PyResult<PyCausalLm> {
         let q = parse_quantize(quantize)?;
         let kv = kv_dtype_of(kv_cache_dtype)?;
         let report = progress_fn(progress);
         let mut model = detached(py, || {
             if gguf {
-                Llama::load_gguf(&path, q, Some(&report))
+                registry::load_gguf(&path, q, Some(&report))
             } else {
-                Llama::load(&path, q, Some(&report))
+                registry::load_folder(&path, q, Some(&report))
             }
         })?;
         model.set_kv_dtype(kv);
-        Ok(PyCausalLm::llama(model))
+        Ok(PyCausalLm {
+            model: Arc::new(model),
+        })
     }
 
     /// Loads an LSTM or GRU language model folder (`config.json` with `model_type` "lstm" and
@@ -300,129 +311,63 @@ impl PyCausalLm {
     ) -> PyResult<PyCausalLm> {
         let q = parse_quantize(quantize)?;
         let model = detached(py, || Lstm::load(&path, q))?;
-        Ok(PyCausalLm::lstm(model))
+        Ok(PyCausalLm {
+            model: Arc::new(model),
+        })
     }
 
-    /// `"gpt2"`, `"llama"` or `"lstm"`.
+    /// The architecture's name: `"gpt2"`, `"llama"`, `"lstm"`, ...
     #[getter]
     fn model_type(&self) -> &'static str {
-        match self.arch {
-            Arch::Gpt2(_) => "gpt2",
-            Arch::Llama(_) => "llama",
-            Arch::Lstm(_) => "lstm",
-        }
+        self.model.model_type()
+    }
+
+    /// The config key that names the longest sequence (in errors).
+    #[getter]
+    fn ctx_key(&self) -> &'static str {
+        self.model.ctx_key()
     }
 
     /// The element type of the KV caches: `"float32"` or `"float16"`.
     #[getter]
     fn kv_cache_dtype(&self) -> &'static str {
-        match &self.arch {
-            Arch::Gpt2(m) => m.kv_dtype().name(),
-            Arch::Llama(m) => m.kv_dtype().name(),
-            Arch::Lstm(_) => "float32",
-        }
+        self.model.kv_dtype().name()
     }
 
     /// The matrices' quantized format (`"q8_0"`, `"q4_0"`, `"q4_1"`), or None for f32.
     #[getter]
     fn quantization(&self) -> Option<&'static str> {
-        match &self.arch {
-            Arch::Gpt2(m) => m.quantization(),
-            Arch::Llama(m) => m.quantization(),
-            Arch::Lstm(m) => m.quantization(),
-        }
-        .map(QType::name)
+        self.model.quantization().map(QType::name)
     }
 
-    /// Writes `model.safetensors` into the folder `path` (which must exist; GPT-2 only).
+    /// Whether `save` can write this model (its architecture has a saver).
+    #[getter]
+    fn can_save(&self) -> bool {
+        self.model.can_save()
+    }
+
+    /// Writes `model.safetensors` into the folder `path` (which must exist), where the
+    /// architecture can be saved.
     fn save(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
-        match &self.arch {
-            Arch::Gpt2(m) => {
-                let model = Arc::clone(m);
-                detached(py, move || model.save(&path))
-            }
-            Arch::Llama(_) | Arch::Lstm(_) => {
-                Err(pyo3::exceptions::PyNotImplementedError::new_err(
-                    "save_pretrained is implemented for GPT-2 models; this model loads from \
-                     its own folder or file",
-                ))
-            }
-        }
+        let model = self.model();
+        detached(py, move || model.save(&path))
     }
 
-    /// The config fields the forward pass uses.
+    /// The config fields the forward pass uses, under `config.json`'s names, and `n_ctx`.
     #[getter]
     fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        match &self.arch {
-            Arch::Gpt2(m) => {
-                let c = &m.config;
-                d.set_item("model_type", "gpt2")?;
-                d.set_item("vocab_size", c.vocab_size)?;
-                d.set_item("n_embd", c.n_embd)?;
-                d.set_item("n_layer", c.n_layer)?;
-                d.set_item("n_head", c.n_head)?;
-                d.set_item("n_positions", c.n_positions)?;
-                d.set_item("n_inner", c.n_inner)?;
-                d.set_item("bos_token_id", c.bos_token_id)?;
-                d.set_item("eos_token_id", c.eos_token_id)?;
-                d.set_item("tie_word_embeddings", c.tie_word_embeddings)?;
-            }
-            Arch::Llama(m) => {
-                let c = &m.config;
-                d.set_item("model_type", "llama")?;
-                d.set_item("vocab_size", c.vocab_size)?;
-                d.set_item("hidden_size", c.hidden_size)?;
-                d.set_item("intermediate_size", c.intermediate_size)?;
-                d.set_item("num_hidden_layers", c.num_hidden_layers)?;
-                d.set_item("num_attention_heads", c.num_attention_heads)?;
-                d.set_item("num_key_value_heads", c.num_key_value_heads)?;
-                d.set_item("head_dim", c.head_dim)?;
-                d.set_item("max_position_embeddings", c.max_position_embeddings)?;
-                d.set_item("rms_norm_eps", c.rms_norm_eps)?;
-                d.set_item("rope_theta", c.rope_theta)?;
-                d.set_item("bos_token_id", c.bos_token_id)?;
-                d.set_item("eos_token_id", c.eos_token_id.clone())?;
-                d.set_item("tie_word_embeddings", c.tie_word_embeddings)?;
-            }
-            Arch::Lstm(m) => {
-                let c = &m.config;
-                d.set_item("model_type", "lstm")?;
-                d.set_item("vocab_size", c.vocab_size)?;
-                d.set_item("embedding_dim", c.embedding_dim)?;
-                // `hidden_size`: one number when every layer has it, else the list (as in
-                // config.json); `hidden_sizes` is always the list.
-                match c.hidden_sizes.as_slice() {
-                    [first, rest @ ..] if rest.iter().all(|h| h == first) => {
-                        d.set_item("hidden_size", *first)?
-                    }
-                    sizes => d.set_item("hidden_size", sizes.to_vec())?,
-                }
-                d.set_item("hidden_sizes", c.hidden_sizes.clone())?;
-                d.set_item("num_layers", c.num_layers())?;
-                d.set_item("cell", c.cell.name())?;
-                let act = match c.output_activation {
-                    OutputActivation::Linear => "linear",
-                    OutputActivation::Softmax => "softmax",
-                };
-                d.set_item("output_activation", act)?;
-                d.set_item("bos_token_id", c.bos_token_id)?;
-                d.set_item("eos_token_id", c.eos_token_id.clone())?;
-                d.set_item("state_size", c.state_size())?;
-            }
+        for (k, v) in &self.model.info() {
+            d.set_item(k, json_to_py(py, v)?)?;
         }
-        d.set_item("n_ctx", self.model().n_ctx())?;
+        d.set_item("n_ctx", self.model.n_ctx())?;
         Ok(d)
     }
 
     /// Bytes of weights read per decoded token.
     #[getter]
     fn weight_bytes(&self) -> usize {
-        match &self.arch {
-            Arch::Gpt2(m) => m.weight_bytes(),
-            Arch::Llama(m) => m.weight_bytes(),
-            Arch::Lstm(m) => m.weight_bytes(),
-        }
+        self.model.weight_bytes()
     }
 
     /// A new, empty cache for `batch` sequences (it grows as they do).

@@ -403,7 +403,7 @@ mod tests {
                 let mut h1 = h0.clone();
                 let exact: Vec<f32> = h0
                     .iter()
-                    .map(|&x| crate::model::gpt2::Activation::Gelu.apply(x))
+                    .map(|&x| crate::model::act::Activation::Gelu.apply(x))
                     .collect();
                 (reference.gelu_erf)(&mut h0);
                 (kern.gelu_erf)(&mut h1);

@@ -20,8 +20,9 @@ use serde_json::Value;
 
 use crate::io::safetensors::{Checkpoint, F32Tensor};
 use crate::kernels::{self, SendPtr};
-use crate::model::gpt2::{
-    self, add_in, gemm_nt_parallel, linear, linear_act, Activation, SERIAL_ELEMS,
+use crate::model::act::{add_in, Activation, SERIAL_ELEMS};
+use crate::model::linear::{
+    col_unit, gemm_nt_parallel, linear, linear_act, linear_cols, linears, Scratch,
 };
 use crate::model::weights::{
     self, f32_entry, mat_entry, norm_entries, Layout, Linear, Norm, Progress, Quant, Weights,
@@ -153,7 +154,7 @@ struct Buffers {
     ctx: Vec<f32>,
     h: Vec<f32>,
     tmp: Vec<f32>,
-    scratch: gpt2::Scratch,
+    scratch: Scratch,
     /// Team passes ([`Bert::layers_team`]): the quantized context (the hidden state's are in
     /// `scratch`) and intermediate activations.
     qa_ctx: QActs,
@@ -568,7 +569,7 @@ impl Bert {
                 layer_norm(&mut x, None, &self.emb_ln, d, eps);
                 let scale = 1.0 / (hd as f32).sqrt();
                 for layer in &self.layers {
-                    gpt2::linears(
+                    linears(
                         kern,
                         &x,
                         rows,
@@ -616,7 +617,7 @@ impl Bert {
         x: &[f32],
         spans: &[(usize, usize)],
         with_pooler: bool,
-        scratch: &mut gpt2::Scratch,
+        scratch: &mut Scratch,
         serial: bool,
     ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
         let d = self.config.hidden_size;
@@ -635,7 +636,7 @@ impl Bert {
                 (kern.quantize_acts)(&first, d, &mut qa.q, &mut qa.d, &mut qa.s, lv);
                 let o = SendPtr(out.as_mut_ptr());
                 // SAFETY: `out` is batch × d, this thread's alone; `qa` holds `first`.
-                unsafe { gpt2::linear_cols(kern, &first, batch, p, o, None, qa, (0, p.n_out)) };
+                unsafe { linear_cols(kern, &first, batch, p, o, None, qa, (0, p.n_out)) };
             } else {
                 linear(kern, &first, batch, p, &mut out, scratch);
             }
@@ -714,11 +715,10 @@ impl Bert {
         let rows = ids.len();
         let scale = 1.0 / (hd as f32).sqrt();
         let quant = self.quant.is_some();
-        let heads_split = self.layers.iter().all(|l| {
-            [&l.q, &l.k, &l.v]
-                .iter()
-                .all(|lin| hd % gpt2::col_unit(lin) == 0)
-        });
+        let heads_split = self
+            .layers
+            .iter()
+            .all(|l| [&l.q, &l.k, &l.v].iter().all(|lin| hd % col_unit(lin) == 0));
         if !heads_split || hd % BLOCK != 0 {
             return Ok(false);
         }
@@ -757,7 +757,7 @@ impl Bert {
             // This member's columns of a matmul's output: whole chunks of 32 columns (one
             // quantization block) and of the matrix's unit of work.
             let cols = |lin: &Linear| {
-                let chunk = gpt2::col_unit(lin).max(BLOCK);
+                let chunk = col_unit(lin).max(BLOCK);
                 let (a, b) = m.share(lin.n_out.div_ceil(chunk));
                 (a * chunk, (b * chunk).min(lin.n_out))
             };
@@ -785,7 +785,7 @@ impl Bert {
                 // This member's heads: their q, k, v columns, attention, context quantized.
                 for (lin, out) in [(&layer.q, qp), (&layer.k, kp), (&layer.v, vp)] {
                     let x = view(xp, rows * d);
-                    unsafe { gpt2::linear_cols(kern, x, rows, lin, out, None, qx.0, heads) };
+                    unsafe { linear_cols(kern, x, rows, lin, out, None, qx.0, heads) };
                 }
                 for si in 0..spans.len() {
                     let jobs = si * nh + h0..si * nh + h1;
@@ -800,7 +800,7 @@ impl Bert {
                 m.sync();
                 // x = LN(x + ctx Woᵀ + bo)
                 let (lin, ctx) = (&layer.attn_out, view(cp, rows * d));
-                unsafe { gpt2::linear_cols(kern, ctx, rows, lin, tp, None, qc.0, cols(lin)) };
+                unsafe { linear_cols(kern, ctx, rows, lin, tp, None, qc.0, cols(lin)) };
                 m.sync();
                 norm_rows(&layer.attn_ln, Some(tp));
                 if quant {
@@ -811,13 +811,13 @@ impl Bert {
                 let (lin, act) = (&layer.inter, Some(c.activation));
                 let (c0, c1) = cols(lin);
                 let x = view(xp, rows * d);
-                unsafe { gpt2::linear_cols(kern, x, rows, lin, hp, act, qx.0, (c0, c1)) };
+                unsafe { linear_cols(kern, x, rows, lin, hp, act, qx.0, (c0, c1)) };
                 if quant {
                     unsafe { qh_rows.quantize_cols(kern, hp.get(), c0, c1) };
                 }
                 m.sync();
                 let (lin, h) = (&layer.out, view(hp, rows * inter));
-                unsafe { gpt2::linear_cols(kern, h, rows, lin, tp, None, qh.0, cols(lin)) };
+                unsafe { linear_cols(kern, h, rows, lin, tp, None, qh.0, cols(lin)) };
                 m.sync();
                 norm_rows(&layer.out_ln, Some(tp));
                 if quant && l + 1 < self.layers.len() {

@@ -8,15 +8,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use rayon::prelude::*;
-
-use crate::kernels::{self, SendPtr};
+use crate::kernels;
 use crate::runtime::mem;
 use crate::{Error, Result};
 
 use super::ModelId;
 
-use super::gpt2::{Scratch, SERIAL_ELEMS};
+use crate::model::state::Work;
 
 /// The element type of a KV cache: f32, or f16 (half the memory, attention reads converted
 /// on the fly; keys and values rounded to nearest even as they are stored).
@@ -84,7 +82,7 @@ impl Kv {
 
     /// Stores `x` at `at`.
     #[inline]
-    fn put(&mut self, kern: &kernels::Kernels, at: usize, x: &[f32]) {
+    pub(crate) fn put(&mut self, kern: &kernels::Kernels, at: usize, x: &[f32]) {
         match self {
             Kv::F32(v) => v[at..at + x.len()].copy_from_slice(x),
             Kv::F16(v) => (kern.to_f16)(x, &mut v[at..at + x.len()]),
@@ -93,7 +91,7 @@ impl Kv {
 
     /// `q · self[at..at + q.len()]`.
     #[inline]
-    fn dot(&self, kern: &kernels::Kernels, q: &[f32], at: usize) -> f32 {
+    pub(crate) fn dot(&self, kern: &kernels::Kernels, q: &[f32], at: usize) -> f32 {
         match self {
             Kv::F32(v) => (kern.dot)(q, &v[at..at + q.len()]),
             Kv::F16(v) => (kern.dot_f16)(q, &v[at..at + q.len()]),
@@ -102,7 +100,7 @@ impl Kv {
 
     /// `out += w · self[at..at + out.len()]`.
     #[inline]
-    fn axpy(&self, kern: &kernels::Kernels, w: f32, at: usize, out: &mut [f32]) {
+    pub(crate) fn axpy(&self, kern: &kernels::Kernels, w: f32, at: usize, out: &mut [f32]) {
         match self {
             Kv::F32(v) => (kern.axpy)(w, &v[at..at + out.len()], out),
             Kv::F16(v) => (kern.axpy_f16)(w, &v[at..at + out.len()], out),
@@ -111,7 +109,7 @@ impl Kv {
 
     /// `out = self[at..at + out.len()]` as f32.
     #[inline]
-    fn read(&self, kern: &kernels::Kernels, at: usize, out: &mut [f32]) {
+    pub(crate) fn read(&self, kern: &kernels::Kernels, at: usize, out: &mut [f32]) {
         match self {
             Kv::F32(v) => out.copy_from_slice(&v[at..at + out.len()]),
             Kv::F16(v) => {
@@ -144,315 +142,6 @@ impl Geom {
     #[inline]
     pub(crate) fn at(&self, s: usize, l: usize, p: usize) -> usize {
         ((s * self.n_layer + l) * self.n_ctx + p) * self.d
-    }
-}
-
-/// Where the queries, keys and values sit in each row of a layer's projection buffer.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct QkvLayout {
-    /// Values per row.
-    pub(crate) stride: usize,
-    /// The keys' first column (the queries start at 0).
-    pub(crate) k_off: usize,
-    /// The values' first column.
-    pub(crate) v_off: usize,
-    /// Key (and value) columns: key/value heads × head size.
-    pub(crate) kv_d: usize,
-}
-
-impl Cache {
-    /// Copies the new keys and values of layer `l` (as `lay` places them in `qkv`, `[slots ×
-    /// t]` rows) into the cache.
-    pub(crate) fn append(
-        &mut self,
-        kern: &kernels::Kernels,
-        l: usize,
-        qkv: &[f32],
-        t: usize,
-        lay: &QkvLayout,
-    ) {
-        for (s, &start) in self.len.iter().enumerate() {
-            for i in 0..t {
-                let row = &qkv[(s * t + i) * lay.stride..(s * t + i + 1) * lay.stride];
-                let at = self.geom.at(s, l, start + i);
-                self.k.put(kern, at, &row[lay.k_off..lay.k_off + lay.kv_d]);
-                self.v.put(kern, at, &row[lay.v_off..lay.v_off + lay.kv_d]);
-            }
-        }
-    }
-
-    /// The attention inputs of layer `l` over this cache for `t` new positions per slot.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn attn_args<'a>(
-        &'a self,
-        qkv: &'a [f32],
-        mask: &'a [u8],
-        l: usize,
-        t: usize,
-        heads: (usize, usize, usize),
-        lay: &QkvLayout,
-        scale: f32,
-    ) -> AttnArgs<'a> {
-        let (nh, nkv, hd) = heads;
-        AttnArgs {
-            qkv,
-            k: &self.k,
-            v: &self.v,
-            geom: &self.geom,
-            layer: l,
-            len: &self.len,
-            valid: &self.valid,
-            mask,
-            t,
-            stride: lay.stride,
-            d: nh * hd,
-            hd,
-            nh,
-            group: nh / nkv,
-            scale,
-        }
-    }
-}
-
-pub(crate) struct AttnArgs<'a> {
-    qkv: &'a [f32],
-    k: &'a Kv,
-    v: &'a Kv,
-    geom: &'a Geom,
-    layer: usize,
-    len: &'a [usize],
-    valid: &'a [u8],
-    mask: &'a [u8],
-    t: usize,
-    /// Values per row of `qkv` (the queries are its first `d` columns).
-    stride: usize,
-    /// Output columns: query heads × head size.
-    d: usize,
-    hd: usize,
-    nh: usize,
-    /// Query heads per key/value head.
-    group: usize,
-    scale: f32,
-}
-
-/// Causal attention of the `t` new positions of every slot over that slot's cache, in parallel
-/// over (slot, head) pairs. `out` is `[rows, d]`; `scores` a scratch of at least
-/// `slots × heads × n_ctx`.
-pub(crate) fn attention(
-    kern: &kernels::Kernels,
-    a: &AttnArgs<'_>,
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
-    if a.t >= BLOCKED_ATTN_ROWS {
-        attention_blocked(kern, a, out);
-        return;
-    }
-    let slots = a.len.len();
-    let n_ctx = a.geom.n_ctx;
-    scores.resize(slots * a.nh * n_ctx, 0.0);
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    // Work in multiply-adds: small (a decoded token over a short context) runs on this thread,
-    // since waking the pool costs more than it saves.
-    let work: usize = a.len.iter().map(|&l| (l + a.t) * a.t).sum::<usize>() * a.nh * a.hd;
-    let job = |(job, sc): (usize, &mut [f32])| {
-        let (s, h) = (job / a.nh, job % a.nh);
-        let base = a.len[s];
-        for i in 0..a.t {
-            let row = s * a.t + i;
-            let q = &a.qkv[row * a.stride + h * a.hd..row * a.stride + (h + 1) * a.hd];
-            let kv_col = (h / a.group) * a.hd;
-            let upto = base + i + 1; // positions 0..=base+i
-            let mut max = f32::NEG_INFINITY;
-            let mut any_masked = false;
-            for (p, slot) in sc.iter_mut().enumerate().take(upto) {
-                // A position is seen if it is a real token (the query's own always is, so
-                // a padded query has something to attend to; its output is never used).
-                let seen = if p < base {
-                    a.valid[s * n_ctx + p] != 0
-                } else {
-                    p == base + i || a.mask[s * a.t + (p - base)] != 0
-                };
-                if seen {
-                    let at = a.geom.at(s, a.layer, p) + kv_col;
-                    let x = a.k.dot(kern, q, at) * a.scale;
-                    *slot = x;
-                    max = max.max(x);
-                } else {
-                    *slot = f32::NEG_INFINITY;
-                    any_masked = true;
-                }
-            }
-            // softmax: exp(x - max) vectorized; masked positions weigh exactly 0.
-            for x in sc[..upto].iter_mut() {
-                *x -= max;
-            }
-            let probs = &mut sc[..upto];
-            if any_masked {
-                let masked: Vec<bool> = probs.iter().map(|x| *x == f32::NEG_INFINITY).collect();
-                (kern.exp)(probs);
-                for (x, m) in probs.iter_mut().zip(masked) {
-                    if m {
-                        *x = 0.0;
-                    }
-                }
-            } else {
-                (kern.exp)(probs);
-            }
-            let sum: f32 = probs.iter().sum();
-            // SAFETY: each (slot, head) job writes only row `row`'s columns of head `h`,
-            // disjoint from every other job's; `out` outlives the parallel loop.
-            let o = unsafe {
-                std::slice::from_raw_parts_mut(out_ptr.get().add(row * a.d + h * a.hd), a.hd)
-            };
-            o.fill(0.0);
-            let inv = 1.0 / sum;
-            for (p, &w) in sc[..upto].iter().enumerate() {
-                if w != 0.0 {
-                    let at = a.geom.at(s, a.layer, p) + kv_col;
-                    a.v.axpy(kern, w * inv, at, o);
-                }
-            }
-        }
-    };
-    if work <= SERIAL_ELEMS * 16 {
-        scores.chunks_mut(n_ctx).enumerate().for_each(job);
-    } else {
-        scores.par_chunks_mut(n_ctx).enumerate().for_each(job);
-    }
-}
-
-/// From this many new tokens per slot on (a prompt), attention runs as matmuls per query tile.
-const BLOCKED_ATTN_ROWS: usize = 16;
-/// Queries per tile of the blocked attention.
-const ATTN_TILE: usize = 64;
-
-/// Attention for a prompt: per (slot, head, tile of [`ATTN_TILE`] queries) the head's keys and
-/// values up to the tile's last query are gathered, scores = Q Kᵀ by `gemm_nt`, masked and
-/// softmaxed per row (as [`attention`] does), and the output = P V by `gemm` — instead of one
-/// dot product per (query, key) pair.
-fn attention_blocked(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32]) {
-    let (n_ctx, hd, d, t) = (a.geom.n_ctx, a.hd, a.d, a.t);
-    let tiles = t.div_ceil(ATTN_TILE);
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    let jobs = a.len.len() * a.nh * tiles;
-    type Bufs = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<bool>);
-    let job = |(kb, vb, qb, sc, seen): &mut Bufs, job: usize| {
-        let (s, h, tile) = (job / (a.nh * tiles), (job / tiles) % a.nh, job % tiles);
-        let base = a.len[s];
-        let (i0, i1) = (tile * ATTN_TILE, ((tile + 1) * ATTN_TILE).min(t));
-        let (m, keys) = (i1 - i0, base + i1);
-        kb.resize(keys * hd, 0.0);
-        vb.resize(keys * hd, 0.0);
-        for p in 0..keys {
-            let at = a.geom.at(s, a.layer, p) + (h / a.group) * hd;
-            a.k.read(kern, at, &mut kb[p * hd..(p + 1) * hd]);
-            a.v.read(kern, at, &mut vb[p * hd..(p + 1) * hd]);
-        }
-        qb.clear();
-        for i in i0..i1 {
-            let row = (s * t + i) * a.stride + h * hd;
-            qb.extend_from_slice(&a.qkv[row..row + hd]);
-        }
-        sc.resize(m * keys, 0.0);
-        // SAFETY: `sc` is m × keys.
-        unsafe { (kern.gemm_nt)(m, keys, hd, qb, kb, sc.as_mut_ptr(), keys) };
-        for (ii, row) in sc.chunks_exact_mut(keys).enumerate() {
-            let i = i0 + ii;
-            let upto = base + i + 1;
-            let mut max = f32::NEG_INFINITY;
-            for (p, x) in row.iter_mut().enumerate() {
-                let seen = p < upto
-                    && if p < base {
-                        a.valid[s * n_ctx + p] != 0
-                    } else {
-                        p == base + i || a.mask[s * t + (p - base)] != 0
-                    };
-                if seen {
-                    *x *= a.scale;
-                    max = max.max(*x);
-                } else {
-                    *x = f32::NEG_INFINITY;
-                }
-            }
-            for x in row.iter_mut() {
-                *x -= max;
-            }
-            let probs = &mut row[..upto];
-            seen.clear();
-            seen.extend(probs.iter().map(|x| *x != f32::NEG_INFINITY));
-            (kern.exp)(probs);
-            let mut sum = 0.0f32;
-            for (x, &keep) in probs.iter_mut().zip(seen.iter()) {
-                if keep {
-                    sum += *x;
-                } else {
-                    *x = 0.0;
-                }
-            }
-            let inv = 1.0 / sum;
-            for x in probs.iter_mut() {
-                *x *= inv;
-            }
-            row[upto..].fill(0.0);
-        }
-        // SAFETY: rows i0..i1 of slot s, head h's columns: this job's alone; `out` outlives
-        // the parallel loop.
-        unsafe {
-            let o = out_ptr.get().add((s * t + i0) * d + h * hd);
-            (kern.gemm)(m, hd, keys, sc, vb, hd, o, d);
-        }
-    };
-    (0..jobs)
-        .into_par_iter()
-        .for_each_init(Bufs::default, |bufs, j| job(bufs, j));
-}
-
-/// Work buffers of a forward pass, grown to the largest call and reused.
-#[derive(Debug, Default)]
-pub(crate) struct Work {
-    pub(crate) x: Vec<f32>,
-    pub(crate) h: Vec<f32>,
-    pub(crate) qkv: Vec<f32>,
-    pub(crate) att: Vec<f32>,
-    pub(crate) mlp: Vec<f32>,
-    pub(crate) scores: Vec<f32>,
-    /// Partial sums and quantized activations of the matmuls.
-    pub(crate) scratch: Scratch,
-    /// The position id of each row.
-    pub(crate) positions: Vec<usize>,
-    /// Rotary embeddings' cos then sin per row (Llama).
-    pub(crate) rope: Vec<f32>,
-}
-
-impl Work {
-    /// Room for `rows` rows: `d` wide residual stream, `qkv` wide projections, `att` wide
-    /// attention output, `mlp` wide MLP activations.
-    pub(crate) fn ensure(
-        &mut self,
-        rows: usize,
-        d: usize,
-        qkv: usize,
-        att: usize,
-        mlp: usize,
-    ) -> Result<()> {
-        if self.x.len() >= rows * d
-            && self.h.len() >= rows * d.max(att)
-            && self.qkv.len() >= rows * qkv
-            && self.att.len() >= rows * d.max(att)
-            && self.mlp.len() >= rows * mlp
-        {
-            return Ok(());
-        }
-        // All of them together, before any grows.
-        let total = rows.saturating_mul(2 * d + qkv + 2 * d.max(att) + mlp);
-        mem::check(total, 4, "the activations of this input")?;
-        let what = "the activations";
-        mem::grow(&mut self.x, rows * d, what)?;
-        mem::grow(&mut self.h, rows * d.max(att), what)?;
-        mem::grow(&mut self.qkv, rows * qkv, what)?;
-        mem::grow(&mut self.att, rows * d.max(att), what)?;
-        mem::grow(&mut self.mlp, rows * mlp, what)
     }
 }
 

@@ -33,12 +33,12 @@
 
 use std::path::Path;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::io::safetensors::{Checkpoint, F32Data, F32Tensor};
 use crate::kernels;
-use crate::model::gpt2::linear;
 use crate::model::kv::{check_cancel, Cache};
+use crate::model::linear::linear;
 use crate::model::weights::{self, Linear, Mat, Table};
 use crate::model::{CausalLm, ModelId};
 use crate::quant::{QMatrix, QType};
@@ -412,12 +412,12 @@ impl Lstm {
         })
     }
 
-    pub fn quantization(&self) -> Option<QType> {
+    fn quant_type(&self) -> Option<QType> {
         self.quant
     }
 
     /// Bytes of weights read per decoded token (the embedding's row aside).
-    pub fn weight_bytes(&self) -> usize {
+    fn weights_read(&self) -> usize {
         let mat = |l: &Linear| l.w.bytes();
         self.layers
             .iter()
@@ -473,6 +473,49 @@ fn gru_cell(kern: &kernels::Kernels, a: &[f32], b: &mut [f32], h: &mut [f32]) {
 }
 
 impl CausalLm for Lstm {
+    fn model_type(&self) -> &'static str {
+        "lstm"
+    }
+
+    fn info(&self) -> Map<String, Value> {
+        let c = &self.config;
+        let mut m = Map::new();
+        m.insert("model_type".into(), "lstm".into());
+        m.insert("vocab_size".into(), c.vocab_size.into());
+        m.insert("embedding_dim".into(), c.embedding_dim.into());
+        // `hidden_size`: one number when every layer has it, else the list (as in config.json);
+        // `hidden_sizes` is always the list.
+        let hidden: Value = match c.hidden_sizes.as_slice() {
+            [first, rest @ ..] if rest.iter().all(|h| h == first) => (*first).into(),
+            sizes => sizes.to_vec().into(),
+        };
+        m.insert("hidden_size".into(), hidden);
+        m.insert("hidden_sizes".into(), c.hidden_sizes.clone().into());
+        m.insert("num_layers".into(), c.num_layers().into());
+        m.insert("cell".into(), c.cell.name().into());
+        let act = match c.output_activation {
+            OutputActivation::Linear => "linear",
+            OutputActivation::Softmax => "softmax",
+        };
+        m.insert("output_activation".into(), act.into());
+        m.insert("bos_token_id".into(), c.bos_token_id.into());
+        m.insert("eos_token_id".into(), c.eos_token_id.clone().into());
+        m.insert("state_size".into(), c.state_size().into());
+        m
+    }
+
+    fn quantization(&self) -> Option<QType> {
+        self.quant_type()
+    }
+
+    fn ctx_key(&self) -> &'static str {
+        "max_length"
+    }
+
+    fn weight_bytes(&self) -> usize {
+        self.weights_read()
+    }
+
     fn vocab_size(&self) -> usize {
         self.config.vocab_size
     }
@@ -504,7 +547,7 @@ impl CausalLm for Lstm {
             ));
         }
         let slots = cache.slots;
-        crate::model::gpt2::check_logits(slots, t, c.vocab_size, last_only)?;
+        crate::model::head::check_logits(slots, t, c.vocab_size, last_only)?;
         cache.begin(self.id, tokens, mask, t, c.vocab_size, "max_length")?;
         let kern = kernels::get();
         let e = c.embedding_dim;

@@ -1,16 +1,30 @@
 //! Forward passes and generation.
 
+pub(crate) mod act;
+pub(crate) mod attention;
 pub mod bert;
+pub mod decoder;
 pub mod generate;
 pub mod gpt2;
+pub(crate) mod head;
 pub mod kv;
+pub(crate) mod linear;
 pub mod llama;
 pub mod lstm;
+pub(crate) mod norm;
+pub mod qwen2;
+pub mod qwen3;
+pub mod registry;
+pub(crate) mod rope;
 pub mod sampling;
+pub(crate) mod state;
 pub(crate) mod weights;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use serde_json::{Map, Value};
+
+use crate::quant::QType;
 use crate::Result;
 pub use kv::{Cache, KvDtype};
 
@@ -33,6 +47,41 @@ impl ModelId {
 
 /// A decoder-only language model: what generation, the Python bindings and perplexity need.
 pub trait CausalLm: Send + Sync + std::fmt::Debug {
+    /// The architecture's name (`"gpt2"`, `"llama"`, `"lstm"`, ...).
+    fn model_type(&self) -> &'static str;
+
+    /// The config fields the model reports, under `config.json`'s names (`model_type` first).
+    fn info(&self) -> Map<String, Value>;
+
+    /// The matrices' quantized format, if any.
+    fn quantization(&self) -> Option<QType>;
+
+    /// Bytes of weights read per generated token.
+    fn weight_bytes(&self) -> usize;
+
+    /// The config key that names [`CausalLm::n_ctx`] (in errors).
+    fn ctx_key(&self) -> &'static str {
+        "n_ctx"
+    }
+
+    /// The element type of the caches it makes.
+    fn kv_dtype(&self) -> KvDtype {
+        KvDtype::F32
+    }
+
+    /// Whether [`CausalLm::save`] can write it.
+    fn can_save(&self) -> bool {
+        false
+    }
+
+    /// Writes the weights into `folder` as `model.safetensors`, where the architecture can.
+    fn save(&self, _folder: &std::path::Path) -> Result<()> {
+        Err(crate::Error::Unsupported(format!(
+            "saving a {} model (it loads from its own folder or file)",
+            self.model_type()
+        )))
+    }
+
     /// Tokens in the vocabulary (the width of the logits).
     fn vocab_size(&self) -> usize;
 

@@ -440,6 +440,20 @@ pub(crate) fn read_config(folder: &Path, model_type: &str) -> Result<(String, Va
     Ok((what, v))
 }
 
+/// `folder/config.json`: its name (for errors) and parsed contents, whatever its `model_type`
+/// (a JSON object).
+pub(crate) fn read_config_any(folder: &Path) -> Result<(String, Value)> {
+    let path = folder.join("config.json");
+    let data = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let what = path.display().to_string();
+    let v: Value = serde_json::from_slice(&data)
+        .map_err(|e| Error::format(&what, format!("not JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(Error::format(&what, "not a JSON object"));
+    }
+    Ok((what, v))
+}
+
 /// A `config.json`'s contents, checked to be of `model_type`.
 pub(crate) fn parse_config(what: &str, data: &[u8], model_type: &str) -> Result<Value> {
     let v: Value =

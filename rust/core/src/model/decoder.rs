@@ -1,0 +1,458 @@
+//! One decoder for every architecture: a stack of pre-norm Transformer blocks described by a
+//! [`DecoderConfig`] (which norm, which positions, which MLP, how attention scales), run over
+//! the KV cache, batched over several sequences ("slots").
+//!
+//! An architecture's file reads its config and its tensors into a [`Decoder`]; the forward pass
+//! is this one:
+//!
+//! ```text
+//! x = embed[ids] (+ pos_embed[pos])                               # [rows, d]
+//! for each layer:
+//!     h = norm(x)                          (LayerNorm or RMSNorm)
+//!     q, k, v = h @ [Wq | Wk | Wv] + b     (one fused matmul)      # heads nh, nkv (GQA)
+//!     q, k = rms_norm(q), rms_norm(k)      (per head: Qwen3)
+//!     q, k = rope(q, pos), rope(k, pos)    (RoPE models)
+//!     x = x + softmax(q kᵀ · scale + causal mask) v @ Wo + b
+//!     h = norm(x)
+//!     x = x + act(h @ W1 + b) @ W2 + b                       (plain MLP: GPT-2)
+//!       | x + (act(h @ Wgate) * (h @ Wup)) @ Wdown           (gated MLP: SwiGLU, GeGLU)
+//! logits = norm(x) @ headᵀ                                         # head tied to embed, or not
+//! ```
+//!
+//! One forward call advances every slot by the same number of tokens `t` (a left-padded
+//! prompt, or one decoded token each); a mask says which of them are real. Positions count real
+//! tokens only (as `transformers`' generate computes `position_ids` from the attention mask), so
+//! a left-padded sequence gets exactly the logits it gets alone.
+
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use crate::io::safetensors::{F32Data, F32Tensor};
+use crate::kernels;
+use crate::model::act::{activate, add_in, gated, Activation};
+use crate::model::attention::{attention, QkvLayout};
+use crate::model::head::{check_logits, head_logits};
+use crate::model::kv::{check_cancel, Cache, KvDtype};
+use crate::model::linear::Proj;
+use crate::model::norm::{layer_norm, rms_norm, rms_norm_heads};
+use crate::model::registry::Arch;
+use crate::model::rope::{inv_freq, rope, RopeScaling};
+use crate::model::weights::{Norm, Table};
+use crate::model::{CausalLm, ModelId};
+use crate::quant::QType;
+use crate::runtime::pool;
+use crate::{Error, Result};
+
+/// How each block and the output normalize their input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    /// `(x - mean) / std · w + b` (GPT-2).
+    LayerNorm,
+    /// `x / rms(x) · w` (Llama and its descendants).
+    RmsNorm,
+}
+
+/// The feed-forward half of a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpKind {
+    /// `act(h @ W1 + b) @ W2 + b`: GPT-2's.
+    Plain(Activation),
+    /// `(act(h @ Wgate) * (h @ Wup)) @ Wdown`: SwiGLU with SiLU (Llama), GeGLU with GELU.
+    Gated(Activation),
+}
+
+/// Where a token's position enters.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Positions {
+    /// A learned table added to the embeddings (GPT-2's `wpe`).
+    Learned,
+    /// Rotary embeddings of the queries and keys.
+    Rope(Rope),
+}
+
+/// Rotary embeddings: the base and the scaling of the frequencies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rope {
+    pub theta: f32,
+    pub scaling: Option<RopeScaling>,
+    /// Divides each frequency (a GGUF file's `rope_freqs`), if given.
+    pub factors: Option<Vec<f32>>,
+}
+
+/// Everything the forward pass needs to know about an architecture's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderConfig {
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    /// Key/value heads (grouped-query attention: each serves `num_heads / num_kv_heads`).
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// Width of the MLP's hidden layer.
+    pub intermediate_size: usize,
+    /// The longest sequence the model runs.
+    pub max_positions: usize,
+    /// The config key that names `max_positions`, for errors (`n_positions`,
+    /// `max_position_embeddings`).
+    pub max_positions_key: &'static str,
+    pub norm: NormKind,
+    pub norm_eps: f32,
+    pub mlp: MlpKind,
+    pub positions: Positions,
+    /// Multiplies the attention scores (`1 / √head_dim` for most).
+    pub attn_scale: f32,
+    /// Divides layer `l`'s attention scores by `l + 1` (GPT-2's
+    /// `scale_attn_by_inverse_layer_idx`).
+    pub attn_scale_by_layer: bool,
+    pub tie_word_embeddings: bool,
+}
+
+impl DecoderConfig {
+    /// Query columns: heads × head size.
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+
+    /// Key (and value) columns.
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+
+    /// The scale of layer `l`'s attention scores.
+    fn scale(&self, l: usize) -> f32 {
+        let mut s = self.attn_scale;
+        if self.attn_scale_by_layer {
+            s /= (l + 1) as f32;
+        }
+        s
+    }
+}
+
+/// One block's weights. Norms of kind [`NormKind::RmsNorm`] have an empty bias.
+#[derive(Debug)]
+pub(crate) struct Layer {
+    pub(crate) attn_norm: Norm,
+    /// `[Wq | Wk | Wv]`.
+    pub(crate) qkv: Proj,
+    /// RMSNorm gains (`head_dim` values) of each query head and each key head, before RoPE
+    /// (Qwen3).
+    pub(crate) qk_norm: Option<(Norm, Norm)>,
+    pub(crate) o: Proj,
+    pub(crate) ffn_norm: Norm,
+    /// `W1` (plain MLP) or `[Wgate | Wup]` (gated).
+    pub(crate) up: Proj,
+    pub(crate) down: Proj,
+}
+
+/// A loaded decoder: immutable, shared across threads.
+#[derive(Debug)]
+pub struct Decoder {
+    pub config: DecoderConfig,
+    /// The architecture that loaded it.
+    arch: &'static Arch,
+    /// The config fields its architecture reports (`config.json`'s names), `model_type` first.
+    info: Map<String, Value>,
+    pub(crate) embed: Table,
+    /// The learned position table (`[max_positions, d]`), for [`Positions::Learned`].
+    pub(crate) pos_embed: Option<F32Tensor>,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) final_norm: Norm,
+    /// `None`: tied to `embed`.
+    pub(crate) head: Option<Table>,
+    inv_freq: Vec<f32>,
+    kv_dtype: KvDtype,
+    quant: Option<QType>,
+    weight_bytes: usize,
+    /// Marks the caches it makes.
+    id: ModelId,
+}
+
+/// A norm without a bias (RMSNorm's gain alone).
+pub(crate) fn gain(w: Vec<f32>) -> Norm {
+    let n = w.len();
+    Norm {
+        w: F32Tensor {
+            data: F32Data::Owned(w),
+            shape: vec![n],
+        },
+        b: F32Tensor {
+            data: F32Data::Owned(Vec::new()),
+            shape: vec![0],
+        },
+    }
+}
+
+impl Decoder {
+    /// Puts a decoder together from its config and weights (checked by the caller against the
+    /// config); `quant` is the matrices' format, if quantized.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        arch: &'static Arch,
+        info: Map<String, Value>,
+        config: DecoderConfig,
+        embed: Table,
+        pos_embed: Option<F32Tensor>,
+        layers: Vec<Layer>,
+        final_norm: Norm,
+        head: Option<Table>,
+        quant: Option<QType>,
+    ) -> Self {
+        let table_bytes = |t: &Table| match t {
+            Table::F32(t) => t.values().len() * 4,
+            Table::Q(q) => q.bytes().len(),
+        };
+        let weight_bytes = layers
+            .iter()
+            .map(|b| b.qkv.bytes() + b.o.bytes() + b.up.bytes() + b.down.bytes())
+            .sum::<usize>()
+            + table_bytes(head.as_ref().unwrap_or(&embed))
+            + pos_embed.as_ref().map_or(0, |t| t.values().len() * 4);
+        let inv_freq = match &config.positions {
+            Positions::Rope(r) => {
+                inv_freq(r.theta, config.head_dim, r.scaling, r.factors.as_deref())
+            }
+            Positions::Learned => Vec::new(),
+        };
+        let mut described = Map::new();
+        described.insert("model_type".into(), Value::from(arch.name));
+        described.extend(info);
+        Decoder {
+            config,
+            arch,
+            info: described,
+            embed,
+            pos_embed,
+            layers,
+            final_norm,
+            head,
+            inv_freq,
+            kv_dtype: KvDtype::F32,
+            quant,
+            weight_bytes,
+            id: ModelId::fresh(),
+        }
+    }
+
+    /// The architecture that loaded it.
+    pub fn arch(&self) -> &'static Arch {
+        self.arch
+    }
+
+    /// The config fields its architecture reports, under `config.json`'s names (`model_type`
+    /// first).
+    pub fn info(&self) -> &Map<String, Value> {
+        &self.info
+    }
+
+    /// The element type of the KV caches this model makes from now on.
+    pub fn set_kv_dtype(&mut self, dtype: KvDtype) {
+        self.kv_dtype = dtype;
+    }
+
+    /// `out = norm(x)` per row.
+    fn norm(&self, x: &[f32], out: &mut [f32], n: &Norm) {
+        let eps = self.config.norm_eps;
+        match self.config.norm {
+            NormKind::LayerNorm => layer_norm(x, out, n, eps),
+            NormKind::RmsNorm => rms_norm(x, out, n.w.values(), eps),
+        }
+    }
+}
+
+impl CausalLm for Decoder {
+    fn model_type(&self) -> &'static str {
+        self.arch.name
+    }
+
+    fn info(&self) -> Map<String, Value> {
+        self.info.clone()
+    }
+
+    fn quantization(&self) -> Option<QType> {
+        self.quant
+    }
+
+    /// Every matrix, the head, the position table (norms and biases, a fraction of a percent,
+    /// aside).
+    fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+
+    fn kv_dtype(&self) -> KvDtype {
+        self.kv_dtype
+    }
+
+    fn ctx_key(&self) -> &'static str {
+        self.config.max_positions_key
+    }
+
+    fn can_save(&self) -> bool {
+        self.arch.save.is_some()
+    }
+
+    fn save(&self, folder: &Path) -> Result<()> {
+        match self.arch.save {
+            Some(save) => save(self, folder),
+            None => Err(Error::Unsupported(format!(
+                "saving a {} model (it loads from its own folder or file)",
+                self.arch.name
+            ))),
+        }
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn n_ctx(&self) -> usize {
+        self.config.max_positions
+    }
+
+    fn new_cache(&self, slots: usize, capacity: Option<usize>) -> Result<Cache> {
+        let c = &self.config;
+        let n = c.max_positions;
+        let cap = capacity.unwrap_or_else(|| Cache::default_capacity(n));
+        Ok(Cache::new(c.num_layers, c.kv_dim(), n, slots, self.kv_dtype, cap)?.owned_by(self.id))
+    }
+
+    fn forward_into(
+        &self,
+        cache: &mut Cache,
+        tokens: &[u32],
+        mask: &[u8],
+        t: usize,
+        last_only: bool,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let slots = cache.slots;
+        check_logits(slots, t, c.vocab_size, last_only)?;
+        cache.begin(self.id, tokens, mask, t, c.vocab_size, c.max_positions_key)?;
+        let kern = kernels::get();
+        let (d, hd, nh, nkv) = (c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads);
+        let (qd, kvd, inner) = (c.q_dim(), c.kv_dim(), c.intermediate_size);
+        let rows = slots * t;
+        let lay = QkvLayout {
+            stride: qd + 2 * kvd,
+            k_off: qd,
+            v_off: qd + kvd,
+            kv_d: kvd,
+        };
+        let mlp_width = match c.mlp {
+            MlpKind::Plain(_) => inner,
+            MlpKind::Gated(_) => 3 * inner,
+        };
+        cache.work.ensure(rows, d, lay.stride, qd, mlp_width)?;
+        let mut ws = std::mem::take(&mut cache.work);
+        let cancel = cache.cancel.clone();
+        let mut tmp = Vec::new();
+        let result = pool::install(|| -> Result<()> {
+            // RoPE's cos / sin per row, computed once for every layer.       [rows, hd/2]
+            let half = hd / 2;
+            let rotary = matches!(c.positions, Positions::Rope(_));
+            if rotary {
+                ws.rope.resize(2 * rows * half, 0.0);
+                let (cos, sin) = ws.rope.split_at_mut(rows * half);
+                for (r, &p) in ws.positions.iter().enumerate() {
+                    for (i, &f) in self.inv_freq.iter().enumerate() {
+                        let a = p as f32 * f;
+                        cos[r * half + i] = a.cos();
+                        sin[r * half + i] = a.sin();
+                    }
+                }
+            }
+            // x = embed[ids] (+ pos_embed[pos])                             [rows, d]
+            let pos_embed = self.pos_embed.as_ref().map(F32Tensor::values);
+            for (r, row) in ws.x[..rows * d].chunks_exact_mut(d).enumerate() {
+                self.embed.row_into(tokens[r] as usize, row);
+                if let Some(table) = pos_embed {
+                    let pos = ws.positions[r];
+                    add_in(row, &table[pos * d..(pos + 1) * d]);
+                }
+            }
+            for (l, blk) in self.layers.iter().enumerate() {
+                check_cancel(&cancel)?;
+                // h = norm(x); qkv = h @ [Wq | Wk | Wv] + b                 [rows, stride]
+                self.norm(&ws.x[..rows * d], &mut ws.h[..rows * d], &blk.attn_norm);
+                let qkv = &mut ws.qkv[..rows * lay.stride];
+                blk.qkv.run(
+                    kern,
+                    &ws.h[..rows * d],
+                    rows,
+                    qkv,
+                    &mut tmp,
+                    &mut ws.scratch,
+                );
+                if let Some((qn, kn)) = &blk.qk_norm {
+                    let eps = c.norm_eps;
+                    rms_norm_heads(qkv, lay.stride, (0, nh, hd), qn.w.values(), eps);
+                    rms_norm_heads(qkv, lay.stride, (qd, nkv, hd), kn.w.values(), eps);
+                }
+                if rotary {
+                    let (cos, sin) = ws.rope.split_at(rows * half);
+                    rope(qkv, lay.stride, nh + nkv, hd, cos, sin);
+                }
+                // k, v appended to the cache; attention per (slot, head)     [rows, qd]
+                cache.append(kern, l, qkv, t, &lay);
+                let args = cache.attn_args(qkv, mask, l, t, (nh, nkv, hd), &lay, c.scale(l));
+                check_cancel(&cancel)?;
+                attention(kern, &args, &mut ws.att[..rows * qd], &mut ws.scores);
+                // x = x + att @ Wo + b
+                blk.o.run(
+                    kern,
+                    &ws.att[..rows * qd],
+                    rows,
+                    &mut ws.h[..rows * d],
+                    &mut tmp,
+                    &mut ws.scratch,
+                );
+                add_in(&mut ws.x[..rows * d], &ws.h[..rows * d]);
+                check_cancel(&cancel)?;
+                // x = x + mlp(norm(x))
+                self.norm(&ws.x[..rows * d], &mut ws.h[..rows * d], &blk.ffn_norm);
+                let hidden = match c.mlp {
+                    MlpKind::Plain(act) => {
+                        let hidden = &mut ws.mlp[..rows * inner];
+                        blk.up.run(
+                            kern,
+                            &ws.h[..rows * d],
+                            rows,
+                            hidden,
+                            &mut tmp,
+                            &mut ws.scratch,
+                        );
+                        activate(kern, act, hidden);
+                        &ws.mlp[..rows * inner]
+                    }
+                    MlpKind::Gated(act) => {
+                        let (gu, out) = ws.mlp[..rows * 3 * inner].split_at_mut(rows * 2 * inner);
+                        blk.up
+                            .run(kern, &ws.h[..rows * d], rows, gu, &mut tmp, &mut ws.scratch);
+                        gated(kern, act, gu, out, inner);
+                        &ws.mlp[rows * 2 * inner..rows * 3 * inner]
+                    }
+                };
+                blk.down.run(
+                    kern,
+                    hidden,
+                    rows,
+                    &mut ws.h[..rows * d],
+                    &mut tmp,
+                    &mut ws.scratch,
+                );
+                add_in(&mut ws.x[..rows * d], &ws.h[..rows * d]);
+            }
+            // logits = norm(x) @ headᵀ, for the rows that want them
+            let head = self.head.as_ref().unwrap_or(&self.embed);
+            let norm = |x: &[f32], out: &mut [f32]| self.norm(x, out, &self.final_norm);
+            head_logits(kern, &mut ws, (slots, t, d, last_only), norm, head, logits)
+        });
+        cache.work = ws;
+        result??;
+        cache.commit(mask, t);
+        Ok(())
+    }
+}

@@ -1,0 +1,209 @@
+"""One conformance suite for every decoder architecture of ferrolm's registry: a tiny random
+model built by ``transformers`` from its config class with a fixed seed, saved with
+``save_pretrained``, loaded by ``ferrolm.AutoModelForCausalLM``, and checked against
+``transformers`` itself:
+
+- the logits of a prompt within 1e-4 (f32);
+- decoding with the KV cache equals recomputing the whole sequence;
+- a left-padded batch equals its sequences run one by one;
+- greedy decoding of 64 tokens gives transformers' tokens.
+
+Adding an architecture to the registry adds one entry to ``ARCHS`` below.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import ferrolm
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 256
+
+# model_type -> (transformers config class, model class, config overrides). Shapes are tiny but
+# exercise what sets each architecture apart (grouped-query heads, biases, head size apart from
+# the width, tied and untied heads).
+ARCHS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "gpt2": (
+        "GPT2Config",
+        "GPT2LMHeadModel",
+        dict(n_embd=64, n_layer=2, n_head=4, n_positions=256),
+    ),
+    "llama": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        dict(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "qwen2": (
+        "Qwen2Config",
+        "Qwen2ForCausalLM",
+        dict(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            rope_theta=1_000_000.0,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "qwen3": (
+        "Qwen3Config",
+        "Qwen3ForCausalLM",
+        dict(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,  # not hidden / heads = 16, as in the released models
+            max_position_embeddings=256,
+            tie_word_embeddings=False,
+        ),
+    ),
+}
+
+
+def test_every_registered_architecture_is_in_the_suite() -> None:
+    assert sorted(ferrolm.decoder_model_types()) == sorted(ARCHS)
+
+
+def _perturb(model: Any, seed: int) -> None:
+    """transformers starts norms at 1, biases at 0 and weights small: the logits would be nearly
+    flat, blind to a wrong head grouping, RoPE or bias. Redraw at unit scale."""
+    gen = torch.Generator().manual_seed(30_000 + seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):
+                new = 0.1 * torch.randn(param.shape, generator=gen)
+            elif "norm" in name or ".ln_" in name:
+                new = 0.5 + torch.rand(param.shape, generator=gen)
+            elif any(k in name for k in ("embed_tokens", "lm_head", "wte", "wpe")):
+                new = 0.2 * torch.randn(param.shape, generator=gen)
+            elif param.dim() == 2:
+                # nn.Linear is [out, in]; GPT-2's Conv1D [in, out].
+                conv1d = isinstance(model, transformers.GPT2LMHeadModel)
+                fan_in = param.shape[0] if conv1d else param.shape[1]
+                new = torch.randn(param.shape, generator=gen) / math.sqrt(fan_in)
+            else:
+                new = 0.5 + torch.rand(param.shape, generator=gen)
+            param.copy_(new)
+
+
+_BUILT: dict[str, tuple[Path, Any]] = {}
+
+
+def _model(arch: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Any]:
+    """(folder, the transformers model, the ferrolm model) of `arch`, built once."""
+    if arch not in _BUILT:
+        config_cls, model_cls, overrides = ARCHS[arch]
+        config = getattr(transformers, config_cls)(
+            vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, **overrides
+        )
+        torch.manual_seed(7)
+        ref = getattr(transformers, model_cls)(config)
+        _perturb(ref, 7)
+        ref = ref.float().eval()
+        folder = tmp_path_factory.mktemp(f"conformance-{arch}")
+        ref.save_pretrained(folder, safe_serialization=True)
+        _BUILT[arch] = (folder, ref)
+    folder, ref = _BUILT[arch]
+    return folder, ref, ferrolm.AutoModelForCausalLM.from_pretrained(folder)
+
+
+def _prompt(n: int, seed: int) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return [int(x) for x in rng.integers(3, VOCAB, size=n)]
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_logits_match_transformers(arch: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    _, ref, ours = _model(arch, tmp_path_factory)
+    assert ours._core.model_type == arch
+    # AutoModelForCausalLM gives the class of transformers' name, ferrolm.<name>.
+    assert type(ours).__name__ == type(ref).__name__
+    assert isinstance(ours, getattr(ferrolm, type(ref).__name__))
+    ids = _prompt(40, 1)  # past 16 tokens: the blocked (prompt) attention path
+    with torch.no_grad():
+        want = ref(torch.tensor([ids])).logits[0].numpy()
+    got = ours(np.array([ids])).logits[0]
+    assert got.shape == want.shape
+    err = float(np.abs(got - want).max())
+    assert err < 1e-4, f"{arch}: max |logits - transformers| = {err:.2e}"
+    assert float(np.abs(want).max()) > 0.5  # the comparison is not between near-zero logits
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_cached_decoding_equals_recomputing(
+    arch: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    _, _, ours = _model(arch, tmp_path_factory)
+    ids = _prompt(30, 2)
+    core = ours._core
+    vocab = core.config["vocab_size"]
+    cache = core.new_cache(1)
+    stepped = [np.frombuffer(core.forward(cache, ids[:20], [1] * 20, 20), np.float32)[-vocab:]]
+    for i in range(20, 30):
+        out = core.forward(cache, [ids[i]], [1], 1)
+        stepped.append(np.frombuffer(out, np.float32))
+    whole = np.frombuffer(core.forward(core.new_cache(1), ids, [1] * 30, 30), np.float32)
+    whole = whole.reshape(30, vocab)[19:]
+    err = float(np.abs(np.stack(stepped) - whole).max())
+    assert err < 1e-4, f"{arch}: cached decoding differs from recomputing by {err:.2e}"
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_a_left_padded_batch_equals_one_by_one(
+    arch: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    _, _, ours = _model(arch, tmp_path_factory)
+    prompts = [_prompt(25, 3), _prompt(9, 4), _prompt(17, 5)]
+    core = ours._core
+    vocab = core.config["vocab_size"]
+    t = max(len(p) for p in prompts)
+    tokens = [tok for p in prompts for tok in [0] * (t - len(p)) + p]
+    mask = [m for p in prompts for m in [0] * (t - len(p)) + [1] * len(p)]
+    batch = np.frombuffer(
+        core.forward(core.new_cache(3), tokens, mask, t, last_only=True), np.float32
+    ).reshape(3, vocab)
+    for i, p in enumerate(prompts):
+        alone = np.frombuffer(
+            core.forward(core.new_cache(1), p, [1] * len(p), len(p), last_only=True), np.float32
+        )
+        err = float(np.abs(batch[i] - alone).max())
+        assert err < 1e-4, f"{arch}: sequence {i} in a padded batch differs by {err:.2e}"
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_greedy_64_tokens_match_transformers(
+    arch: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    _, ref, ours = _model(arch, tmp_path_factory)
+    ids = _prompt(12, 6)
+    with torch.no_grad():
+        want = ref.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=64,
+            min_new_tokens=64,
+            do_sample=False,
+            pad_token_id=0,
+        )[0].tolist()
+    got = ours.generate(np.array([ids]), max_new_tokens=64, min_new_tokens=64, do_sample=False)
+    assert [int(x) for x in got[0]] == want
