@@ -207,3 +207,52 @@ def test_greedy_64_tokens_match_transformers(
         )[0].tolist()
     got = ours.generate(np.array([ids]), max_new_tokens=64, min_new_tokens=64, do_sample=False)
     assert [int(x) for x in got[0]] == want
+
+
+def test_bad_folders_are_refused_naming_the_key_or_tensor(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    folder, _, _ = _model("qwen3", tmp_path_factory)
+
+    def variant(name: str, edit_config: Any = None, edit_tensors: Any = None) -> Path:
+        out = tmp_path / name
+        shutil.copytree(folder, out)
+        if edit_config is not None:
+            config = json.loads((out / "config.json").read_text())
+            edit_config(config)
+            (out / "config.json").write_text(json.dumps(config))
+        if edit_tensors is not None:
+            tensors = load_file(out / "model.safetensors")
+            edit_tensors(tensors)
+            save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+        return out
+
+    missing = variant("missing", edit_config=lambda c: c.pop("num_attention_heads"))
+    with pytest.raises(ferrolm.FormatError, match="num_attention_heads"):
+        ferrolm.AutoModelForCausalLM.from_pretrained(missing)
+
+    def bad_kv_heads(c: dict[str, Any]) -> None:
+        c["num_key_value_heads"] = 3
+
+    with pytest.raises(ferrolm.FormatError, match="num_key_value_heads"):
+        ferrolm.AutoModelForCausalLM.from_pretrained(variant("kv", edit_config=bad_kv_heads))
+
+    def window(c: dict[str, Any]) -> None:
+        c["use_sliding_window"] = True
+        c["sliding_window"] = 16
+
+    with pytest.raises(ferrolm.FormatError, match="use_sliding_window"):
+        ferrolm.AutoModelForCausalLM.from_pretrained(variant("window", edit_config=window))
+
+    name = "model.layers.1.self_attn.k_norm.weight"
+
+    def short_norm(t: dict[str, Any]) -> None:
+        t[name] = t[name][:-1].copy()
+
+    with pytest.raises(ferrolm.FormatError, match=r"layers\.1\.self_attn\.k_norm"):
+        ferrolm.AutoModelForCausalLM.from_pretrained(variant("shape", edit_tensors=short_norm))

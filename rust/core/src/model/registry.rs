@@ -125,25 +125,10 @@ pub fn load_gguf(
 ) -> Result<Decoder> {
     crate::runtime::pool::install(|| {
         let g = Gguf::open(path)?;
-        let name = g
-            .meta("general.architecture")
-            .and_then(gguf::Value::as_str)
-            .unwrap_or("");
-        let arch = by_gguf_arch(name).ok_or_else(|| {
-            Error::Unsupported(format!(
-                "architecture {name:?} ({}); ferrolm runs GGUF files of architecture {}",
-                g.what(),
-                names(
-                    ARCHS
-                        .iter()
-                        .filter(|a| a.load_gguf.is_some())
-                        .flat_map(|a| a.gguf_archs.iter().copied())
-                )
-            ))
+        let arch = arch_of(&g)?;
+        let load = arch.load_gguf.ok_or_else(|| {
+            Error::Unsupported(format!("GGUF files of architecture {:?}", arch.name))
         })?;
-        let load = arch
-            .load_gguf
-            .ok_or_else(|| Error::Unsupported(format!("GGUF files of architecture {name:?}")))?;
         load(&g, quantize, progress)
     })?
 }
