@@ -6,76 +6,71 @@ model built by ``transformers`` from its config class with a fixed seed, saved w
 - the logits of a prompt within 1e-4 (f32);
 - decoding with the KV cache equals recomputing the whole sequence;
 - a left-padded batch equals its sequences run one by one;
-- greedy decoding of 64 tokens gives transformers' tokens.
+- greedy decoding of 64 tokens gives transformers' tokens;
+- where ferrolm reads the architecture's GGUF files, the folder converted by llama.cpp's
+  ``convert_hf_to_gguf.py`` (f32, f16, q8_0) loads and agrees with the folder.
 
-Adding an architecture to the registry adds one entry to ``ARCHS`` below.
+The folders carry GPT-2's tokenizer (vocabulary 50257), which the converter needs. Adding an
+architecture to the registry adds one entry to ``ARCHS`` below.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from gpt2_files import write_gpt2_files
+from llama_cpp import convert
 
 import ferrolm
+from ferrolm import _core
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-VOCAB = 256
+VOCAB = 50257  # GPT-2's tokenizer
+EOS = 50256
 
-# model_type -> (transformers config class, model class, config overrides). Shapes are tiny but
-# exercise what sets each architecture apart (grouped-query heads, biases, head size apart from
-# the width, tied and untied heads).
+# A Llama-like decoder's shape: grouped-query attention (2 query heads per key/value head).
+SMALL: dict[str, Any] = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
+
+# model_type -> (transformers config class, model class, config). Shapes are tiny but exercise
+# what sets each architecture apart (biases, q/k norms, a head size apart from the width, a
+# sliding window, tied and untied heads).
 ARCHS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "gpt2": (
         "GPT2Config",
         "GPT2LMHeadModel",
         dict(n_embd=64, n_layer=2, n_head=4, n_positions=256),
     ),
-    "llama": (
-        "LlamaConfig",
-        "LlamaForCausalLM",
-        dict(
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            tie_word_embeddings=False,
-        ),
-    ),
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {**SMALL, "tie_word_embeddings": False}),
     "qwen2": (
         "Qwen2Config",
         "Qwen2ForCausalLM",
-        dict(
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            rope_theta=1_000_000.0,
-            tie_word_embeddings=True,
-        ),
+        {**SMALL, "rope_theta": 1_000_000.0, "tie_word_embeddings": True},
+    ),
+    "mistral": (
+        "MistralConfig",
+        "MistralForCausalLM",
+        # the prompts (up to 40 tokens) run past the window
+        {**SMALL, "sliding_window": 8, "tie_word_embeddings": False},
     ),
     "qwen3": (
         "Qwen3Config",
         "Qwen3ForCausalLM",
-        dict(
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=32,  # not hidden / heads = 16, as in the released models
-            max_position_embeddings=256,
-            tie_word_embeddings=False,
-        ),
+        # head_dim not hidden / heads = 16, as in the released models
+        {**SMALL, "head_dim": 32, "tie_word_embeddings": False},
     ),
 }
 
@@ -114,7 +109,7 @@ def _model(arch: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, A
     if arch not in _BUILT:
         config_cls, model_cls, overrides = ARCHS[arch]
         config = getattr(transformers, config_cls)(
-            vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, **overrides
+            vocab_size=VOCAB, bos_token_id=EOS, eos_token_id=EOS, **overrides
         )
         torch.manual_seed(7)
         ref = getattr(transformers, model_cls)(config)
@@ -122,6 +117,9 @@ def _model(arch: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, A
         ref = ref.float().eval()
         folder = tmp_path_factory.mktemp(f"conformance-{arch}")
         ref.save_pretrained(folder, safe_serialization=True)
+        write_gpt2_files(folder)
+        tok_config = {"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>"}
+        (folder / "tokenizer_config.json").write_text(json.dumps(tok_config))
         _BUILT[arch] = (folder, ref)
     folder, ref = _BUILT[arch]
     return folder, ref, ferrolm.AutoModelForCausalLM.from_pretrained(folder)
@@ -129,7 +127,7 @@ def _model(arch: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, A
 
 def _prompt(n: int, seed: int) -> list[int]:
     rng = np.random.default_rng(seed)
-    return [int(x) for x in rng.integers(3, VOCAB, size=n)]
+    return [int(x) for x in rng.integers(3, EOS, size=n)]
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -203,7 +201,7 @@ def test_greedy_64_tokens_match_transformers(
             max_new_tokens=64,
             min_new_tokens=64,
             do_sample=False,
-            pad_token_id=0,
+            pad_token_id=EOS,
         )[0].tolist()
     got = ours.generate(np.array([ids]), max_new_tokens=64, min_new_tokens=64, do_sample=False)
     assert [int(x) for x in got[0]] == want
@@ -212,7 +210,6 @@ def test_greedy_64_tokens_match_transformers(
 def test_bad_folders_are_refused_naming_the_key_or_tensor(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
-    import json
     import shutil
 
     from safetensors.numpy import load_file, save_file
@@ -249,6 +246,20 @@ def test_bad_folders_are_refused_naming_the_key_or_tensor(
     with pytest.raises(ferrolm.FormatError, match="use_sliding_window"):
         ferrolm.AutoModelForCausalLM.from_pretrained(variant("window", edit_config=window))
 
+    def huge_window(c: dict[str, Any]) -> None:
+        c["sliding_window"] = 100_000
+
+    mistral, _, _ = _model("mistral", tmp_path_factory)
+    wide = tmp_path / "wide"
+    shutil.copytree(mistral, wide)
+    config = json.loads((wide / "config.json").read_text())
+    huge_window(config)
+    (wide / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ferrolm.FormatError, match="sliding_window 100000 is larger than the context"
+    ):
+        ferrolm.AutoModelForCausalLM.from_pretrained(wide)
+
     name = "model.layers.1.self_attn.k_norm.weight"
 
     def short_norm(t: dict[str, Any]) -> None:
@@ -256,3 +267,48 @@ def test_bad_folders_are_refused_naming_the_key_or_tensor(
 
     with pytest.raises(ferrolm.FormatError, match=r"layers\.1\.self_attn\.k_norm"):
         ferrolm.AutoModelForCausalLM.from_pretrained(variant("shape", edit_tensors=short_norm))
+
+
+# The architectures whose GGUF files ferrolm reads (the registry says).
+GGUF_ARCHS = sorted(name for name, _, _, gguf in _core.decoder_architectures() if gguf)
+# How far a converted file's logits may be from the folder's, relative to the largest logit:
+# f32 is the same arithmetic; f16 rounds each weight to 11 bits. A q8_0 file (8 bits per block
+# of 32, run on ferrolm's int8 kernels, activations rounded to int8 too) is held to the error
+# of the folder quantized to q8_0 by ferrolm itself (3-6% of the largest logit on these
+# unit-scale random weights), within half as much again.
+GGUF_TOLERANCE = {"f32": 1e-5, "f16": 2e-3, "q8_0": 1.5}
+
+
+def test_the_gguf_architectures_are_in_the_suite() -> None:
+    assert GGUF_ARCHS and set(GGUF_ARCHS) <= set(ARCHS)
+
+
+@pytest.mark.parametrize("outtype", sorted(GGUF_TOLERANCE))
+@pytest.mark.parametrize("arch", GGUF_ARCHS)
+def test_llama_cpp_conversions_agree_with_the_folder(
+    arch: str, outtype: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    folder, ref, ours = _model(arch, tmp_path_factory)
+    path = convert(folder, tmp_path_factory.mktemp(f"gguf-{arch}") / f"{outtype}.gguf", outtype)
+    model = ferrolm.AutoModelForCausalLM.from_pretrained(path)
+    assert type(model).__name__ == type(ref).__name__
+    assert model._core.model_type == arch
+    assert model._core.quantization == ("q8_0" if outtype == "q8_0" else None)
+    # The file's tokenizer (GPT-2's, converted) gives the folder's ids.
+    text = "Hello world, it's 2026: tokens, numbers 12345 and ünïcödé."
+    assert model.tokenizer is not None and ours.tokenizer is not None
+    assert model.tokenizer.encode(text) == ours.tokenizer.encode(text)
+    ids = _prompt(40, 8)
+    want = ours(np.array([ids])).logits[0]
+    got = model(np.array([ids])).logits[0]
+    scale = float(np.abs(want).max())
+    err = float(np.abs(got - want).max()) / scale
+    limit = GGUF_TOLERANCE[outtype]
+    if outtype == "q8_0":
+        own = ferrolm.AutoModelForCausalLM.from_pretrained(folder, quantize="q8_0")
+        own_err = float(np.abs(own(np.array([ids])).logits[0] - want).max()) / scale
+        limit *= own_err
+    assert err < limit, f"{arch} {outtype}: max error {err:.2e} of {scale:.1f} (limit {limit:.2e})"
+    # The most likely next token agrees at nearly every position.
+    agree = float(np.mean(got.argmax(-1) == want.argmax(-1)))
+    assert agree >= (1.0 if outtype == "f32" else 0.9), agree

@@ -63,7 +63,10 @@ impl Cache {
             layer: l,
             len: &self.len,
             valid: &self.valid,
+            kpos: &self.pos,
             mask,
+            qpos: &[],
+            window: usize::MAX,
             t,
             stride: lay.stride,
             d: nh * hd,
@@ -83,7 +86,14 @@ pub(crate) struct AttnArgs<'a> {
     layer: usize,
     len: &'a [usize],
     valid: &'a [u8],
+    /// `[slot][n_ctx]`: the position id of the token at each cache position.
+    kpos: &'a [u32],
     mask: &'a [u8],
+    /// The position id of each new row (`[slots × t]`); read only with a window.
+    qpos: &'a [usize],
+    /// A query sees the keys less than this many positions back (itself included);
+    /// `usize::MAX`: every earlier one.
+    window: usize,
     t: usize,
     /// Values per row of `qkv` (the queries are its first `d` columns).
     stride: usize,
@@ -94,6 +104,40 @@ pub(crate) struct AttnArgs<'a> {
     /// Query heads per key/value head.
     group: usize,
     scale: f32,
+}
+
+impl<'a> AttnArgs<'a> {
+    /// With a sliding window: each query sees the `window` positions up to its own (`qpos`:
+    /// the position id of each new row).
+    pub(crate) fn windowed(mut self, window: Option<usize>, qpos: &'a [usize]) -> Self {
+        if let Some(w) = window {
+            self.window = w;
+            self.qpos = qpos;
+        }
+        self
+    }
+
+    /// Whether new row `i` of slot `s` sees cache position `p` (`p` at most `len[s] + i`): a
+    /// real token (its own always is, so that a padded query has something to attend to; its
+    /// output is never used) within the window.
+    #[inline]
+    fn sees(&self, s: usize, i: usize, p: usize) -> bool {
+        let base = self.len[s];
+        let real = if p < base {
+            self.valid[s * self.geom.n_ctx + p] != 0
+        } else {
+            p == base + i || self.mask[s * self.t + (p - base)] != 0
+        };
+        if !real || self.window == usize::MAX {
+            return real;
+        }
+        let kp = if p < base {
+            self.kpos[s * self.geom.n_ctx + p] as usize
+        } else {
+            self.qpos[s * self.t + (p - base)]
+        };
+        self.qpos[s * self.t + i].saturating_sub(kp) < self.window
+    }
 }
 
 /// Causal attention of the `t` new positions of every slot over that slot's cache, in parallel
@@ -127,14 +171,7 @@ pub(crate) fn attention(
             let mut max = f32::NEG_INFINITY;
             let mut any_masked = false;
             for (p, slot) in sc.iter_mut().enumerate().take(upto) {
-                // A position is seen if it is a real token (the query's own always is, so
-                // a padded query has something to attend to; its output is never used).
-                let seen = if p < base {
-                    a.valid[s * n_ctx + p] != 0
-                } else {
-                    p == base + i || a.mask[s * a.t + (p - base)] != 0
-                };
-                if seen {
+                if a.sees(s, i, p) {
                     let at = a.geom.at(s, a.layer, p) + kv_col;
                     let x = a.k.dot(kern, q, at) * a.scale;
                     *slot = x;
@@ -193,7 +230,7 @@ const ATTN_TILE: usize = 64;
 /// softmaxed per row (as [`attention`] does), and the output = P V by `gemm` — instead of one
 /// dot product per (query, key) pair.
 fn attention_blocked(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32]) {
-    let (n_ctx, hd, d, t) = (a.geom.n_ctx, a.hd, a.d, a.t);
+    let (hd, d, t) = (a.hd, a.d, a.t);
     let tiles = t.div_ceil(ATTN_TILE);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let jobs = a.len.len() * a.nh * tiles;
@@ -223,13 +260,7 @@ fn attention_blocked(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32])
             let upto = base + i + 1;
             let mut max = f32::NEG_INFINITY;
             for (p, x) in row.iter_mut().enumerate() {
-                let seen = p < upto
-                    && if p < base {
-                        a.valid[s * n_ctx + p] != 0
-                    } else {
-                        p == base + i || a.mask[s * t + (p - base)] != 0
-                    };
-                if seen {
+                if p < upto && a.sees(s, i, p) {
                     *x *= a.scale;
                     max = max.max(*x);
                 } else {
@@ -267,4 +298,111 @@ fn attention_blocked(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32])
     (0..jobs)
         .into_par_iter()
         .for_each_init(Bufs::default, |bufs, j| job(bufs, j));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::kv::KvDtype;
+    use crate::model::ModelId;
+
+    /// Plain causal attention of slot `s`'s row `i` over `keys` (position id, key, value) of
+    /// real tokens, with an optional window: softmax over the keys within it, in f64.
+    fn reference(
+        q: &[f32],
+        keys: &[(usize, &[f32], &[f32])],
+        qpos: usize,
+        window: usize,
+        scale: f32,
+    ) -> Vec<f64> {
+        let seen: Vec<_> = keys.iter().filter(|(p, _, _)| qpos - p < window).collect();
+        let scores: Vec<f64> = seen
+            .iter()
+            .map(|(_, k, _)| {
+                q.iter()
+                    .zip(*k)
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum::<f64>()
+                    * f64::from(scale)
+            })
+            .collect();
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let sum: f64 = w.iter().sum();
+        let mut out = vec![0.0; q.len()];
+        for ((_, _, v), w) in seen.iter().zip(&w) {
+            for (o, x) in out.iter_mut().zip(*v) {
+                *o += w / sum * f64::from(*x);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn windowed_attention_matches_the_plain_definition_on_both_paths() {
+        let kern = kernels::get();
+        let (nh, nkv, hd) = (4, 2, 8);
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        let lay = QkvLayout {
+            stride: qd + 2 * kvd,
+            k_off: qd,
+            v_off: qd + kvd,
+            kv_d: kvd,
+        };
+        let scale = 0.3;
+        // t = 40 runs the blocked (prompt) path, t = 5 the per-query one; slot 1 left-padded.
+        for (t, window) in [(40usize, 7usize), (5, 3), (40, usize::MAX)] {
+            let slots = 2;
+            let mut cache = Cache::new(1, kvd, 64, slots, KvDtype::F32, 64).unwrap();
+            let mut mask = vec![1u8; slots * t];
+            mask[t..t + 3].fill(0);
+            let tokens = vec![0u32; slots * t];
+            cache
+                .begin(ModelId::NONE, &tokens, &mask, t, 1, "n_ctx")
+                .unwrap();
+            let qkv: Vec<f32> = (0..slots * t * lay.stride)
+                .map(|i| (i * 37 % 101) as f32 / 50.0 - 1.0)
+                .collect();
+            cache.append(kern, 0, &qkv, t, &lay);
+            let positions = cache.work.positions.clone();
+            let w = (window != usize::MAX).then_some(window);
+            let args = cache
+                .attn_args(&qkv, &mask, 0, t, (nh, nkv, hd), &lay, scale)
+                .windowed(w, &positions);
+            let mut out = vec![0.0; slots * t * qd];
+            attention(kern, &args, &mut out, &mut Vec::new());
+            for s in 0..slots {
+                for i in 0..t {
+                    let r = s * t + i;
+                    if mask[r] == 0 {
+                        continue; // a padded row's output is never used
+                    }
+                    for h in 0..nh {
+                        let q = &qkv[r * lay.stride + h * hd..r * lay.stride + (h + 1) * hd];
+                        let kv = (h / (nh / nkv)) * hd;
+                        let keys: Vec<_> = (0..=i)
+                            .filter(|&j| mask[s * t + j] != 0)
+                            .map(|j| {
+                                let row =
+                                    &qkv[(s * t + j) * lay.stride..(s * t + j + 1) * lay.stride];
+                                (
+                                    positions[s * t + j],
+                                    &row[lay.k_off + kv..lay.k_off + kv + hd],
+                                    &row[lay.v_off + kv..lay.v_off + kv + hd],
+                                )
+                            })
+                            .collect();
+                        let want = reference(q, &keys, positions[r], window, scale);
+                        let got = &out[r * qd + h * hd..r * qd + (h + 1) * hd];
+                        for (g, w) in got.iter().zip(&want) {
+                            assert!(
+                                (f64::from(*g) - w).abs() < 1e-5,
+                                "t {t} window {window} slot {s} row {i} head {h}: {g} vs {w}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -12,7 +12,8 @@
 //!     q, k, v = h @ [Wq | Wk | Wv] + b     (one fused matmul)      # heads nh, nkv (GQA)
 //!     q, k = rms_norm(q), rms_norm(k)      (per head: Qwen3)
 //!     q, k = rope(q, pos), rope(k, pos)    (RoPE models)
-//!     x = x + softmax(q kᵀ · scale + causal mask) v @ Wo + b
+//!     x = x + softmax(q kᵀ · scale + causal mask) v @ Wo + b   (the mask: sliding
+//!                                                             window, on layers that have one)
 //!     h = norm(x)
 //!     x = x + act(h @ W1 + b) @ W2 + b                       (plain MLP: GPT-2)
 //!       | x + (act(h @ Wgate) * (h @ Wup)) @ Wdown           (gated MLP: SwiGLU, GeGLU)
@@ -107,6 +108,9 @@ pub struct DecoderConfig {
     /// Divides layer `l`'s attention scores by `l + 1` (GPT-2's
     /// `scale_attn_by_inverse_layer_idx`).
     pub attn_scale_by_layer: bool,
+    /// Each layer's sliding window, if it has one: a query sees that many positions up to its
+    /// own (empty: no layer has one).
+    pub windows: Vec<Option<usize>>,
     pub tie_word_embeddings: bool,
 }
 
@@ -397,7 +401,10 @@ impl CausalLm for Decoder {
                 }
                 // k, v appended to the cache; attention per (slot, head)     [rows, qd]
                 cache.append(kern, l, qkv, t, &lay);
-                let args = cache.attn_args(qkv, mask, l, t, (nh, nkv, hd), &lay, c.scale(l));
+                let window = c.windows.get(l).copied().flatten();
+                let args = cache
+                    .attn_args(qkv, mask, l, t, (nh, nkv, hd), &lay, c.scale(l))
+                    .windowed(window, &ws.positions[..rows]);
                 check_cancel(&cancel)?;
                 attention(kern, &args, &mut ws.att[..rows * qd], &mut ws.scores);
                 // x = x + att @ Wo + b

@@ -157,6 +157,7 @@ impl Gpt2Config {
                 1.0
             },
             attn_scale_by_layer: self.scale_attn_by_inverse_layer_idx,
+            windows: Vec::new(),
             tie_word_embeddings: self.tie_word_embeddings,
         }
     }

@@ -158,6 +158,8 @@ pub struct Cache {
     pub(crate) len: Vec<usize>,
     /// `[slot][n_ctx]`: 1 where the position holds a real token.
     pub(crate) valid: Vec<u8>,
+    /// `[slot][n_ctx]`: the position id of the token there (sliding windows count in them).
+    pub(crate) pos: Vec<u32>,
     /// The position id of each slot's next real token.
     pub(crate) next_pos: Vec<usize>,
     /// The model's context: no slot grows past it.
@@ -218,6 +220,7 @@ impl Cache {
             v: Kv::zeros(dtype, size)?,
             len: vec![0; slots],
             valid: mem::zeros(slots.saturating_mul(n_ctx), "the KV cache")?,
+            pos: mem::zeros(slots.saturating_mul(n_ctx), "the KV cache")?,
             next_pos: vec![0; slots],
             max_ctx,
             rnn: Vec::new(),
@@ -268,16 +271,19 @@ impl Cache {
         let mut k = Kv::zeros(self.k.dtype(), size)?;
         let mut v = Kv::zeros(self.v.dtype(), size)?;
         let mut valid: Vec<u8> = mem::zeros(self.slots * n_ctx, "the KV cache")?;
+        let mut pos: Vec<u32> = mem::zeros(self.slots * n_ctx, "the KV cache")?;
         for s in 0..self.slots {
             let used = self.len[s] * old.d;
             for l in 0..old.n_layer {
                 k.copy_from(geom.at(s, l, 0), &self.k, old.at(s, l, 0), used);
                 v.copy_from(geom.at(s, l, 0), &self.v, old.at(s, l, 0), used);
             }
-            valid[s * n_ctx..s * n_ctx + self.len[s]]
-                .copy_from_slice(&self.valid[s * old.n_ctx..s * old.n_ctx + self.len[s]]);
+            let (new, was) = (s * n_ctx, s * old.n_ctx);
+            let used = self.len[s];
+            valid[new..new + used].copy_from_slice(&self.valid[was..was + used]);
+            pos[new..new + used].copy_from_slice(&self.pos[was..was + used]);
         }
-        (self.k, self.v, self.valid, self.geom) = (k, v, valid, geom);
+        (self.k, self.v, self.valid, self.pos, self.geom) = (k, v, valid, pos, geom);
         Ok(())
     }
 
@@ -351,6 +357,7 @@ impl Cache {
                 let real = mask[s * t + i] != 0;
                 let at = s * self.geom.n_ctx + self.len[s] + i;
                 self.valid[at] = u8::from(real);
+                self.pos[at] = u32::try_from(self.work.positions[s * t + i]).unwrap_or(u32::MAX);
                 if real {
                     self.next_pos[s] += 1;
                 }
@@ -423,6 +430,7 @@ impl Cache {
         let mut k = Kv::zeros(self.k.dtype(), size)?;
         let mut v = Kv::zeros(self.v.dtype(), size)?;
         let mut valid: Vec<u8> = mem::zeros(n.saturating_mul(g.n_ctx), "the KV cache")?;
+        let mut pos: Vec<u32> = mem::zeros(n.saturating_mul(g.n_ctx), "the KV cache")?;
         for (i, &s) in sources.iter().enumerate() {
             // Only the filled positions of each layer need copying.
             for l in 0..g.n_layer {
@@ -433,6 +441,8 @@ impl Cache {
             }
             valid[i * g.n_ctx..(i + 1) * g.n_ctx]
                 .copy_from_slice(&self.valid[s * g.n_ctx..(s + 1) * g.n_ctx]);
+            pos[i * g.n_ctx..(i + 1) * g.n_ctx]
+                .copy_from_slice(&self.pos[s * g.n_ctx..(s + 1) * g.n_ctx]);
         }
         Ok(Cache {
             slots: n,
@@ -441,6 +451,7 @@ impl Cache {
             v,
             len: sources.iter().map(|&s| self.len[s]).collect(),
             valid,
+            pos,
             next_pos: sources.iter().map(|&s| self.next_pos[s]).collect(),
             max_ctx: self.max_ctx,
             rnn: sources

@@ -57,6 +57,8 @@ pub struct LlamaConfig {
     /// `attention_bias` says.
     pub qkv_bias_only: bool,
     pub mlp_bias: bool,
+    /// Each query sees this many positions up to its own (Mistral's `sliding_window`).
+    pub sliding_window: Option<usize>,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Vec<u32>,
 }
@@ -180,6 +182,10 @@ impl LlamaConfig {
             attention_bias: bool_of("attention_bias", false)?,
             qkv_bias_only: false,
             mlp_bias: bool_of("mlp_bias", false)?,
+            sliding_window: match v.get("sliding_window") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(usize_of("sliding_window", None)?),
+            },
             bos_token_id: ids_of(v.get("bos_token_id")).first().copied(),
             eos_token_id: ids_of(v.get("eos_token_id")),
         })
@@ -282,6 +288,7 @@ impl LlamaConfig {
             attention_bias: g.contains("blk.0.attn_q.bias"),
             qkv_bias_only: false,
             mlp_bias: false,
+            sliding_window: None,
             bos_token_id: id("tokenizer.ggml.bos_token_id"),
             eos_token_id: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
         })
@@ -299,10 +306,25 @@ impl LlamaConfig {
 }
 
 impl LlamaConfig {
-    /// The config as the family reads it.
-    fn for_family(mut self, fam: &Family) -> Self {
+    /// The config as the family reads it (`what` names its source in errors).
+    fn for_family(mut self, fam: &Family, what: &str) -> Result<Self> {
         self.qkv_bias_only = fam.qkv_bias;
-        self
+        if !fam.sliding_window {
+            self.sliding_window = None; // (Qwen2 writes one it does not use)
+        }
+        if let Some(w) = self.sliding_window {
+            if w > self.max_position_embeddings {
+                return Err(Error::format(
+                    what,
+                    format!(
+                        "sliding_window {w} is larger than the context, \
+                         max_position_embeddings = {}",
+                        self.max_position_embeddings
+                    ),
+                ));
+            }
+        }
+        Ok(self)
     }
 
     /// Whether the (query, key, value) and the output projections have biases.
@@ -365,6 +387,10 @@ impl LlamaConfig {
             }),
             attn_scale: 1.0 / (self.head_dim as f32).sqrt(),
             attn_scale_by_layer: false,
+            windows: match self.sliding_window {
+                Some(w) => vec![Some(w); self.num_hidden_layers],
+                None => Vec::new(),
+            },
             tie_word_embeddings: self.tie_word_embeddings,
         }
     }
@@ -387,6 +413,8 @@ pub(crate) struct Family {
     pub(crate) qkv_bias: bool,
     /// RMSNorm of each query and key head before RoPE (Qwen3).
     pub(crate) qk_norm: bool,
+    /// `config.json`'s `sliding_window` applies to every layer (Mistral).
+    pub(crate) sliding_window: bool,
 }
 
 /// Llama in the registry: Hugging Face folders and GGUF files.
@@ -407,6 +435,7 @@ static LLAMA: Family = Family {
     permuted_qk: true,
     qkv_bias: false,
     qk_norm: false,
+    sliding_window: false,
 };
 
 fn zeros(n: usize) -> F32Tensor {
@@ -443,7 +472,7 @@ pub(crate) fn load_folder(
             fam.arch.name
         )));
     }
-    let c = LlamaConfig::from_value(&what, &v)?.for_family(fam);
+    let c = LlamaConfig::from_value(&what, &v)?.for_family(fam, &what)?;
     let total = 7 * c.num_hidden_layers + 1 + usize::from(!c.tie_word_embeddings);
     let w = Weights::new(&ck, "model.", "embed_tokens.weight").with_quant(quant, total, progress);
     let (d, inner, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
@@ -529,7 +558,7 @@ pub(crate) fn load_gguf(
     quantize: Option<QType>,
     progress: Option<Progress<'_>>,
 ) -> Result<Decoder> {
-    let c = LlamaConfig::from_gguf(g, fam)?.for_family(fam);
+    let c = LlamaConfig::from_gguf(g, fam)?.for_family(fam, &g.what())?;
     let (d, inner, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
     let total = 7 * c.num_hidden_layers + 1;
     let done = std::cell::Cell::new(0usize);

@@ -11,6 +11,7 @@ pub mod kv;
 pub(crate) mod linear;
 pub mod llama;
 pub mod lstm;
+pub mod mistral;
 pub(crate) mod norm;
 pub mod qwen2;
 pub mod qwen3;

@@ -27,4 +27,5 @@ static QWEN2: Family = Family {
     permuted_qk: false,
     qkv_bias: true,
     qk_norm: false,
+    sliding_window: false,
 };

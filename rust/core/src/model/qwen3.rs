@@ -25,4 +25,5 @@ static QWEN3: Family = Family {
     permuted_qk: false,
     qkv_bias: false,
     qk_norm: true,
+    sliding_window: false,
 };

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::io::gguf::{self, Gguf};
 use crate::model::decoder::Decoder;
 use crate::model::weights::{self, Progress};
-use crate::model::{gpt2, llama, qwen2, qwen3};
+use crate::model::{gpt2, llama, mistral, qwen2, qwen3};
 use crate::quant::QType;
 use crate::{Error, Result};
 
@@ -43,7 +43,13 @@ pub struct Arch {
 }
 
 /// Every decoder architecture, one registration line each.
-pub static ARCHS: &[&Arch] = &[&gpt2::ARCH, &llama::ARCH, &qwen2::ARCH, &qwen3::ARCH];
+pub static ARCHS: &[&Arch] = &[
+    &gpt2::ARCH,
+    &llama::ARCH,
+    &qwen2::ARCH,
+    &qwen3::ARCH,
+    &mistral::ARCH,
+];
 
 /// The architecture that reads `config.json`'s `model_type`.
 pub fn by_model_type(model_type: &str) -> Option<&'static Arch> {
