@@ -117,26 +117,71 @@ impl<'a> AttnArgs<'a> {
         self
     }
 
-    /// Whether new row `i` of slot `s` sees cache position `p` (`p` at most `len[s] + i`): a
-    /// real token (its own always is, so that a padded query has something to attend to; its
-    /// output is never used) within the window.
+    /// What new row `i` of slot `s` sees: [`RowMask::sees`].
     #[inline]
-    fn sees(&self, s: usize, i: usize, p: usize) -> bool {
-        let base = self.len[s];
-        let real = if p < base {
-            self.valid[s * self.geom.n_ctx + p] != 0
-        } else {
-            p == base + i || self.mask[s * self.t + (p - base)] != 0
-        };
-        if !real || self.window == usize::MAX {
-            return real;
+    fn row(&self, s: usize, i: usize) -> RowMask<'_> {
+        let (base, n_ctx, t) = (self.len[s], self.geom.n_ctx, self.t);
+        let window = (self.window != usize::MAX).then(|| Window {
+            size: self.window,
+            qpos: self.qpos[s * t + i],
+            kpos: &self.kpos[s * n_ctx..s * n_ctx + base],
+            new: &self.qpos[s * t..(s + 1) * t],
+        });
+        RowMask {
+            valid: &self.valid[s * n_ctx..s * n_ctx + base],
+            mask: &self.mask[s * t..(s + 1) * t],
+            base,
+            own: base + i,
+            window,
         }
-        let kp = if p < base {
-            self.kpos[s * self.geom.n_ctx + p] as usize
+    }
+}
+
+/// The cache positions one new row sees.
+struct RowMask<'a> {
+    /// The slot's cached positions: 1 for a real token.
+    valid: &'a [u8],
+    /// The slot's new positions: 1 for a real token.
+    mask: &'a [u8],
+    /// Cached positions (the new ones start here).
+    base: usize,
+    /// The row's own position in the cache.
+    own: usize,
+    window: Option<Window<'a>>,
+}
+
+/// A sliding window, counted in position ids.
+struct Window<'a> {
+    size: usize,
+    /// The row's position id.
+    qpos: usize,
+    /// The position ids of the slot's cached positions and of its new ones.
+    kpos: &'a [u32],
+    new: &'a [usize],
+}
+
+impl RowMask<'_> {
+    /// Whether the row sees cache position `p` (at most its own): a real token (its own always
+    /// is, so that a padded query has something to attend to; its output is never used),
+    /// within the window if there is one.
+    #[inline]
+    fn sees(&self, p: usize) -> bool {
+        let real = if p < self.base {
+            self.valid[p] != 0
         } else {
-            self.qpos[s * self.t + (p - base)]
+            p == self.own || self.mask[p - self.base] != 0
         };
-        self.qpos[s * self.t + i].saturating_sub(kp) < self.window
+        match &self.window {
+            None => real,
+            Some(w) => {
+                let kp = if p < self.base {
+                    w.kpos[p] as usize
+                } else {
+                    w.new[p - self.base]
+                };
+                real && w.qpos.saturating_sub(kp) < w.size
+            }
+        }
     }
 }
 
@@ -170,8 +215,9 @@ pub(crate) fn attention(
             let upto = base + i + 1; // positions 0..=base+i
             let mut max = f32::NEG_INFINITY;
             let mut any_masked = false;
+            let rm = a.row(s, i);
             for (p, slot) in sc.iter_mut().enumerate().take(upto) {
-                if a.sees(s, i, p) {
+                if rm.sees(p) {
                     let at = a.geom.at(s, a.layer, p) + kv_col;
                     let x = a.k.dot(kern, q, at) * a.scale;
                     *slot = x;
@@ -259,8 +305,9 @@ fn attention_blocked(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32])
             let i = i0 + ii;
             let upto = base + i + 1;
             let mut max = f32::NEG_INFINITY;
+            let rm = a.row(s, i);
             for (p, x) in row.iter_mut().enumerate() {
-                if p < upto && a.sees(s, i, p) {
+                if p < upto && rm.sees(p) {
                     *x *= a.scale;
                     max = max.max(*x);
                 } else {
