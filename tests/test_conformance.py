@@ -66,6 +66,26 @@ ARCHS: dict[str, tuple[str, str, dict[str, Any]]] = {
         # the prompts (up to 40 tokens) run past the window
         {**SMALL, "sliding_window": 8, "tie_word_embeddings": False},
     ),
+    "gemma3_text": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        # (1 + w) norms, post-norms, GeGLU, √d embedding scale; layers 0 and 2 local (window 8,
+        # RoPE base 10000), layer 1 global (its own base and a linear scaling); a query scale
+        # apart from the head size; a final soft-cap.
+        {
+            **SMALL,
+            "num_hidden_layers": 3,
+            "head_dim": 32,
+            "sliding_window": 8,
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+            "rope_parameters": {
+                "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 500_000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+            },
+            "query_pre_attn_scalar": 24,
+            "final_logit_softcapping": 20.0,
+        },
+    ),
     "qwen3": (
         "Qwen3Config",
         "Qwen3ForCausalLM",

@@ -6,18 +6,18 @@
 //! is this one:
 //!
 //! ```text
-//! x = embed[ids] (+ pos_embed[pos])                               # [rows, d]
+//! x = embed[ids] · scale (+ pos_embed[pos])                       # [rows, d]
 //! for each layer:
 //!     h = norm(x)                          (LayerNorm or RMSNorm)
 //!     q, k, v = h @ [Wq | Wk | Wv] + b     (one fused matmul)      # heads nh, nkv (GQA)
 //!     q, k = rms_norm(q), rms_norm(k)      (per head: Qwen3)
 //!     q, k = rope(q, pos), rope(k, pos)    (RoPE models)
-//!     x = x + softmax(q kᵀ · scale + causal mask) v @ Wo + b   (the mask: sliding
-//!                                                             window, on layers that have one)
+//!     x = x + post_norm(softmax(q kᵀ · scale + causal mask) v @ Wo + b)
+//!                 (the mask: a sliding window on layers that have one; post_norm: Gemma)
 //!     h = norm(x)
-//!     x = x + act(h @ W1 + b) @ W2 + b                       (plain MLP: GPT-2)
-//!       | x + (act(h @ Wgate) * (h @ Wup)) @ Wdown           (gated MLP: SwiGLU, GeGLU)
-//! logits = norm(x) @ headᵀ                                         # head tied to embed, or not
+//!     x = x + post_norm(act(h @ W1 + b) @ W2 + b)            (plain MLP: GPT-2)
+//!       | x + post_norm((act(h @ Wgate) * (h @ Wup)) @ Wdown) (gated MLP: SwiGLU, GeGLU)
+//! logits = norm(x) @ headᵀ (soft-capped: Gemma)                    # head tied to embed, or not
 //! ```
 //!
 //! One forward call advances every slot by the same number of tokens `t` (a left-padded
@@ -111,6 +111,13 @@ pub struct DecoderConfig {
     /// Each layer's sliding window, if it has one: a query sees that many positions up to its
     /// own (empty: no layer has one).
     pub windows: Vec<Option<usize>>,
+    /// The RoPE of the layers with a window, where it differs from the others' (Gemma 3's
+    /// local layers: base 10000, no scaling).
+    pub local_rope: Option<Rope>,
+    /// Multiplies the token embeddings (Gemma's √hidden_size).
+    pub embed_scale: Option<f32>,
+    /// `logits = cap · tanh(logits / cap)` (Gemma's `final_logit_softcapping`).
+    pub final_softcap: Option<f32>,
     pub tie_word_embeddings: bool,
 }
 
@@ -142,13 +149,17 @@ pub(crate) struct Layer {
     /// `[Wq | Wk | Wv]`.
     pub(crate) qkv: Proj,
     /// RMSNorm gains (`head_dim` values) of each query head and each key head, before RoPE
-    /// (Qwen3).
+    /// (Qwen3, Gemma 3).
     pub(crate) qk_norm: Option<(Norm, Norm)>,
     pub(crate) o: Proj,
+    /// Normalizes the attention's output before the residual add (Gemma).
+    pub(crate) post_attn_norm: Option<Norm>,
     pub(crate) ffn_norm: Norm,
     /// `W1` (plain MLP) or `[Wgate | Wup]` (gated).
     pub(crate) up: Proj,
     pub(crate) down: Proj,
+    /// Normalizes the MLP's output before the residual add (Gemma).
+    pub(crate) post_ffn_norm: Option<Norm>,
 }
 
 /// A loaded decoder: immutable, shared across threads.
@@ -167,6 +178,8 @@ pub struct Decoder {
     /// `None`: tied to `embed`.
     pub(crate) head: Option<Table>,
     inv_freq: Vec<f32>,
+    /// The local layers' (see [`DecoderConfig::local_rope`]).
+    local_inv_freq: Option<Vec<f32>>,
     kv_dtype: KvDtype,
     quant: Option<QType>,
     weight_bytes: usize,
@@ -214,12 +227,12 @@ impl Decoder {
             .sum::<usize>()
             + table_bytes(head.as_ref().unwrap_or(&embed))
             + pos_embed.as_ref().map_or(0, |t| t.values().len() * 4);
+        let freqs = |r: &Rope| inv_freq(r.theta, config.head_dim, r.scaling, r.factors.as_deref());
         let inv_freq = match &config.positions {
-            Positions::Rope(r) => {
-                inv_freq(r.theta, config.head_dim, r.scaling, r.factors.as_deref())
-            }
+            Positions::Rope(r) => freqs(r),
             Positions::Learned => Vec::new(),
         };
+        let local_inv_freq = config.local_rope.as_ref().map(freqs);
         let mut described = Map::new();
         described.insert("model_type".into(), Value::from(arch.name));
         described.extend(info);
@@ -233,6 +246,7 @@ impl Decoder {
             final_norm,
             head,
             inv_freq,
+            local_inv_freq,
             kv_dtype: KvDtype::F32,
             quant,
             weight_bytes,
@@ -355,16 +369,22 @@ impl CausalLm for Decoder {
         let mut tmp = Vec::new();
         let result = pool::install(|| -> Result<()> {
             // RoPE's cos / sin per row, computed once for every layer.       [rows, hd/2]
+            // (Then the local layers' after them, where they have their own.)
             let half = hd / 2;
             let rotary = matches!(c.positions, Positions::Rope(_));
+            let tables = if self.local_inv_freq.is_some() { 2 } else { 1 };
             if rotary {
-                ws.rope.resize(2 * rows * half, 0.0);
-                let (cos, sin) = ws.rope.split_at_mut(rows * half);
-                for (r, &p) in ws.positions.iter().enumerate() {
-                    for (i, &f) in self.inv_freq.iter().enumerate() {
-                        let a = p as f32 * f;
-                        cos[r * half + i] = a.cos();
-                        sin[r * half + i] = a.sin();
+                ws.rope.resize(2 * tables * rows * half, 0.0);
+                let local = self.local_inv_freq.iter();
+                for (table, freqs) in std::iter::once(&self.inv_freq).chain(local).enumerate() {
+                    let at = 2 * table * rows * half;
+                    let (cos, sin) = ws.rope[at..at + 2 * rows * half].split_at_mut(rows * half);
+                    for (r, &p) in ws.positions.iter().enumerate() {
+                        for (i, &f) in freqs.iter().enumerate() {
+                            let a = p as f32 * f;
+                            cos[r * half + i] = a.cos();
+                            sin[r * half + i] = a.sin();
+                        }
                     }
                 }
             }
@@ -372,6 +392,9 @@ impl CausalLm for Decoder {
             let pos_embed = self.pos_embed.as_ref().map(F32Tensor::values);
             for (r, row) in ws.x[..rows * d].chunks_exact_mut(d).enumerate() {
                 self.embed.row_into(tokens[r] as usize, row);
+                if let Some(scale) = c.embed_scale {
+                    row.iter_mut().for_each(|v| *v *= scale);
+                }
                 if let Some(table) = pos_embed {
                     let pos = ws.positions[r];
                     add_in(row, &table[pos * d..(pos + 1) * d]);
@@ -395,13 +418,15 @@ impl CausalLm for Decoder {
                     rms_norm_heads(qkv, lay.stride, (0, nh, hd), qn.w.values(), eps);
                     rms_norm_heads(qkv, lay.stride, (qd, nkv, hd), kn.w.values(), eps);
                 }
+                let window = c.windows.get(l).copied().flatten();
                 if rotary {
-                    let (cos, sin) = ws.rope.split_at(rows * half);
+                    let table = usize::from(window.is_some() && self.local_inv_freq.is_some());
+                    let at = 2 * table * rows * half;
+                    let (cos, sin) = ws.rope[at..at + 2 * rows * half].split_at(rows * half);
                     rope(qkv, lay.stride, nh + nkv, hd, cos, sin);
                 }
                 // k, v appended to the cache; attention per (slot, head)     [rows, qd]
                 cache.append(kern, l, qkv, t, &lay);
-                let window = c.windows.get(l).copied().flatten();
                 let args = cache
                     .attn_args(qkv, mask, l, t, (nh, nkv, hd), &lay, c.scale(l))
                     .windowed(window, &ws.positions[..rows]);
@@ -416,6 +441,10 @@ impl CausalLm for Decoder {
                     &mut tmp,
                     &mut ws.scratch,
                 );
+                if let Some(n) = &blk.post_attn_norm {
+                    self.norm(&ws.h[..rows * d], &mut ws.att[..rows * d], n);
+                    ws.h[..rows * d].copy_from_slice(&ws.att[..rows * d]);
+                }
                 add_in(&mut ws.x[..rows * d], &ws.h[..rows * d]);
                 check_cancel(&cancel)?;
                 // x = x + mlp(norm(x))
@@ -450,12 +479,20 @@ impl CausalLm for Decoder {
                     &mut tmp,
                     &mut ws.scratch,
                 );
+                if let Some(n) = &blk.post_ffn_norm {
+                    self.norm(&ws.h[..rows * d], &mut ws.att[..rows * d], n);
+                    ws.h[..rows * d].copy_from_slice(&ws.att[..rows * d]);
+                }
                 add_in(&mut ws.x[..rows * d], &ws.h[..rows * d]);
             }
             // logits = norm(x) @ headᵀ, for the rows that want them
             let head = self.head.as_ref().unwrap_or(&self.embed);
             let norm = |x: &[f32], out: &mut [f32]| self.norm(x, out, &self.final_norm);
-            head_logits(kern, &mut ws, (slots, t, d, last_only), norm, head, logits)
+            head_logits(kern, &mut ws, (slots, t, d, last_only), norm, head, logits)?;
+            if let Some(cap) = c.final_softcap {
+                logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+            }
+            Ok(())
         });
         cache.work = ws;
         result??;

@@ -158,6 +158,9 @@ impl Gpt2Config {
             },
             attn_scale_by_layer: self.scale_attn_by_inverse_layer_idx,
             windows: Vec::new(),
+            local_rope: None,
+            embed_scale: None,
+            final_softcap: None,
             tie_word_embeddings: self.tie_word_embeddings,
         }
     }
@@ -224,6 +227,8 @@ pub fn from_checkpoint_with(
             ffn_norm: norm(&format!("{p}.ln_2"))?,
             up: linear(&format!("{p}.mlp.c_fc"), d, inner)?,
             down: linear(&format!("{p}.mlp.c_proj"), inner, d)?,
+            post_attn_norm: None,
+            post_ffn_norm: None,
         });
     }
     if w.contains(&format!("h.{}.ln_1.weight", config.n_layer)) {

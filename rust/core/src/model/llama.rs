@@ -391,6 +391,9 @@ impl LlamaConfig {
                 Some(w) => vec![Some(w); self.num_hidden_layers],
                 None => Vec::new(),
             },
+            local_rope: None,
+            embed_scale: None,
+            final_softcap: None,
             tie_word_embeddings: self.tie_word_embeddings,
         }
     }
@@ -516,6 +519,8 @@ pub(crate) fn load_folder(
                 lin(&format!("{p}.mlp.up_proj"), d, inner, c.mlp_bias)?,
             ]),
             down: Proj::Fused(lin(&format!("{p}.mlp.down_proj"), inner, d, c.mlp_bias)?),
+            post_attn_norm: None,
+            post_ffn_norm: None,
         });
     }
     if w.contains(&format!(
@@ -638,6 +643,8 @@ pub(crate) fn load_gguf(
                 lin(&format!("{p}.ffn_up"), d, inner, &id)?,
             ]),
             down: Proj::Fused(lin(&format!("{p}.ffn_down"), inner, d, &id)?),
+            post_attn_norm: None,
+            post_ffn_norm: None,
         });
     }
     if g.contains(&format!("blk.{}.attn_norm.weight", c.num_hidden_layers)) {

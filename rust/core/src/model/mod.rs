@@ -4,6 +4,7 @@ pub(crate) mod act;
 pub(crate) mod attention;
 pub mod bert;
 pub mod decoder;
+pub mod gemma3;
 pub mod generate;
 pub mod gpt2;
 pub(crate) mod head;

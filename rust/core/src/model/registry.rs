@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::io::gguf::{self, Gguf};
 use crate::model::decoder::Decoder;
 use crate::model::weights::{self, Progress};
-use crate::model::{gpt2, llama, mistral, qwen2, qwen3};
+use crate::model::{gemma3, gpt2, llama, mistral, qwen2, qwen3};
 use crate::quant::QType;
 use crate::{Error, Result};
 
@@ -49,6 +49,7 @@ pub static ARCHS: &[&Arch] = &[
     &qwen2::ARCH,
     &qwen3::ARCH,
     &mistral::ARCH,
+    &gemma3::ARCH,
 ];
 
 /// The architecture that reads `config.json`'s `model_type`.
