@@ -29,6 +29,7 @@ from llama_cpp import convert
 import ferrolm
 from ferrolm import _core
 
+tokenizers = pytest.importorskip("tokenizers")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -86,6 +87,26 @@ ARCHS: dict[str, tuple[str, str, dict[str, Any]]] = {
             "final_logit_softcapping": 20.0,
         },
     ),
+    "phi3": (
+        "Phi3Config",
+        "Phi3ForCausalLM",
+        # fused qkv and gate_up; RoPE on half of each head; LongRoPE: the 40-token prompt runs
+        # past the original context of 32 (long factors), the padded batch's within it (short),
+        # cached decoding and greedy decoding cross it; cos and sin scaled by
+        # √(1 + ln 8 / ln 32).
+        {
+            **SMALL,
+            "original_max_position_embeddings": 32,
+            "rope_parameters": {
+                "rope_type": "longrope",
+                "rope_theta": 10_000.0,
+                "partial_rotary_factor": 0.5,
+                "short_factor": [1.0, 1.3, 1.9, 2.6],
+                "long_factor": [1.5, 2.5, 4.0, 7.0],
+                "original_max_position_embeddings": 32,
+            },
+        },
+    ),
     "qwen3": (
         "Qwen3Config",
         "Qwen3ForCausalLM",
@@ -138,6 +159,12 @@ def _model(arch: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, A
         folder = tmp_path_factory.mktemp(f"conformance-{arch}")
         ref.save_pretrained(folder, safe_serialization=True)
         write_gpt2_files(folder)
+        # and the same as tokenizer.json: transformers' AutoTokenizer reads a Phi-3 folder's
+        # from that file only (llama.cpp's converter asks it for the vocabulary).
+        bpe = tokenizers.ByteLevelBPETokenizer(
+            str(folder / "vocab.json"), str(folder / "merges.txt")
+        )
+        bpe.save(str(folder / "tokenizer.json"))
         tok_config = {"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>"}
         (folder / "tokenizer_config.json").write_text(json.dumps(tok_config))
         _BUILT[arch] = (folder, ref)
@@ -172,17 +199,24 @@ def test_cached_decoding_equals_recomputing(
     arch: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     _, _, ours = _model(arch, tmp_path_factory)
-    ids = _prompt(30, 2)
+    # (Phi-3's steps cross its original context of 32: the cached keys are re-rotated.)
+    ids = _prompt(40, 2)
     core = ours._core
     vocab = core.config["vocab_size"]
     cache = core.new_cache(1)
     stepped = [np.frombuffer(core.forward(cache, ids[:20], [1] * 20, 20), np.float32)[-vocab:]]
-    for i in range(20, 30):
+    for i in range(20, 40):
         out = core.forward(cache, [ids[i]], [1], 1)
         stepped.append(np.frombuffer(out, np.float32))
-    whole = np.frombuffer(core.forward(core.new_cache(1), ids, [1] * 30, 30), np.float32)
-    whole = whole.reshape(30, vocab)[19:]
-    err = float(np.abs(np.stack(stepped) - whole).max())
+    # Each step against the sequence so far recomputed without a cache (for LongRoPE the
+    # whole 40 tokens would rotate the first ones by the long factors, as transformers does).
+    whole = [
+        np.frombuffer(
+            core.forward(core.new_cache(1), ids[:n], [1] * n, n, last_only=True), np.float32
+        )
+        for n in range(20, 41)
+    ]
+    err = float(np.abs(np.stack(stepped) - np.stack(whole)).max())
     assert err < 1e-4, f"{arch}: cached decoding differs from recomputing by {err:.2e}"
 
 
@@ -197,14 +231,26 @@ def test_a_left_padded_batch_equals_one_by_one(
     t = max(len(p) for p in prompts)
     tokens = [tok for p in prompts for tok in [0] * (t - len(p)) + p]
     mask = [m for p in prompts for m in [0] * (t - len(p)) + [1] * len(p)]
-    batch = np.frombuffer(
-        core.forward(core.new_cache(3), tokens, mask, t, last_only=True), np.float32
-    ).reshape(3, vocab)
+    cache = core.new_cache(3)
+    batch = [np.frombuffer(core.forward(cache, tokens, mask, t, last_only=True), np.float32)]
+    # Then 10 decoding steps, one token each (Phi-3: the first sequence crosses its original
+    # context of 32 on the way, the others do not).
+    steps = [_prompt(3, 40 + i) + _prompt(7, 50 + i) for i in range(3)]
+    for k in range(10):
+        out = core.forward(cache, [s[k] for s in steps], [1, 1, 1], 1)
+        batch.append(np.frombuffer(out, np.float32))
     for i, p in enumerate(prompts):
-        alone = np.frombuffer(
-            core.forward(core.new_cache(1), p, [1] * len(p), len(p), last_only=True), np.float32
-        )
-        err = float(np.abs(batch[i] - alone).max())
+        alone_cache = core.new_cache(1)
+        alone = [
+            np.frombuffer(
+                core.forward(alone_cache, p, [1] * len(p), len(p), last_only=True), np.float32
+            )
+        ]
+        for k in range(10):
+            out = core.forward(alone_cache, [steps[i][k]], [1], 1)
+            alone.append(np.frombuffer(out, np.float32))
+        got = np.stack([b.reshape(3, vocab)[i] for b in batch])
+        err = float(np.abs(got - np.stack(alone)).max())
         assert err < 1e-4, f"{arch}: sequence {i} in a padded batch differs by {err:.2e}"
 
 

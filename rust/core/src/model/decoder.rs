@@ -38,7 +38,7 @@ use crate::model::kv::{check_cancel, Cache, KvDtype};
 use crate::model::linear::Proj;
 use crate::model::norm::{layer_norm, rms_norm, rms_norm_heads};
 use crate::model::registry::Arch;
-use crate::model::rope::{inv_freq, rope, RopeScaling};
+use crate::model::rope::{self, inv_freq, rope, RopeScaling};
 use crate::model::weights::{Norm, Table};
 use crate::model::{CausalLm, ModelId};
 use crate::quant::QType;
@@ -77,8 +77,39 @@ pub enum Positions {
 pub struct Rope {
     pub theta: f32,
     pub scaling: Option<RopeScaling>,
-    /// Divides each frequency (a GGUF file's `rope_freqs`), if given.
+    /// Divides each frequency (a GGUF file's `rope_freqs`; LongRoPE's short factors), if given.
     pub factors: Option<Vec<f32>>,
+    /// How many of each head's values rotate (the first ones; the rest pass through): the
+    /// head size unless partial (Phi-3's `partial_rotary_factor`). `None`: the head size.
+    pub dims: Option<usize>,
+    /// LongRoPE (Phi-3's `longrope` / `su`): other factors past the original context.
+    pub long: Option<LongRope>,
+    /// Multiplies every cos and sin (LongRoPE's attention factor); 1 for the others.
+    pub mscale: f32,
+}
+
+/// LongRoPE's second set of frequency factors. As `transformers` does, a forward call whose
+/// furthest position (per sequence) is past `original_max_positions` rotates its queries and
+/// keys by the frequencies divided by `factors`; a shorter one by the short factors
+/// ([`Rope::factors`]). Keys already cached keep the rotation they were written with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongRope {
+    pub factors: Vec<f32>,
+    pub original_max_positions: usize,
+}
+
+impl Rope {
+    /// Full-width RoPE of base `theta`, scaled by `scaling`, frequencies divided by `factors`.
+    pub fn new(theta: f32, scaling: Option<RopeScaling>, factors: Option<Vec<f32>>) -> Self {
+        Rope {
+            theta,
+            scaling,
+            factors,
+            dims: None,
+            long: None,
+            mscale: 1.0,
+        }
+    }
 }
 
 /// Everything the forward pass needs to know about an architecture's shape.
@@ -132,6 +163,26 @@ impl DecoderConfig {
         self.num_kv_heads * self.head_dim
     }
 
+    /// The shape's fields under a Llama-like `config.json`'s names (`vocab_size`, ...,
+    /// `max_position_embeddings`, `rms_norm_eps`), for an architecture's `info`.
+    pub(crate) fn rms_info(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        for (key, n) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_layers),
+            ("num_attention_heads", self.num_heads),
+            ("num_key_value_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_positions),
+        ] {
+            m.insert(key.into(), n.into());
+        }
+        m.insert("rms_norm_eps".into(), f64::from(self.norm_eps).into());
+        m
+    }
+
     /// The scale of layer `l`'s attention scores.
     fn scale(&self, l: usize) -> f32 {
         let mut s = self.attn_scale;
@@ -178,8 +229,14 @@ pub struct Decoder {
     /// `None`: tied to `embed`.
     pub(crate) head: Option<Table>,
     inv_freq: Vec<f32>,
+    /// LongRoPE's long frequencies and the context past which they apply.
+    long_inv_freq: Option<(Vec<f32>, usize)>,
     /// The local layers' (see [`DecoderConfig::local_rope`]).
     local_inv_freq: Option<Vec<f32>>,
+    /// The rotated values of each head (`head_dim` unless partial).
+    rot_dims: usize,
+    /// Multiplies cos and sin (LongRoPE's attention factor).
+    rope_mscale: f32,
     kv_dtype: KvDtype,
     quant: Option<QType>,
     weight_bytes: usize,
@@ -227,10 +284,21 @@ impl Decoder {
             .sum::<usize>()
             + table_bytes(head.as_ref().unwrap_or(&embed))
             + pos_embed.as_ref().map_or(0, |t| t.values().len() * 4);
-        let freqs = |r: &Rope| inv_freq(r.theta, config.head_dim, r.scaling, r.factors.as_deref());
+        let (rot_dims, rope_mscale, long) = match &config.positions {
+            Positions::Rope(r) => (r.dims.unwrap_or(config.head_dim), r.mscale, r.long.as_ref()),
+            Positions::Learned => (config.head_dim, 1.0, None),
+        };
+        let freqs = |r: &Rope| inv_freq(r.theta, rot_dims, r.scaling, r.factors.as_deref());
         let inv_freq = match &config.positions {
             Positions::Rope(r) => freqs(r),
             Positions::Learned => Vec::new(),
+        };
+        let long_inv_freq = match &config.positions {
+            Positions::Rope(r) => long.map(|l| {
+                let f = rope::inv_freq(r.theta, rot_dims, r.scaling, Some(&l.factors));
+                (f, l.original_max_positions)
+            }),
+            Positions::Learned => None,
         };
         let local_inv_freq = config.local_rope.as_ref().map(freqs);
         let mut described = Map::new();
@@ -246,7 +314,10 @@ impl Decoder {
             final_norm,
             head,
             inv_freq,
+            long_inv_freq,
             local_inv_freq,
+            rot_dims,
+            rope_mscale,
             kv_dtype: KvDtype::F32,
             quant,
             weight_bytes,
@@ -268,6 +339,21 @@ impl Decoder {
     /// The element type of the KV caches this model makes from now on.
     pub fn set_kv_dtype(&mut self, dtype: KvDtype) {
         self.kv_dtype = dtype;
+    }
+
+    /// LongRoPE: whether a slot crosses into the long factors with this call, its cached
+    /// positions computed with the short ones. As transformers' `generate` does for Phi-3,
+    /// the cache is then recomputed with the call (every position's keys and values depend on
+    /// the rotation of the ones before), so that a cached sequence equals its recomputation.
+    fn crosses_into_long_rope(&self, cache: &Cache, mask: &[u8], t: usize) -> bool {
+        let Some((_, orig)) = &self.long_inv_freq else {
+            return false;
+        };
+        (0..cache.slots).any(|s| {
+            let before = cache.next_position(s);
+            let real = mask[s * t..(s + 1) * t].iter().filter(|&&m| m != 0).count();
+            before > 0 && before <= *orig && before + real > *orig
+        })
     }
 
     /// `out = norm(x)` per row.
@@ -349,6 +435,31 @@ impl CausalLm for Decoder {
         let slots = cache.slots;
         check_logits(slots, t, c.vocab_size, last_only)?;
         cache.begin(self.id, tokens, mask, t, c.vocab_size, c.max_positions_key)?;
+        if self.crosses_into_long_rope(cache, mask, t) {
+            let (all, all_mask, total) = cache.replay(tokens, mask, t);
+            let mut fresh = cache.fresh()?;
+            let mut all_logits = Vec::new();
+            self.forward_into(
+                &mut fresh,
+                &all,
+                &all_mask,
+                total,
+                last_only,
+                &mut all_logits,
+            )?;
+            let v = c.vocab_size;
+            logits.clear();
+            if last_only {
+                logits.extend_from_slice(&all_logits);
+            } else {
+                for s in 0..slots {
+                    let last = (s * total + total - t) * v..(s + 1) * total * v;
+                    logits.extend_from_slice(&all_logits[last]);
+                }
+            }
+            *cache = fresh;
+            return Ok(());
+        }
         let kern = kernels::get();
         let (d, hd, nh, nkv) = (c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads);
         let (qd, kvd, inner) = (c.q_dim(), c.kv_dim(), c.intermediate_size);
@@ -370,21 +481,40 @@ impl CausalLm for Decoder {
         let result = pool::install(|| -> Result<()> {
             // RoPE's cos / sin per row, computed once for every layer.       [rows, hd/2]
             // (Then the local layers' after them, where they have their own.)
-            let half = hd / 2;
+            let (rot, half) = (self.rot_dims, self.rot_dims / 2);
             let rotary = matches!(c.positions, Positions::Rope(_));
             let tables = if self.local_inv_freq.is_some() { 2 } else { 1 };
             if rotary {
                 ws.rope.resize(2 * tables * rows * half, 0.0);
+                // LongRoPE: the slots whose furthest real position is past the original context
+                // rotate by the long frequencies in this call.
+                let long_slot: Vec<bool> = (0..slots)
+                    .map(|s| {
+                        self.long_inv_freq.as_ref().is_some_and(|(_, orig)| {
+                            (s * t..(s + 1) * t)
+                                .filter(|&r| mask[r] != 0)
+                                .any(|r| ws.positions[r] + 1 > *orig)
+                        })
+                    })
+                    .collect();
                 let local = self.local_inv_freq.iter();
                 for (table, freqs) in std::iter::once(&self.inv_freq).chain(local).enumerate() {
                     let at = 2 * table * rows * half;
                     let (cos, sin) = ws.rope[at..at + 2 * rows * half].split_at_mut(rows * half);
                     for (r, &p) in ws.positions.iter().enumerate() {
+                        let freqs = match &self.long_inv_freq {
+                            Some((long, _)) if table == 0 && long_slot[r / t] => long,
+                            _ => freqs,
+                        };
                         for (i, &f) in freqs.iter().enumerate() {
                             let a = p as f32 * f;
                             cos[r * half + i] = a.cos();
                             sin[r * half + i] = a.sin();
                         }
+                    }
+                    if self.rope_mscale != 1.0 {
+                        let m = self.rope_mscale;
+                        cos.iter_mut().chain(sin.iter_mut()).for_each(|v| *v *= m);
                     }
                 }
             }
@@ -423,7 +553,7 @@ impl CausalLm for Decoder {
                     let table = usize::from(window.is_some() && self.local_inv_freq.is_some());
                     let at = 2 * table * rows * half;
                     let (cos, sin) = ws.rope[at..at + 2 * rows * half].split_at(rows * half);
-                    rope(qkv, lay.stride, nh + nkv, hd, cos, sin);
+                    rope(qkv, lay.stride, nh + nkv, (hd, rot), cos, sin);
                 }
                 // k, v appended to the cache; attention per (slot, head)     [rows, qd]
                 cache.append(kern, l, qkv, t, &lay);

@@ -73,11 +73,7 @@ fn rope_of(
             )))
         }
     };
-    Ok(Rope {
-        theta: theta as f32,
-        scaling,
-        factors: None,
-    })
+    Ok(Rope::new(theta as f32, scaling, None))
 }
 
 /// The fields of a Gemma 3 text `config.json` (`Gemma3TextConfig`'s defaults where absent).
@@ -228,20 +224,7 @@ impl Gemma3Config {
     /// The fields Python's `config` reports.
     fn info(&self) -> Map<String, Value> {
         let c = &self.decoder;
-        let mut m = Map::new();
-        for (key, n) in [
-            ("vocab_size", c.vocab_size),
-            ("hidden_size", c.hidden_size),
-            ("intermediate_size", c.intermediate_size),
-            ("num_hidden_layers", c.num_layers),
-            ("num_attention_heads", c.num_heads),
-            ("num_key_value_heads", c.num_kv_heads),
-            ("head_dim", c.head_dim),
-            ("max_position_embeddings", c.max_positions),
-        ] {
-            m.insert(key.into(), n.into());
-        }
-        m.insert("rms_norm_eps".into(), f64::from(c.norm_eps).into());
+        let mut m = c.rms_info();
         let types: Vec<Value> = c
             .windows
             .iter()

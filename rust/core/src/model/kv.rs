@@ -160,6 +160,8 @@ pub struct Cache {
     pub(crate) valid: Vec<u8>,
     /// `[slot][n_ctx]`: the position id of the token there (sliding windows count in them).
     pub(crate) pos: Vec<u32>,
+    /// `[slot][n_ctx]`: the token id there (LongRoPE recomputes a cache from them).
+    pub(crate) tok: Vec<u32>,
     /// The position id of each slot's next real token.
     pub(crate) next_pos: Vec<usize>,
     /// The model's context: no slot grows past it.
@@ -221,6 +223,7 @@ impl Cache {
             len: vec![0; slots],
             valid: mem::zeros(slots.saturating_mul(n_ctx), "the KV cache")?,
             pos: mem::zeros(slots.saturating_mul(n_ctx), "the KV cache")?,
+            tok: mem::zeros(slots.saturating_mul(n_ctx), "the KV cache")?,
             next_pos: vec![0; slots],
             max_ctx,
             rnn: Vec::new(),
@@ -272,6 +275,7 @@ impl Cache {
         let mut v = Kv::zeros(self.v.dtype(), size)?;
         let mut valid: Vec<u8> = mem::zeros(self.slots * n_ctx, "the KV cache")?;
         let mut pos: Vec<u32> = mem::zeros(self.slots * n_ctx, "the KV cache")?;
+        let mut tok: Vec<u32> = mem::zeros(self.slots * n_ctx, "the KV cache")?;
         for s in 0..self.slots {
             let used = self.len[s] * old.d;
             for l in 0..old.n_layer {
@@ -282,8 +286,10 @@ impl Cache {
             let used = self.len[s];
             valid[new..new + used].copy_from_slice(&self.valid[was..was + used]);
             pos[new..new + used].copy_from_slice(&self.pos[was..was + used]);
+            tok[new..new + used].copy_from_slice(&self.tok[was..was + used]);
         }
-        (self.k, self.v, self.valid, self.pos, self.geom) = (k, v, valid, pos, geom);
+        (self.k, self.v, self.valid, self.pos, self.tok) = (k, v, valid, pos, tok);
+        self.geom = geom;
         Ok(())
     }
 
@@ -329,6 +335,11 @@ impl Cache {
         }
         self.reserve(t, what)?;
         self.positions(mask, t);
+        // (Past `len`: a call that fails leaves them unused.)
+        for s in 0..slots {
+            let at = s * self.geom.n_ctx + self.len[s];
+            self.tok[at..at + t].copy_from_slice(&tokens[s * t..(s + 1) * t]);
+        }
         Ok(())
     }
 
@@ -364,6 +375,53 @@ impl Cache {
             }
             self.len[s] += t;
         }
+    }
+
+    /// The position id the next real token of slot `s` gets.
+    pub(crate) fn next_position(&self, s: usize) -> usize {
+        self.next_pos[s]
+    }
+
+    /// Every slot's tokens so far followed by `tokens` (`t` a slot) and the mask of both
+    /// (padding held in the cache stays padding): the input that recomputes this cache and
+    /// the call in one go, `len + t` a slot (the slots' lengths being equal).
+    pub(crate) fn replay(
+        &self,
+        tokens: &[u32],
+        mask: &[u8],
+        t: usize,
+    ) -> (Vec<u32>, Vec<u8>, usize) {
+        let n = self.len.iter().copied().max().unwrap_or(0);
+        let total = n + t;
+        let (mut all, mut all_mask) = (Vec::with_capacity(self.slots * total), Vec::new());
+        for s in 0..self.slots {
+            let row = s * self.geom.n_ctx;
+            let pad = n - self.len[s];
+            all.extend(std::iter::repeat_n(0, pad));
+            all_mask.extend(std::iter::repeat_n(0, pad));
+            all.extend_from_slice(&self.tok[row..row + self.len[s]]);
+            all_mask.extend_from_slice(&self.valid[row..row + self.len[s]]);
+            all.extend_from_slice(&tokens[s * t..(s + 1) * t]);
+            all_mask.extend_from_slice(&mask[s * t..(s + 1) * t]);
+        }
+        (all, all_mask, total)
+    }
+
+    /// An empty cache like this one (the same slots, model, element type, capacity and
+    /// cancel flag).
+    pub(crate) fn fresh(&self) -> Result<Cache> {
+        let g = self.geom;
+        let mut c = Cache::new(
+            g.n_layer,
+            g.d,
+            self.max_ctx,
+            self.slots,
+            self.k.dtype(),
+            g.n_ctx,
+        )?;
+        c.owner = self.owner;
+        c.cancel = self.cancel.clone();
+        Ok(c)
     }
 
     /// A flag that, once set (from any thread), makes forward calls on this cache stop between
@@ -431,6 +489,7 @@ impl Cache {
         let mut v = Kv::zeros(self.v.dtype(), size)?;
         let mut valid: Vec<u8> = mem::zeros(n.saturating_mul(g.n_ctx), "the KV cache")?;
         let mut pos: Vec<u32> = mem::zeros(n.saturating_mul(g.n_ctx), "the KV cache")?;
+        let mut tok: Vec<u32> = mem::zeros(n.saturating_mul(g.n_ctx), "the KV cache")?;
         for (i, &s) in sources.iter().enumerate() {
             // Only the filled positions of each layer need copying.
             for l in 0..g.n_layer {
@@ -443,6 +502,8 @@ impl Cache {
                 .copy_from_slice(&self.valid[s * g.n_ctx..(s + 1) * g.n_ctx]);
             pos[i * g.n_ctx..(i + 1) * g.n_ctx]
                 .copy_from_slice(&self.pos[s * g.n_ctx..(s + 1) * g.n_ctx]);
+            tok[i * g.n_ctx..(i + 1) * g.n_ctx]
+                .copy_from_slice(&self.tok[s * g.n_ctx..(s + 1) * g.n_ctx]);
         }
         Ok(Cache {
             slots: n,
@@ -452,6 +513,7 @@ impl Cache {
             len: sources.iter().map(|&s| self.len[s]).collect(),
             valid,
             pos,
+            tok,
             next_pos: sources.iter().map(|&s| self.next_pos[s]).collect(),
             max_ctx: self.max_ctx,
             rnn: sources

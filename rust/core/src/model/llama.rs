@@ -28,10 +28,11 @@ use crate::model::act::Activation;
 use crate::model::decoder::{
     gain, Decoder, DecoderConfig, Layer, MlpKind, NormKind, Positions, Rope,
 };
+use crate::model::gguf_weights::{same_row, GgufWeights, RowOf};
 use crate::model::linear::Proj;
 use crate::model::registry::Arch;
 pub use crate::model::rope::RopeScaling;
-use crate::model::weights::{self, Layout, Linear, Mat, Progress, Quant, Table, Weights};
+use crate::model::weights::{self, Layout, Linear, Progress, Quant, Weights};
 use crate::quant::QType;
 use crate::{Error, Result};
 
@@ -380,11 +381,7 @@ impl LlamaConfig {
             norm: NormKind::RmsNorm,
             norm_eps: self.rms_norm_eps,
             mlp: MlpKind::Gated(Activation::Silu),
-            positions: Positions::Rope(Rope {
-                theta: self.rope_theta,
-                scaling: self.rope_scaling,
-                factors,
-            }),
+            positions: Positions::Rope(Rope::new(self.rope_theta, self.rope_scaling, factors)),
             attn_scale: 1.0 / (self.head_dim as f32).sqrt(),
             attn_scale_by_layer: false,
             windows: match self.sliding_window {
@@ -565,84 +562,35 @@ pub(crate) fn load_gguf(
 ) -> Result<Decoder> {
     let c = LlamaConfig::from_gguf(g, fam)?.for_family(fam, &g.what())?;
     let (d, inner, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
-    let total = 7 * c.num_hidden_layers + 1;
-    let done = std::cell::Cell::new(0usize);
-    let tick = || {
-        done.set(done.get() + 1);
-        if let Some(p) = progress {
-            p(done.get(), total);
-        }
-    };
-    let mat = |name: &str,
-               n_in: usize,
-               n_out: usize,
-               row_of: &(dyn Fn(usize) -> usize + Sync)|
-     -> Result<Mat> {
-        let (_, ty) = g.tensor(name, &[n_in, n_out])?;
-        let m = match (ty.qtype(), quantize) {
-            (Some(_), _) => Mat::Q(g.qmatrix_rows(name, n_in, n_out, QType::Q8_0, row_of)?),
-            (None, Some(q)) if n_in.is_multiple_of(32) => {
-                Mat::Q(g.qmatrix_rows(name, n_in, n_out, q, row_of)?)
-            }
-            (None, _) => {
-                let w = gguf::permute_rows(&g.f32(name, &[n_in, n_out])?, n_in, row_of);
-                Mat::F32(weights::transposed(&w, n_out, n_in))
-            }
-        };
-        tick();
-        Ok(m)
-    };
-    let bias =
-        |name: &str, n: usize, row_of: &(dyn Fn(usize) -> usize + Sync)| -> Result<F32Tensor> {
-            if !g.contains(name) {
-                return Ok(zeros(n));
-            }
-            let b = g.f32(name, &[n])?;
-            Ok(F32Tensor {
-                data: F32Data::Owned((0..n).map(|j| b[row_of(j)]).collect()),
-                shape: vec![n],
-            })
-        };
-    let id = |j: usize| j;
-    let lin = |p: &str,
-               n_in: usize,
-               n_out: usize,
-               row_of: &(dyn Fn(usize) -> usize + Sync)|
-     -> Result<Linear> {
-        Ok(Linear {
-            w: mat(&format!("{p}.weight"), n_in, n_out, row_of)?,
-            b: bias(&format!("{p}.bias"), n_out, row_of)?,
-            n_in,
-            n_out,
-        })
-    };
+    let total = 7 * c.num_hidden_layers + 1 + usize::from(!c.tie_word_embeddings);
+    let w = GgufWeights::new(g, quantize, total, progress);
     let unperm = unpermute(hd);
-    let qk_rows: &(dyn Fn(usize) -> usize + Sync) = if fam.permuted_qk { &unperm } else { &id };
+    let qk_rows: RowOf<'_> = if fam.permuted_qk { &unperm } else { &same_row };
     let mut blocks = Vec::new(); // not sized by the file: its count is untrusted
     for l in 0..c.num_hidden_layers {
         let p = format!("blk.{l}");
         blocks.push(Layer {
-            attn_norm: gain(g.f32(&format!("{p}.attn_norm.weight"), &[d])?),
+            attn_norm: gain(w.vec(&format!("{p}.attn_norm.weight"), d)?),
             qkv: Proj::join(vec![
-                lin(&format!("{p}.attn_q"), d, c.q_dim(), qk_rows)?,
-                lin(&format!("{p}.attn_k"), d, c.kv_dim(), qk_rows)?,
-                lin(&format!("{p}.attn_v"), d, c.kv_dim(), &id)?,
+                w.linear(&format!("{p}.attn_q"), d, c.q_dim(), qk_rows)?,
+                w.linear(&format!("{p}.attn_k"), d, c.kv_dim(), qk_rows)?,
+                w.linear(&format!("{p}.attn_v"), d, c.kv_dim(), &same_row)?,
             ]),
             qk_norm: if fam.qk_norm {
                 Some((
-                    gain(g.f32(&format!("{p}.attn_q_norm.weight"), &[hd])?),
-                    gain(g.f32(&format!("{p}.attn_k_norm.weight"), &[hd])?),
+                    gain(w.vec(&format!("{p}.attn_q_norm.weight"), hd)?),
+                    gain(w.vec(&format!("{p}.attn_k_norm.weight"), hd)?),
                 ))
             } else {
                 None
             },
-            o: Proj::Fused(lin(&format!("{p}.attn_output"), c.q_dim(), d, &id)?),
-            ffn_norm: gain(g.f32(&format!("{p}.ffn_norm.weight"), &[d])?),
+            o: Proj::Fused(w.linear(&format!("{p}.attn_output"), c.q_dim(), d, &same_row)?),
+            ffn_norm: gain(w.vec(&format!("{p}.ffn_norm.weight"), d)?),
             up: Proj::join(vec![
-                lin(&format!("{p}.ffn_gate"), d, inner, &id)?,
-                lin(&format!("{p}.ffn_up"), d, inner, &id)?,
+                w.linear(&format!("{p}.ffn_gate"), d, inner, &same_row)?,
+                w.linear(&format!("{p}.ffn_up"), d, inner, &same_row)?,
             ]),
-            down: Proj::Fused(lin(&format!("{p}.ffn_down"), inner, d, &id)?),
+            down: Proj::Fused(w.linear(&format!("{p}.ffn_down"), inner, d, &same_row)?),
             post_attn_norm: None,
             post_ffn_norm: None,
         });
@@ -656,29 +604,15 @@ pub(crate) fn load_gguf(
             ),
         ));
     }
-    let table = |name: &str| -> Result<Table> {
-        let (_, ty) = g.tensor(name, &[d, c.vocab_size])?;
-        Ok(match (ty.qtype(), quantize) {
-            (Some(_), _) => Table::Q(g.qmatrix(name, d, c.vocab_size, QType::Q8_0)?),
-            (None, Some(q)) if d.is_multiple_of(32) => {
-                Table::Q(g.qmatrix(name, d, c.vocab_size, q)?)
-            }
-            (None, _) => Table::F32(F32Tensor {
-                data: F32Data::Owned(g.f32(name, &[d, c.vocab_size])?),
-                shape: vec![c.vocab_size, d],
-            }),
-        })
-    };
-    let embed = table("token_embd.weight")?;
-    tick();
+    let embed = w.table("token_embd.weight", d, c.vocab_size)?;
     let head = if c.tie_word_embeddings {
         None
     } else {
-        Some(table("output.weight")?)
+        Some(w.table("output.weight", d, c.vocab_size)?)
     };
-    let norm = g.f32("output_norm.weight", &[d])?;
+    let norm = w.vec("output_norm.weight", d)?;
     let factors = if g.contains("rope_freqs.weight") {
-        Some(g.f32("rope_freqs.weight", &[hd / 2])?)
+        Some(w.vec("rope_freqs.weight", hd / 2)?)
     } else {
         None
     };

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::io::gguf::{self, Gguf};
 use crate::model::decoder::Decoder;
 use crate::model::weights::{self, Progress};
-use crate::model::{gemma3, gpt2, llama, mistral, qwen2, qwen3};
+use crate::model::{gemma3, gpt2, llama, mistral, phi3, qwen2, qwen3};
 use crate::quant::QType;
 use crate::{Error, Result};
 
@@ -50,6 +50,7 @@ pub static ARCHS: &[&Arch] = &[
     &qwen3::ARCH,
     &mistral::ARCH,
     &gemma3::ARCH,
+    &phi3::ARCH,
 ];
 
 /// The architecture that reads `config.json`'s `model_type`.

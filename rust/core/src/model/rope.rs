@@ -59,23 +59,25 @@ pub(crate) fn inv_freq(
 }
 
 /// Rotates the first `heads` heads of every row (the queries', then the keys') by the row's
-/// angles: pairs `(i, i + hd/2)`, as Hugging Face's `rotate_half`.
+/// angles: of each head of `hd` values, the first `rot` (all of them but for partial RoPE) in
+/// pairs `(i, i + rot/2)`, as Hugging Face's `rotate_half`; `cos` and `sin` hold `rot / 2`
+/// values per row.
 pub(crate) fn rope(
     qkv: &mut [f32],
     stride: usize,
     heads: usize,
-    hd: usize,
+    (hd, rot): (usize, usize),
     cos: &[f32],
     sin: &[f32],
 ) {
-    let half = hd / 2;
+    let half = rot / 2;
     let run = |(r, row): (usize, &mut [f32])| {
         let (c, s) = (
             &cos[r * half..(r + 1) * half],
             &sin[r * half..(r + 1) * half],
         );
         for h in 0..heads {
-            let x = &mut row[h * hd..(h + 1) * hd];
+            let x = &mut row[h * hd..h * hd + rot];
             let (a, b) = x.split_at_mut(half);
             for i in 0..half {
                 let (x1, x2) = (a[i], b[i]);
@@ -117,7 +119,7 @@ mod tests {
             .map(|i| (i as f32 * 0.37).sin())
             .collect();
         let mut y = x.clone();
-        rope(&mut y, stride, heads, hd, &cos, &sin);
+        rope(&mut y, stride, heads, (hd, hd), &cos, &sin);
         for (r, &p) in positions.iter().enumerate() {
             let (a, b) = (
                 &x[r * stride..(r + 1) * stride],
@@ -135,6 +137,31 @@ mod tests {
                     assert!((f64::from(b[h * hd + i]) - want1).abs() < 1e-5);
                     assert!((f64::from(b[h * hd + half + i]) - want2).abs() < 1e-5);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn partial_rope_rotates_the_first_dims_of_each_head_and_keeps_the_rest() {
+        // Phi-3's partial_rotary_factor: 4 of each head's 8 values rotate, pairs (i, i + 2).
+        let (hd, rot, heads, stride) = (8, 4, 2, 16);
+        let f = inv_freq(100.0, rot, None, None);
+        let p = 5.0f32;
+        let cos: Vec<f32> = f.iter().map(|&fi| (p * fi).cos()).collect();
+        let sin: Vec<f32> = f.iter().map(|&fi| (p * fi).sin()).collect();
+        let x: Vec<f32> = (0..stride).map(|i| (i as f32 * 0.61).cos()).collect();
+        let mut y = x.clone();
+        rope(&mut y, stride, heads, (hd, rot), &cos, &sin);
+        for h in 0..heads {
+            let (a, b) = (&x[h * hd..(h + 1) * hd], &y[h * hd..(h + 1) * hd]);
+            assert_eq!(&a[rot..], &b[rot..]);
+            for i in 0..rot / 2 {
+                let ang = f64::from(p) * f64::from(f[i]);
+                let (x1, x2) = (f64::from(a[i]), f64::from(a[i + rot / 2]));
+                assert!((f64::from(b[i]) - (x1 * ang.cos() - x2 * ang.sin())).abs() < 1e-5);
+                assert!(
+                    (f64::from(b[i + rot / 2]) - (x2 * ang.cos() + x1 * ang.sin())).abs() < 1e-5
+                );
             }
         }
     }
