@@ -499,6 +499,13 @@ impl Gguf {
         self.by_name.contains_key(name)
     }
 
+    /// The dims (innermost first) of tensor `name`, if the file has it.
+    pub fn dims(&self, name: &str) -> Option<&[usize]> {
+        self.by_name
+            .get(name)
+            .map(|&i| self.tensors[i].dims.as_slice())
+    }
+
     /// The tensor's bytes.
     fn bytes(&self, t: &TensorInfo) -> &[u8] {
         &self.map[t.start..t.end]

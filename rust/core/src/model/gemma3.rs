@@ -4,7 +4,8 @@
 //! attention scaled by `query_pre_attn_scalar^-1/2`, sliding-window ("local") layers
 //! interleaved with global ones (every sixth, or as `layer_types` says), each kind with its own
 //! RoPE (local: base 10000; global: base 1e6 and the config's scaling), the head tied to the
-//! embedding. Hugging Face folders, f32 / f16 / bf16 or `quantize=`.
+//! embedding. Hugging Face folders (f32 / f16 / bf16 or `quantize=`) and GGUF files (whose
+//! norms hold `1 + w` already, as llama.cpp's converter writes them).
 //!
 //! ```text
 //! x = embed[ids] · √d
@@ -18,11 +19,13 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use crate::io::safetensors::{F32Data, F32Tensor};
+use crate::io::gguf::{self, Gguf};
+use crate::io::safetensors::{Checkpoint, F32Data, F32Tensor};
 use crate::model::act::Activation;
 use crate::model::decoder::{
     gain, Decoder, DecoderConfig, Layer, MlpKind, NormKind, Positions, Rope,
 };
+use crate::model::gguf_weights::{same_row, GgufWeights};
 use crate::model::linear::Proj;
 use crate::model::registry::Arch;
 use crate::model::rope::RopeScaling;
@@ -34,10 +37,10 @@ use crate::{Error, Result};
 pub static ARCH: Arch = Arch {
     name: "gemma3_text",
     class_name: "Gemma3ForCausalLM",
-    model_types: &["gemma3_text"],
-    gguf_archs: &[],
+    model_types: &["gemma3_text", "gemma3"],
+    gguf_archs: &["gemma3"],
     load_folder,
-    load_gguf: None,
+    load_gguf: Some(load_gguf),
     save: None,
 };
 
@@ -117,6 +120,18 @@ impl Gemma3Config {
             .unwrap_or("gelu_pytorch_tanh");
         let act = Activation::parse(act)
             .ok_or_else(|| Error::Unsupported(format!("hidden_activation {act:?} ({what})")))?;
+        for key in ["attn_logit_softcapping"] {
+            if v.get(key).is_some_and(|x| !x.is_null()) {
+                return Err(Error::Unsupported(format!(
+                    "{key} ({what}); Gemma 3 has none (Gemma 2 is not run yet)"
+                )));
+            }
+        }
+        if v.get("use_bidirectional_attention") == Some(&Value::Bool(true)) {
+            return Err(Error::Unsupported(format!(
+                "use_bidirectional_attention ({what}): an embedding model, not a decoder"
+            )));
+        }
         let layers = num("num_hidden_layers", 26)?;
         let max_positions = num("max_position_embeddings", 131_072)?;
         let window = num("sliding_window", 4096)?;
@@ -221,6 +236,141 @@ impl Gemma3Config {
         })
     }
 
+    /// The config a GGUF file's `gemma3.*` metadata describes. The file does not say
+    /// `query_pre_attn_scalar`: as llama.cpp does, the attention scale is `head_dim^-1/2`,
+    /// but for the 62-layer model (Gemma 3 27B) whose scalar is `hidden_size / heads`. Nor
+    /// does it list the layer kinds: every sixth layer is global unless
+    /// `sliding_window_pattern` says otherwise.
+    fn from_gguf(w: &GgufWeights<'_>) -> Result<Self> {
+        let g = w.g;
+        let what = g.what();
+        let key = |k: &str| format!("gemma3.{k}");
+        let opt = |k: &str| -> Result<Option<usize>> {
+            match g.meta(&key(k)) {
+                Some(_) => Ok(Some(w.num(&key(k))?)),
+                None => Ok(None),
+            }
+        };
+        let hidden = w.num(&key("embedding_length"))?;
+        let heads = w.num(&key("attention.head_count"))?;
+        let kv_heads = opt("attention.head_count_kv")?.unwrap_or(heads);
+        let head_dim =
+            match opt("attention.key_length")? {
+                Some(n) => n,
+                None if hidden.is_multiple_of(heads) => hidden / heads,
+                None => return Err(Error::format(
+                    &what,
+                    "gemma3.attention.key_length is missing and the heads do not divide the width",
+                )),
+            };
+        if !heads.is_multiple_of(kv_heads) || !head_dim.is_multiple_of(2) {
+            return Err(Error::format(
+                &what,
+                format!("{heads} heads of {head_dim} over {kv_heads} key/value heads"),
+            ));
+        }
+        let layers = w.num(&key("block_count"))?;
+        let max_positions = w.num(&key("context_length"))?;
+        let window = g
+            .meta(&key("attention.sliding_window"))
+            .and_then(gguf::Value::as_u64)
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n > 0);
+        let local: Vec<bool> = match g.meta(&key("attention.sliding_window_pattern")) {
+            _ if window.is_none() => vec![false; layers],
+            Some(gguf::Value::Array(flags)) => {
+                let flags: Vec<bool> = flags.iter().filter_map(gguf::Value::as_bool).collect();
+                if flags.len() != layers {
+                    return Err(Error::format(
+                        &what,
+                        format!(
+                            "gemma3.attention.sliding_window_pattern has {} layers of {layers}",
+                            flags.len()
+                        ),
+                    ));
+                }
+                flags
+            }
+            Some(_) => {
+                let n = w.num(&key("attention.sliding_window_pattern"))?;
+                (0..layers).map(|i| i % n < n - 1).collect()
+            }
+            None => (0..layers).map(|i| (i + 1) % 6 != 0).collect(),
+        };
+        let scaling = match g
+            .meta(&key("rope.scaling.type"))
+            .and_then(gguf::Value::as_str)
+        {
+            None | Some("none") => None,
+            Some("linear") => Some(RopeScaling::Linear {
+                factor: w.float(&key("rope.scaling.factor")).unwrap_or(1.0) as f32,
+            }),
+            Some(other) => {
+                return Err(Error::Unsupported(format!(
+                    "rope scaling type {other:?} ({what}); ferrolm runs Gemma 3's linear"
+                )))
+            }
+        };
+        let global = Rope::new(
+            w.float(&key("rope.freq_base")).unwrap_or(1_000_000.0) as f32,
+            scaling,
+            None,
+        );
+        let local_rope = Rope::new(
+            w.float(&key("rope.freq_base_swa")).unwrap_or(10_000.0) as f32,
+            None,
+            None,
+        );
+        let scalar = if layers == 62 {
+            (hidden / heads) as f64
+        } else {
+            head_dim as f64
+        };
+        let vocab = match g.dims("token_embd.weight") {
+            Some([_, rows]) => *rows,
+            _ => {
+                return Err(Error::format(
+                    &what,
+                    "tensor \"token_embd.weight\" is missing",
+                ))
+            }
+        };
+        Ok(Gemma3Config {
+            decoder: DecoderConfig {
+                vocab_size: vocab,
+                hidden_size: hidden,
+                num_layers: layers,
+                num_heads: heads,
+                num_kv_heads: kv_heads,
+                head_dim,
+                intermediate_size: w.num(&key("feed_forward_length"))?,
+                max_positions,
+                max_positions_key: "max_position_embeddings",
+                norm: NormKind::RmsNorm,
+                norm_eps: w
+                    .float(&key("attention.layer_norm_rms_epsilon"))
+                    .unwrap_or(1e-6) as f32,
+                mlp: MlpKind::Gated(Activation::GeluTanh),
+                positions: Positions::Rope(global),
+                attn_scale: scalar.powf(-0.5) as f32,
+                attn_scale_by_layer: false,
+                windows: local
+                    .iter()
+                    .map(|&l| if l { window } else { None })
+                    .collect(),
+                local_rope: Some(local_rope),
+                embed_scale: Some((hidden as f64).sqrt() as f32),
+                final_softcap: w.float(&key("final_logit_softcapping")).map(|c| c as f32),
+                tie_word_embeddings: !g.contains("output.weight"),
+            },
+            bos_token_id: w.token_id("tokenizer.ggml.bos_token_id"),
+            eos_token_id: w
+                .token_id("tokenizer.ggml.eos_token_id")
+                .into_iter()
+                .collect(),
+        })
+    }
+
     /// The fields Python's `config` reports.
     fn info(&self) -> Map<String, Value> {
         let c = &self.decoder;
@@ -259,16 +409,45 @@ pub fn load_folder(
     quantize: Option<QType>,
     progress: Option<Progress<'_>>,
 ) -> Result<Decoder> {
-    let (what, v, quant, ck) = weights::open_folder(folder, "gemma3_text", quantize)?;
+    let (what, v) = weights::read_config_any(folder)?;
+    let quant = weights::resolve_quant(weights::stored_quant(&v, &what)?, quantize)?;
     if matches!(quant, Quant::Stored(_)) {
         return Err(Error::Unsupported(
             "a quantized Gemma 3 folder saved by ferrolm (quantize from the f32 folder)".into(),
         ));
     }
-    let config = Gemma3Config::from_value(&what, &v)?;
+    let ck = Checkpoint::open_folder(folder)?;
+    // A multimodal folder (`Gemma3ForConditionalGeneration`, model_type "gemma3"): its
+    // language model, under `text_config` and `language_model.model.` (or
+    // `model.language_model.`); the vision tower and projector are not read.
+    let (text, prefix) = match v.get("model_type").and_then(Value::as_str) {
+        Some("gemma3") => {
+            let text = v
+                .get("text_config")
+                .filter(|t| t.is_object())
+                .ok_or_else(|| Error::format(&what, "`text_config` is missing"))?;
+            let newer = ck.contains("model.language_model.embed_tokens.weight");
+            let prefix = if newer {
+                "model.language_model."
+            } else {
+                "language_model.model."
+            };
+            (text, prefix)
+        }
+        _ => {
+            weights::check_model_type(&v, &what, "gemma3_text")?;
+            (&v, "model.")
+        }
+    };
+    let mut config = Gemma3Config::from_value(&what, text)?;
+    if prefix != "model." {
+        // transformers' Gemma3ForConditionalGeneration does not soft-cap its logits (the
+        // released configs set no cap).
+        config.decoder.final_softcap = None;
+    }
     let c = &config.decoder;
     let total = 7 * c.num_layers + 1 + usize::from(!c.tie_word_embeddings);
-    let w = Weights::new(&ck, "model.", "embed_tokens.weight").with_quant(quant, total, progress);
+    let w = Weights::new(&ck, prefix, "embed_tokens.weight").with_quant(quant, total, progress);
     let (d, inner, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
     let lin = |name: &str, n_in: usize, n_out: usize| -> Result<Linear> {
         Ok(Linear {
@@ -311,33 +490,59 @@ pub fn load_folder(
             post_ffn_norm: Some(norm(&format!("{p}.post_feedforward_layernorm"), d)?),
         });
     }
-    if w.contains(&format!("layers.{}.input_layernorm.weight", c.num_layers)) {
-        return Err(Error::format(
-            "checkpoint",
-            format!(
-                "it has more layers than the config's num_hidden_layers = {}",
-                c.num_layers
-            ),
-        ));
-    }
-    let embed = w.table("embed_tokens", c.vocab_size, d, false)?;
-    let head = if c.tie_word_embeddings {
-        None
-    } else {
-        Some(w.table("lm_head", c.vocab_size, d, true)?)
-    };
     let final_norm = norm("norm", d)?;
-    Ok(Decoder::new(
-        &ARCH,
-        config.info(),
-        config.decoder.clone(),
-        embed,
-        None,
-        layers,
-        final_norm,
-        head,
-        quant.qtype(),
-    ))
+    w.decoder(&ARCH, config.info(), config.decoder, layers, final_norm)
+}
+
+/// Loads a GGUF file of architecture `gemma3` (its norms are `1 + w` already).
+pub fn load_gguf(
+    g: &Gguf,
+    quantize: Option<QType>,
+    progress: Option<Progress<'_>>,
+) -> Result<Decoder> {
+    let config = Gemma3Config::from_gguf(&GgufWeights::new(g, quantize, 0, None))?;
+    let c = &config.decoder;
+    let total = 7 * c.num_layers + 1 + usize::from(!c.tie_word_embeddings);
+    let w = GgufWeights::new(g, quantize, total, progress);
+    let (d, inner, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
+    let norm =
+        |name: &str, n: usize| -> Result<_> { Ok(gain(w.vec(&format!("{name}.weight"), n)?)) };
+    let lin = |name: &str, n_in: usize, n_out: usize| w.linear(name, n_in, n_out, &same_row);
+    let mut layers = Vec::new(); // not sized by the file: its count is untrusted
+    for l in 0..c.num_layers {
+        let p = format!("blk.{l}");
+        let qkv = if g.contains(&format!("{p}.attn_qkv.weight")) {
+            Proj::Fused(lin(
+                &format!("{p}.attn_qkv"),
+                d,
+                c.q_dim() + 2 * c.kv_dim(),
+            )?)
+        } else {
+            Proj::join(vec![
+                lin(&format!("{p}.attn_q"), d, c.q_dim())?,
+                lin(&format!("{p}.attn_k"), d, c.kv_dim())?,
+                lin(&format!("{p}.attn_v"), d, c.kv_dim())?,
+            ])
+        };
+        layers.push(Layer {
+            attn_norm: norm(&format!("{p}.attn_norm"), d)?,
+            qkv,
+            qk_norm: Some((
+                norm(&format!("{p}.attn_q_norm"), hd)?,
+                norm(&format!("{p}.attn_k_norm"), hd)?,
+            )),
+            o: Proj::Fused(lin(&format!("{p}.attn_output"), c.q_dim(), d)?),
+            post_attn_norm: Some(norm(&format!("{p}.post_attention_norm"), d)?),
+            ffn_norm: norm(&format!("{p}.ffn_norm"), d)?,
+            up: Proj::join(vec![
+                lin(&format!("{p}.ffn_gate"), d, inner)?,
+                lin(&format!("{p}.ffn_up"), d, inner)?,
+            ]),
+            down: Proj::Fused(lin(&format!("{p}.ffn_down"), inner, d)?),
+            post_ffn_norm: Some(norm(&format!("{p}.post_ffw_norm"), d)?),
+        });
+    }
+    w.decoder(&ARCH, config.info(), config.decoder, layers)
 }
 
 #[cfg(test)]

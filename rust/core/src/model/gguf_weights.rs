@@ -5,8 +5,12 @@
 
 use std::cell::Cell;
 
+use serde_json::{Map, Value};
+
 use crate::io::gguf::{self, Gguf};
 use crate::io::safetensors::{F32Data, F32Tensor};
+use crate::model::decoder::{gain, Decoder, DecoderConfig, Layer};
+use crate::model::registry::Arch;
 use crate::model::weights::{self, Linear, Mat, Progress, Table};
 use crate::quant::QType;
 use crate::Result;
@@ -152,5 +156,39 @@ impl<'a> GgufWeights<'a> {
             .meta(key)
             .and_then(gguf::Value::as_u64)
             .and_then(|n| u32::try_from(n).ok())
+    }
+
+    /// The decoder of `layers` (as many as `config` says: a file with more is refused) and
+    /// the file's embeddings, head (`output`, or tied) and final norm.
+    pub(crate) fn decoder(
+        &self,
+        arch: &'static Arch,
+        info: Map<String, Value>,
+        config: DecoderConfig,
+        layers: Vec<Layer>,
+    ) -> Result<Decoder> {
+        let g = self.g;
+        let (d, n) = (config.hidden_size, config.num_layers);
+        if g.contains(&format!("blk.{n}.attn_norm.weight")) {
+            let arch_name = g
+                .meta("general.architecture")
+                .and_then(gguf::Value::as_str)
+                .unwrap_or("");
+            return Err(crate::Error::format(
+                g.what(),
+                format!("it has more layers than {arch_name}.block_count = {n}"),
+            ));
+        }
+        let embed = self.table("token_embd.weight", d, config.vocab_size)?;
+        let head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(self.table("output.weight", d, config.vocab_size)?)
+        };
+        let final_norm = gain(self.vec("output_norm.weight", d)?);
+        let qtype = layers.first().and_then(|l| l.up.qtype());
+        Ok(Decoder::new(
+            arch, info, config, embed, None, layers, final_norm, head, qtype,
+        ))
     }
 }

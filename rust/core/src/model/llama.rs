@@ -520,36 +520,14 @@ pub(crate) fn load_folder(
             post_ffn_norm: None,
         });
     }
-    if w.contains(&format!(
-        "layers.{}.input_layernorm.weight",
-        c.num_hidden_layers
-    )) {
-        return Err(Error::format(
-            "checkpoint",
-            format!(
-                "it has more layers than the config's num_hidden_layers = {}",
-                c.num_hidden_layers
-            ),
-        ));
-    }
-    let embed = w.table("embed_tokens", c.vocab_size, d, false)?;
-    let head = if c.tie_word_embeddings {
-        None
-    } else {
-        Some(w.table("lm_head", c.vocab_size, d, true)?)
-    };
     let norm = vec_of("norm.weight", d)?;
-    Ok(Decoder::new(
+    w.decoder(
         fam.arch,
         c.info(),
         c.decoder_config(None),
-        embed,
-        None,
         blocks,
         gain(norm),
-        head,
-        quant.qtype(),
-    ))
+    )
 }
 
 /// Loads a GGUF file of the family: quantized tensors repacked losslessly into ferrolm's
@@ -595,39 +573,12 @@ pub(crate) fn load_gguf(
             post_ffn_norm: None,
         });
     }
-    if g.contains(&format!("blk.{}.attn_norm.weight", c.num_hidden_layers)) {
-        return Err(Error::format(
-            g.what(),
-            format!(
-                "it has more layers than {}.block_count = {}",
-                fam.gguf, c.num_hidden_layers
-            ),
-        ));
-    }
-    let embed = w.table("token_embd.weight", d, c.vocab_size)?;
-    let head = if c.tie_word_embeddings {
-        None
-    } else {
-        Some(w.table("output.weight", d, c.vocab_size)?)
-    };
-    let norm = w.vec("output_norm.weight", d)?;
     let factors = if g.contains("rope_freqs.weight") {
         Some(w.vec("rope_freqs.weight", hd / 2)?)
     } else {
         None
     };
-    let qtype = blocks[0].up.qtype();
-    Ok(Decoder::new(
-        fam.arch,
-        c.info(),
-        c.decoder_config(factors),
-        embed,
-        None,
-        blocks,
-        gain(norm),
-        head,
-        qtype,
-    ))
+    w.decoder(fam.arch, c.info(), c.decoder_config(factors), blocks)
 }
 
 #[cfg(test)]

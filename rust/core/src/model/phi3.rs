@@ -441,33 +441,8 @@ pub fn load_folder(
             post_ffn_norm: None,
         });
     }
-    if w.contains(&format!("layers.{}.input_layernorm.weight", c.num_layers)) {
-        return Err(Error::format(
-            "checkpoint",
-            format!(
-                "it has more layers than the config's num_hidden_layers = {}",
-                c.num_layers
-            ),
-        ));
-    }
-    let embed = w.table("embed_tokens", c.vocab_size, d, false)?;
-    let head = if c.tie_word_embeddings {
-        None
-    } else {
-        Some(w.table("lm_head", c.vocab_size, d, true)?)
-    };
     let final_norm = norm("norm.weight")?;
-    Ok(Decoder::new(
-        &ARCH,
-        config.info(),
-        config.decoder.clone(),
-        embed,
-        None,
-        layers,
-        final_norm,
-        head,
-        quant.qtype(),
-    ))
+    w.decoder(&ARCH, config.info(), config.decoder, layers, final_norm)
 }
 
 /// Loads a GGUF file of architecture `phi3` (`attn_qkv` fused, or `attn_q` / `attn_k` /
@@ -508,34 +483,7 @@ pub fn load_gguf(
             post_ffn_norm: None,
         });
     }
-    if g.contains(&format!("blk.{}.attn_norm.weight", c.num_layers)) {
-        return Err(Error::format(
-            g.what(),
-            format!(
-                "it has more layers than phi3.block_count = {}",
-                c.num_layers
-            ),
-        ));
-    }
-    let embed = w.table("token_embd.weight", d, c.vocab_size)?;
-    let head = if c.tie_word_embeddings {
-        None
-    } else {
-        Some(w.table("output.weight", d, c.vocab_size)?)
-    };
-    let final_norm = gain(w.vec("output_norm.weight", d)?);
-    let qtype = layers[0].up.qtype();
-    Ok(Decoder::new(
-        &ARCH,
-        config.info(),
-        config.decoder.clone(),
-        embed,
-        None,
-        layers,
-        final_norm,
-        head,
-        qtype,
-    ))
+    w.decoder(&ARCH, config.info(), config.decoder, layers)
 }
 
 #[cfg(test)]

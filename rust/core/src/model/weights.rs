@@ -5,10 +5,12 @@
 use std::cell::Cell;
 use std::path::Path;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::io::safetensors::{Checkpoint, F32Data, F32Tensor, TensorData};
 use crate::kernels::PackedB;
+use crate::model::decoder::{Decoder, DecoderConfig, Layer};
+use crate::model::registry::Arch;
 use crate::quant::{QMatrix, QType};
 use crate::{Error, Result};
 
@@ -340,6 +342,36 @@ impl<'a> Weights<'a> {
         })
     }
 
+    /// The decoder of `layers` (as many as `config` says: a checkpoint with more is refused)
+    /// and the checkpoint's embeddings (`embed_tokens`), head (`lm_head`, or tied) and
+    /// `final_norm`, for the Llama-like layouts.
+    pub(crate) fn decoder(
+        &self,
+        arch: &'static Arch,
+        info: Map<String, Value>,
+        config: DecoderConfig,
+        layers: Vec<Layer>,
+        final_norm: Norm,
+    ) -> Result<Decoder> {
+        let (d, n) = (config.hidden_size, config.num_layers);
+        if self.contains(&format!("layers.{n}.input_layernorm.weight")) {
+            return Err(Error::format(
+                "checkpoint",
+                format!("it has more layers than the config's num_hidden_layers = {n}"),
+            ));
+        }
+        let embed = self.table("embed_tokens", config.vocab_size, d, false)?;
+        let head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(self.table("lm_head", config.vocab_size, d, true)?)
+        };
+        let qtype = self.quant.qtype();
+        Ok(Decoder::new(
+            arch, info, config, embed, None, layers, final_norm, head, qtype,
+        ))
+    }
+
     fn matrix_at(
         &self,
         prefix: &str,
@@ -458,13 +490,19 @@ pub(crate) fn read_config_any(folder: &Path) -> Result<(String, Value)> {
 pub(crate) fn parse_config(what: &str, data: &[u8], model_type: &str) -> Result<Value> {
     let v: Value =
         serde_json::from_slice(data).map_err(|e| Error::format(what, format!("not JSON: {e}")))?;
+    check_model_type(&v, what, model_type)?;
+    Ok(v)
+}
+
+/// Checks that a config is of `model_type`.
+pub(crate) fn check_model_type(v: &Value, what: &str, model_type: &str) -> Result<()> {
     let found = v.get("model_type").and_then(Value::as_str).unwrap_or("");
     if found != model_type {
         return Err(Error::Unsupported(format!(
             "architecture: {what} has model_type {found:?}; this loader reads {model_type:?}"
         )));
     }
-    Ok(v)
+    Ok(())
 }
 
 /// A positive integer field of a config; `default` when absent (an error when that is None).
