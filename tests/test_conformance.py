@@ -259,6 +259,35 @@ def test_a_left_padded_batch_equals_one_by_one(
         assert err < 1e-4, f"{arch}: sequence {i} in a padded batch differs by {err:.2e}"
 
 
+@pytest.mark.parametrize("arch", ["mistral", "gemma3_text"])
+def test_sliding_window_layers_keep_their_window_only(
+    arch: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A sliding-window layer keeps a ring of its window (8 here): the cache of Mistral (every
+    layer windowed) stays the same size from 40 tokens to 250; Gemma 3's grows by its one
+    global layer only."""
+    _, _, ours = _model(arch, tmp_path_factory)
+    core = ours._core
+    config = core.config
+    kv_bytes = 2 * config["num_key_value_heads"] * config["head_dim"] * 4  # k and v, f32
+    cache = core.new_cache(1)
+    ids = _prompt(250, 13)
+    core.forward(cache, ids[:40], [1] * 40, 40, last_only=True)
+    at_40 = cache.nbytes
+    for tok in ids[40:]:
+        core.forward(cache, [tok], [1], 1)
+    at_250 = cache.nbytes
+    layers = config["num_hidden_layers"]
+    full = 0 if arch == "mistral" else 1  # layers that keep every position
+    if arch == "mistral":
+        assert at_250 == at_40
+    # The full layers' rows (the cache grows to the context, 256) and a ring of the window
+    # plus the 40-token prompt for each windowed layer (under 64 entries of 4-byte positions).
+    limit = full * 256 * kv_bytes + (layers - full) * 64 * kv_bytes + 64 * 4
+    assert at_250 <= limit, (at_250, limit)
+    assert at_250 < 250 * layers * kv_bytes / 2
+
+
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_greedy_64_tokens_match_transformers(
     arch: str, tmp_path_factory: pytest.TempPathFactory

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use crate::kernels::{self, SendPtr};
 use crate::model::act::SERIAL_ELEMS;
-use crate::model::kv::{Cache, Geom, Kv};
+use crate::model::kv::{Cache, Geom, Kv, LayerKv, EMPTY};
 
 /// Where the queries, keys and values sit in each row of a layer's projection buffer.
 #[derive(Debug, Clone, Copy)]
@@ -29,9 +29,30 @@ impl Cache {
         kern: &kernels::Kernels,
         l: usize,
         qkv: &[f32],
-        t: usize,
+        (t, mask, positions): (usize, &[u8], &[usize]),
         lay: &QkvLayout,
     ) {
+        let l = match self.layers.get(l) {
+            Some(LayerKv::Ring(r)) => {
+                // A sliding-window layer: real positions into their ring entries.
+                let Some(ring) = self.ring.as_mut() else {
+                    return;
+                };
+                let size = ring.geom.n_ctx;
+                for (row_i, &m) in mask.iter().enumerate() {
+                    if m == 0 {
+                        continue;
+                    }
+                    let row = &qkv[row_i * lay.stride..(row_i + 1) * lay.stride];
+                    let at = ring.geom.at(row_i / t, *r, positions[row_i] % size);
+                    ring.k.put(kern, at, &row[lay.k_off..lay.k_off + lay.kv_d]);
+                    ring.v.put(kern, at, &row[lay.v_off..lay.v_off + lay.kv_d]);
+                }
+                return;
+            }
+            Some(LayerKv::Full(i)) => *i,
+            None => l,
+        };
         for (s, &start) in self.len.iter().enumerate() {
             for i in 0..t {
                 let row = &qkv[(s * t + i) * lay.stride..(s * t + i + 1) * lay.stride];
@@ -55,12 +76,20 @@ impl Cache {
         scale: f32,
     ) -> AttnArgs<'a> {
         let (nh, nkv, hd) = heads;
+        let (k, v, geom, layer, ring) = match (self.layers.get(l), self.ring.as_ref()) {
+            (Some(LayerKv::Ring(r)), Some(ring)) => {
+                (&ring.k, &ring.v, &ring.geom, *r, Some(&ring.pos[..]))
+            }
+            (Some(LayerKv::Full(i)), _) => (&self.k, &self.v, &self.geom, *i, None),
+            _ => (&self.k, &self.v, &self.geom, l, None),
+        };
         AttnArgs {
             qkv,
-            k: &self.k,
-            v: &self.v,
-            geom: &self.geom,
-            layer: l,
+            k,
+            v,
+            geom,
+            layer,
+            ring,
             len: &self.len,
             valid: &self.valid,
             kpos: &self.pos,
@@ -84,6 +113,9 @@ pub(crate) struct AttnArgs<'a> {
     v: &'a Kv,
     geom: &'a Geom,
     layer: usize,
+    /// A sliding-window layer's ring (`[slot][size]`: the position id at each entry): the
+    /// keys are its entries, not the cache positions.
+    ring: Option<&'a [u32]>,
     len: &'a [usize],
     valid: &'a [u8],
     /// `[slot][n_ctx]`: the position id of the token at each cache position.
@@ -117,17 +149,42 @@ impl<'a> AttnArgs<'a> {
         self
     }
 
+    /// The keys new row `i` of slot `s` looks at: the cache positions up to its own, or
+    /// every ring entry.
+    #[inline]
+    fn keys(&self, s: usize, i: usize) -> usize {
+        match self.ring {
+            None => self.len[s] + i + 1,
+            Some(_) => self.geom.n_ctx,
+        }
+    }
+
     /// What new row `i` of slot `s` sees: [`RowMask::sees`].
     #[inline]
     fn row(&self, s: usize, i: usize) -> RowMask<'_> {
-        let (base, n_ctx, t) = (self.len[s], self.geom.n_ctx, self.t);
+        let t = self.t;
+        if let Some(pos) = self.ring {
+            let size = self.geom.n_ctx;
+            // A padded row sees nothing (its output is never used).
+            let real = self.mask[s * t + i] != 0;
+            return RowMask::Ring {
+                pos: &pos[s * size..(s + 1) * size],
+                qpos: if real {
+                    Some(self.qpos[s * t + i])
+                } else {
+                    None
+                },
+                window: self.window,
+            };
+        }
+        let (base, n_ctx) = (self.len[s], self.geom.n_ctx);
         let window = (self.window != usize::MAX).then(|| Window {
             size: self.window,
             qpos: self.qpos[s * t + i],
             kpos: &self.kpos[s * n_ctx..s * n_ctx + base],
             new: &self.qpos[s * t..(s + 1) * t],
         });
-        RowMask {
+        RowMask::Rows {
             valid: &self.valid[s * n_ctx..s * n_ctx + base],
             mask: &self.mask[s * t..(s + 1) * t],
             base,
@@ -137,17 +194,28 @@ impl<'a> AttnArgs<'a> {
     }
 }
 
-/// The cache positions one new row sees.
-struct RowMask<'a> {
-    /// The slot's cached positions: 1 for a real token.
-    valid: &'a [u8],
-    /// The slot's new positions: 1 for a real token.
-    mask: &'a [u8],
-    /// Cached positions (the new ones start here).
-    base: usize,
-    /// The row's own position in the cache.
-    own: usize,
-    window: Option<Window<'a>>,
+/// The keys one new row sees.
+enum RowMask<'a> {
+    /// Cache positions.
+    Rows {
+        /// The slot's cached positions: 1 for a real token.
+        valid: &'a [u8],
+        /// The slot's new positions: 1 for a real token.
+        mask: &'a [u8],
+        /// Cached positions (the new ones start here).
+        base: usize,
+        /// The row's own position in the cache.
+        own: usize,
+        window: Option<Window<'a>>,
+    },
+    /// Ring entries: those holding a position within the window up to the row's own.
+    Ring {
+        /// The slot's entries' position ids.
+        pos: &'a [u32],
+        /// The row's position id; `None` for a padded row, which sees nothing.
+        qpos: Option<usize>,
+        window: usize,
+    },
 }
 
 /// A sliding window, counted in position ids.
@@ -166,20 +234,40 @@ impl RowMask<'_> {
     /// within the window if there is one.
     #[inline]
     fn sees(&self, p: usize) -> bool {
-        let real = if p < self.base {
-            self.valid[p] != 0
-        } else {
-            p == self.own || self.mask[p - self.base] != 0
-        };
-        match &self.window {
-            None => real,
-            Some(w) => {
-                let kp = if p < self.base {
-                    w.kpos[p] as usize
+        match self {
+            RowMask::Rows {
+                valid,
+                mask,
+                base,
+                own,
+                window,
+            } => {
+                let real = if p < *base {
+                    valid[p] != 0
                 } else {
-                    w.new[p - self.base]
+                    p == *own || mask[p - base] != 0
                 };
-                real && w.qpos.saturating_sub(kp) < w.size
+                match window {
+                    None => real,
+                    Some(w) => {
+                        let kp = if p < *base {
+                            w.kpos[p] as usize
+                        } else {
+                            w.new[p - base]
+                        };
+                        real && w.qpos.saturating_sub(kp) < w.size
+                    }
+                }
+            }
+            RowMask::Ring { pos, qpos, window } => {
+                let kp = pos[p];
+                match qpos {
+                    Some(q) if kp != EMPTY => {
+                        let kp = kp as usize;
+                        kp <= *q && q - kp < *window
+                    }
+                    _ => false,
+                }
             }
         }
     }
@@ -207,12 +295,11 @@ pub(crate) fn attention(
     let work: usize = a.len.iter().map(|&l| (l + a.t) * a.t).sum::<usize>() * a.nh * a.hd;
     let job = |(job, sc): (usize, &mut [f32])| {
         let (s, h) = (job / a.nh, job % a.nh);
-        let base = a.len[s];
         for i in 0..a.t {
             let row = s * a.t + i;
             let q = &a.qkv[row * a.stride + h * a.hd..row * a.stride + (h + 1) * a.hd];
             let kv_col = (h / a.group) * a.hd;
-            let upto = base + i + 1; // positions 0..=base+i
+            let upto = a.keys(s, i); // positions 0..=base+i (or the ring's entries)
             let mut max = f32::NEG_INFINITY;
             let mut any_masked = false;
             let rm = a.row(s, i);
@@ -226,6 +313,15 @@ pub(crate) fn attention(
                     *slot = f32::NEG_INFINITY;
                     any_masked = true;
                 }
+            }
+            // SAFETY: as below.
+            let o = unsafe {
+                std::slice::from_raw_parts_mut(out_ptr.get().add(row * a.d + h * a.hd), a.hd)
+            };
+            if max == f32::NEG_INFINITY {
+                // Nothing seen (a padded row over a ring): its output is never used.
+                o.fill(0.0);
+                continue;
             }
             // softmax: exp(x - max) vectorized; masked positions weigh exactly 0.
             for x in sc[..upto].iter_mut() {
@@ -244,11 +340,8 @@ pub(crate) fn attention(
                 (kern.exp)(probs);
             }
             let sum: f32 = probs.iter().sum();
-            // SAFETY: each (slot, head) job writes only row `row`'s columns of head `h`,
-            // disjoint from every other job's; `out` outlives the parallel loop.
-            let o = unsafe {
-                std::slice::from_raw_parts_mut(out_ptr.get().add(row * a.d + h * a.hd), a.hd)
-            };
+            // (`o`: each (slot, head) job writes only row `row`'s columns of head `h`,
+            // disjoint from every other job's; `out` outlives the parallel loop.)
             o.fill(0.0);
             let inv = 1.0 / sum;
             for (p, &w) in sc[..upto].iter().enumerate() {
@@ -283,9 +376,8 @@ fn attention_blocked(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32])
     type Bufs = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<bool>);
     let job = |(kb, vb, qb, sc, seen): &mut Bufs, job: usize| {
         let (s, h, tile) = (job / (a.nh * tiles), (job / tiles) % a.nh, job % tiles);
-        let base = a.len[s];
         let (i0, i1) = (tile * ATTN_TILE, ((tile + 1) * ATTN_TILE).min(t));
-        let (m, keys) = (i1 - i0, base + i1);
+        let (m, keys) = (i1 - i0, a.keys(s, i1 - 1));
         kb.resize(keys * hd, 0.0);
         vb.resize(keys * hd, 0.0);
         for p in 0..keys {
@@ -303,7 +395,7 @@ fn attention_blocked(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32])
         unsafe { (kern.gemm_nt)(m, keys, hd, qb, kb, sc.as_mut_ptr(), keys) };
         for (ii, row) in sc.chunks_exact_mut(keys).enumerate() {
             let i = i0 + ii;
-            let upto = base + i + 1;
+            let upto = a.keys(s, i);
             let mut max = f32::NEG_INFINITY;
             let rm = a.row(s, i);
             for (p, x) in row.iter_mut().enumerate() {
@@ -313,6 +405,10 @@ fn attention_blocked(kern: &kernels::Kernels, a: &AttnArgs<'_>, out: &mut [f32])
                 } else {
                     *x = f32::NEG_INFINITY;
                 }
+            }
+            if max == f32::NEG_INFINITY {
+                row.fill(0.0); // nothing seen: a padded row over a ring
+                continue;
             }
             for x in row.iter_mut() {
                 *x -= max;
@@ -398,9 +494,19 @@ mod tests {
         };
         let scale = 0.3;
         // t = 40 runs the blocked (prompt) path, t = 5 the per-query one; slot 1 left-padded.
-        for (t, window) in [(40usize, 7usize), (5, 3), (40, usize::MAX)] {
+        // Windowed layers keep their keys in a ring, or (for the check) in full rows.
+        let cases = [
+            (40usize, 7usize, true),
+            (40, 7, false),
+            (5, 3, true),
+            (5, 3, false),
+            (40, usize::MAX, false),
+        ];
+        for (t, window, ringed) in cases {
             let slots = 2;
-            let mut cache = Cache::new(1, kvd, 64, slots, KvDtype::F32, 64).unwrap();
+            let windows = [(window != usize::MAX && ringed).then_some(window)];
+            let mut cache = Cache::windowed(1, kvd, 64, slots, KvDtype::F32, 64, &windows).unwrap();
+            assert_eq!(cache.ring.is_some(), windows[0].is_some());
             let mut mask = vec![1u8; slots * t];
             mask[t..t + 3].fill(0);
             let tokens = vec![0u32; slots * t];
@@ -410,8 +516,8 @@ mod tests {
             let qkv: Vec<f32> = (0..slots * t * lay.stride)
                 .map(|i| (i * 37 % 101) as f32 / 50.0 - 1.0)
                 .collect();
-            cache.append(kern, 0, &qkv, t, &lay);
             let positions = cache.work.positions.clone();
+            cache.append(kern, 0, &qkv, (t, &mask, &positions), &lay);
             let w = (window != usize::MAX).then_some(window);
             let args = cache
                 .attn_args(&qkv, &mask, 0, t, (nh, nkv, hd), &lay, scale)
@@ -444,12 +550,91 @@ mod tests {
                         for (g, w) in got.iter().zip(&want) {
                             assert!(
                                 (f64::from(*g) - w).abs() < 1e-5,
-                                "t {t} window {window} slot {s} row {i} head {h}: {g} vs {w}"
+                                "t {t} window {window} ring {ringed} slot {s} row {i} head \
+                                 {h}: {g} vs {w}"
                             );
                         }
                     }
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_ring_holds_the_window_through_long_decoding() {
+        // A prompt of 12 (slot 1 left-padded by 4), then 50 steps of one token: the ring of a
+        // window of 5 wraps many times, the full-row cache of the same keys does not; both
+        // equal the plain definition over every key so far.
+        let kern = kernels::get();
+        let (nh, nkv, hd, window) = (2, 1, 4, 5);
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        let lay = QkvLayout {
+            stride: qd + 2 * kvd,
+            k_off: qd,
+            v_off: qd + kvd,
+            kv_d: kvd,
+        };
+        let slots = 2;
+        let mut ring =
+            Cache::windowed(1, kvd, 128, slots, KvDtype::F32, 8, &[Some(window)]).unwrap();
+        let mut rows: Vec<Vec<(usize, Vec<f32>)>> = vec![Vec::new(); slots];
+        let mut step = 0usize;
+        for t in std::iter::once(12).chain(std::iter::repeat_n(1, 50)) {
+            let mut mask = vec![1u8; slots * t];
+            if step == 0 {
+                mask[t..t + 4].fill(0);
+            }
+            let tokens = vec![0u32; slots * t];
+            ring.begin(ModelId::NONE, &tokens, &mask, t, 1, "n_ctx")
+                .unwrap();
+            let qkv: Vec<f32> = (0..slots * t * lay.stride)
+                .map(|i| ((i + 7 * step) * 53 % 97) as f32 / 40.0 - 1.2)
+                .collect();
+            let positions = ring.work.positions.clone();
+            ring.append(kern, 0, &qkv, (t, &mask, &positions), &lay);
+            let args = ring
+                .attn_args(&qkv, &mask, 0, t, (nh, nkv, hd), &lay, 0.5)
+                .windowed(Some(window), &positions);
+            let mut out = vec![0.0; slots * t * qd];
+            attention(kern, &args, &mut out, &mut Vec::new());
+            for (s, seen) in rows.iter_mut().enumerate() {
+                for i in 0..t {
+                    let r = s * t + i;
+                    if mask[r] == 0 {
+                        continue;
+                    }
+                    seen.push((
+                        positions[r],
+                        qkv[r * lay.stride..(r + 1) * lay.stride].to_vec(),
+                    ));
+                    for h in 0..nh {
+                        let q = &qkv[r * lay.stride + h * hd..r * lay.stride + (h + 1) * hd];
+                        let keys: Vec<_> = seen
+                            .iter()
+                            .map(|(p, row)| {
+                                (
+                                    *p,
+                                    &row[lay.k_off..lay.k_off + hd],
+                                    &row[lay.v_off..lay.v_off + hd],
+                                )
+                            })
+                            .collect();
+                        let want = reference(q, &keys, positions[r], window, 0.5);
+                        let got = &out[r * qd + h * hd..r * qd + (h + 1) * hd];
+                        for (g, w) in got.iter().zip(&want) {
+                            assert!((f64::from(*g) - w).abs() < 1e-5, "step {step} slot {s}");
+                        }
+                    }
+                }
+            }
+            ring.commit(&mask, t);
+            step += 1;
+        }
+        let size = ring.ring.as_ref().unwrap().geom.n_ctx;
+        assert!(
+            size < 40,
+            "the ring stays near the window plus the prompt: {size}"
+        );
+        assert!(ring.len(0) == 62 && ring.bytes() < 2 * 2 * size * kvd * 4 + 4 * 2 * size + 1);
     }
 }

@@ -419,7 +419,9 @@ impl CausalLm for Decoder {
         let c = &self.config;
         let n = c.max_positions;
         let cap = capacity.unwrap_or_else(|| Cache::default_capacity(n));
-        Ok(Cache::new(c.num_layers, c.kv_dim(), n, slots, self.kv_dtype, cap)?.owned_by(self.id))
+        let (layers, d) = (c.num_layers, c.kv_dim());
+        let cache = Cache::windowed(layers, d, n, slots, self.kv_dtype, cap, &c.windows)?;
+        Ok(cache.owned_by(self.id))
     }
 
     fn forward_into(
@@ -556,7 +558,7 @@ impl CausalLm for Decoder {
                     rope(qkv, lay.stride, nh + nkv, (hd, rot), cos, sin);
                 }
                 // k, v appended to the cache; attention per (slot, head)     [rows, qd]
-                cache.append(kern, l, qkv, t, &lay);
+                cache.append(kern, l, qkv, (t, mask, &ws.positions[..rows]), &lay);
                 let args = cache
                     .attn_args(qkv, mask, l, t, (nh, nkv, hd), &lay, c.scale(l))
                     .windowed(window, &ws.positions[..rows]);

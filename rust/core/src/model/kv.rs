@@ -145,15 +145,60 @@ impl Geom {
     }
 }
 
-/// The KV cache of `slots` sequences: keys and values of every layer at every position so far,
-/// `[slot][layer][n_ctx][d]` (key/value heads side by side within `d`). `n_ctx` grows as the
-/// sequences do, up to the model's context.
-#[derive(Debug)]
-pub struct Cache {
-    pub(crate) slots: usize,
+/// Where a layer keeps its keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LayerKv {
+    /// Every position so far: layer `i` of the cache's `k` / `v`.
+    Full(usize),
+    /// The last positions only (a sliding-window layer): layer `i` of the ring.
+    Ring(usize),
+}
+
+/// The keys and values of the sliding-window layers, `[slot][layer][size][d]`: real position
+/// `p` at entry `p % size`, `size` at least the window plus the new positions of a call less
+/// one, so that no key a query of the call sees is overwritten. Memory stays flat however
+/// long a sequence grows.
+#[derive(Debug, Clone)]
+pub(crate) struct Ring {
+    /// `n_ctx`: the ring's size.
     pub(crate) geom: Geom,
     pub(crate) k: Kv,
     pub(crate) v: Kv,
+    /// `[slot][size]`: the position id held at each entry ([`EMPTY`] for none). Every ring
+    /// layer holds the same positions.
+    pub(crate) pos: Vec<u32>,
+    /// The widest window of its layers.
+    pub(crate) window: usize,
+}
+
+/// A ring entry that holds no position.
+pub(crate) const EMPTY: u32 = u32::MAX;
+
+impl Ring {
+    /// Entries needed for a call of `t` new positions.
+    fn size_for(&self, t: usize, max_ctx: usize) -> usize {
+        (self.window + t - 1).min(max_ctx.max(1))
+    }
+
+    fn bytes(&self) -> usize {
+        self.k.bytes() + self.v.bytes() + self.pos.len() * 4
+    }
+}
+
+/// The KV cache of `slots` sequences: keys and values of every layer at every position so far,
+/// `[slot][layer][n_ctx][d]` (key/value heads side by side within `d`), but for sliding-window
+/// layers, which keep their window in a [`Ring`]. `n_ctx` grows as the sequences do, up to the
+/// model's context.
+#[derive(Debug)]
+pub struct Cache {
+    pub(crate) slots: usize,
+    /// `n_layer`: the layers that keep every position.
+    pub(crate) geom: Geom,
+    pub(crate) k: Kv,
+    pub(crate) v: Kv,
+    /// Each layer's place.
+    pub(crate) layers: Vec<LayerKv>,
+    pub(crate) ring: Option<Ring>,
     /// Positions filled per slot (padding included).
     pub(crate) len: Vec<usize>,
     /// `[slot][n_ctx]`: 1 where the position holds a real token.
@@ -212,14 +257,69 @@ impl Cache {
         dtype: KvDtype,
         capacity: usize,
     ) -> Result<Self> {
+        Cache::windowed(n_layer, d, max_ctx, slots, dtype, capacity, &[])
+    }
+
+    /// [`Cache::new`] for layers of which some have a sliding window (`windows[l]`, empty for
+    /// none): those keep a [`Ring`] of their window.
+    pub(crate) fn windowed(
+        n_layer: usize,
+        d: usize,
+        max_ctx: usize,
+        slots: usize,
+        dtype: KvDtype,
+        capacity: usize,
+        windows: &[Option<usize>],
+    ) -> Result<Self> {
         let n_ctx = capacity.clamp(1, max_ctx.max(1));
-        let geom = Geom { n_ctx, n_layer, d };
-        let size = cache_elems(slots, n_layer, n_ctx, d)?;
+        // A window as long as the context keeps everything anyway.
+        let ringed = |l: usize| windows.get(l).copied().flatten().filter(|&w| w < max_ctx);
+        let (mut full, mut rings) = (0, 0);
+        let layers: Vec<LayerKv> = (0..n_layer)
+            .map(|l| match ringed(l) {
+                Some(_) => {
+                    rings += 1;
+                    LayerKv::Ring(rings - 1)
+                }
+                None => {
+                    full += 1;
+                    LayerKv::Full(full - 1)
+                }
+            })
+            .collect();
+        let ring = match (0..n_layer).filter_map(ringed).max() {
+            None => None,
+            Some(window) => {
+                // (Grown to the window plus a call's new positions less one as calls come.)
+                let size = window.min(max_ctx.max(1));
+                let geom = Geom {
+                    n_ctx: size,
+                    n_layer: rings,
+                    d,
+                };
+                let elems = cache_elems(slots, rings, size, d)?;
+                Some(Ring {
+                    geom,
+                    k: Kv::zeros(dtype, elems)?,
+                    v: Kv::zeros(dtype, elems)?,
+                    pos: vec![EMPTY; slots.saturating_mul(size)],
+                    window,
+                })
+            }
+        };
+        let geom = Geom {
+            n_ctx,
+            n_layer: full,
+            d,
+        };
+        let size = cache_elems(slots, full, n_ctx, d)?;
         Ok(Cache {
             slots,
             geom,
             k: Kv::zeros(dtype, size)?,
             v: Kv::zeros(dtype, size)?,
+            layers,
+            ring,
             len: vec![0; slots],
             valid: mem::zeros(slots.saturating_mul(n_ctx), "the KV cache")?,
             pos: mem::zeros(slots.saturating_mul(n_ctx), "the KV cache")?,
@@ -264,6 +364,7 @@ impl Cache {
                 self.max_ctx
             )));
         }
+        self.reserve_ring(t)?;
         if need <= self.geom.n_ctx {
             return Ok(());
         }
@@ -290,6 +391,50 @@ impl Cache {
         }
         (self.k, self.v, self.valid, self.pos, self.tok) = (k, v, valid, pos, tok);
         self.geom = geom;
+        Ok(())
+    }
+
+    /// Grows the ring (if any) to hold a call of `t` new positions, each held position moving
+    /// to its entry in the larger ring.
+    fn reserve_ring(&mut self, t: usize) -> Result<()> {
+        let (slots, max_ctx) = (self.slots, self.max_ctx);
+        let Some(old) = self.ring.as_ref() else {
+            return Ok(());
+        };
+        let size = old.size_for(t, max_ctx);
+        if size <= old.geom.n_ctx {
+            return Ok(());
+        }
+        let size = size.max(2 * old.geom.n_ctx).min(max_ctx.max(1));
+        let geom = Geom {
+            n_ctx: size,
+            ..old.geom
+        };
+        let elems = cache_elems(slots, geom.n_layer, size, geom.d)?;
+        let mut new = Ring {
+            geom,
+            k: Kv::zeros(old.k.dtype(), elems)?,
+            v: Kv::zeros(old.v.dtype(), elems)?,
+            pos: vec![EMPTY; slots.saturating_mul(size)],
+            window: old.window,
+        };
+        let was = old.geom.n_ctx;
+        for s in 0..slots {
+            for e in 0..was {
+                let p = old.pos[s * was + e];
+                if p == EMPTY {
+                    continue;
+                }
+                let to = p as usize % size;
+                new.pos[s * size + to] = p;
+                for l in 0..geom.n_layer {
+                    let (dst, src) = (geom.at(s, l, to), old.geom.at(s, l, e));
+                    new.k.copy_from(dst, &old.k, src, geom.d);
+                    new.v.copy_from(dst, &old.v, src, geom.d);
+                }
+            }
+        }
+        self.ring = Some(new);
         Ok(())
     }
 
@@ -339,6 +484,18 @@ impl Cache {
         for s in 0..slots {
             let at = s * self.geom.n_ctx + self.len[s];
             self.tok[at..at + t].copy_from_slice(&tokens[s * t..(s + 1) * t]);
+        }
+        // The ring entries the new real positions take. (A call that fails leaves them naming
+        // positions past the sequence, which no query sees until a later call writes them;
+        // what they held was older than any window still to be used.)
+        if let Some(ring) = self.ring.as_mut() {
+            let size = ring.geom.n_ctx;
+            for (r, &m) in mask.iter().enumerate() {
+                if m != 0 {
+                    let p = self.work.positions[r];
+                    ring.pos[(r / t) * size + p % size] = u32::try_from(p).unwrap_or(EMPTY);
+                }
+            }
         }
         Ok(())
     }
@@ -419,6 +576,12 @@ impl Cache {
             self.k.dtype(),
             g.n_ctx,
         )?;
+        c.layers.clone_from(&self.layers);
+        c.ring = self.ring.as_ref().map(|r| {
+            let mut r = r.clone();
+            r.pos.fill(EMPTY);
+            r
+        });
         c.owner = self.owner;
         c.cancel = self.cancel.clone();
         Ok(c)
@@ -450,7 +613,8 @@ impl Cache {
 
     /// Bytes held by keys and values (or a recurrent model's state).
     pub fn bytes(&self) -> usize {
-        self.k.bytes() + self.v.bytes() + self.rnn.len() * 4
+        let ring = self.ring.as_ref().map_or(0, Ring::bytes);
+        self.k.bytes() + self.v.bytes() + ring + self.rnn.len() * 4
     }
 
     /// A recurrent model's state of slot `s` (empty for the Transformers).
@@ -505,11 +669,37 @@ impl Cache {
             tok[i * g.n_ctx..(i + 1) * g.n_ctx]
                 .copy_from_slice(&self.tok[s * g.n_ctx..(s + 1) * g.n_ctx]);
         }
+        let ring = match self.ring.as_ref() {
+            None => None,
+            Some(r) => {
+                let rg = r.geom;
+                let elems = cache_elems(n, rg.n_layer, rg.n_ctx, rg.d)?;
+                let mut new = Ring {
+                    geom: rg,
+                    k: Kv::zeros(r.k.dtype(), elems)?,
+                    v: Kv::zeros(r.v.dtype(), elems)?,
+                    pos: vec![EMPTY; n.saturating_mul(rg.n_ctx)],
+                    window: r.window,
+                };
+                let per_slot = rg.n_layer * rg.n_ctx * rg.d;
+                for (i, &s) in sources.iter().enumerate() {
+                    new.k
+                        .copy_from(rg.at(i, 0, 0), &r.k, rg.at(s, 0, 0), per_slot);
+                    new.v
+                        .copy_from(rg.at(i, 0, 0), &r.v, rg.at(s, 0, 0), per_slot);
+                    new.pos[i * rg.n_ctx..(i + 1) * rg.n_ctx]
+                        .copy_from_slice(&r.pos[s * rg.n_ctx..(s + 1) * rg.n_ctx]);
+                }
+                Some(new)
+            }
+        };
         Ok(Cache {
             slots: n,
             geom: g,
             k,
             v,
+            layers: self.layers.clone(),
+            ring,
             len: sources.iter().map(|&s| self.len[s]).collect(),
             valid,
             pos,
