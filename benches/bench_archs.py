@@ -15,7 +15,8 @@ types ferrolm reads today), cached under ``--cache``. Then, per file, in turns:
 - prefill tokens/s: ferrolm's forward over 512 tokens; ``llama-bench -p 512`` (pp512).
 - memory per token of context: what ferrolm's KV cache grows by per token (f32 by default, f16
   with ``kv_cache_dtype="float16"``; sliding-window layers keep a ring of their window, a fixed
-  size) beside llama.cpp's default f16 cache (2 × layers × kv heads × head size × 2 bytes).
+  size) beside llama.cpp's default f16 cache (2 × layers × kv heads × head size × 2 bytes, its
+  sliding-window layers also keeping their window only).
 
 Targets (issue 24): decode ≥ 1.25× llama.cpp and ≥ 75% of the ceiling, prefill ≥ 2×.
 ``--llama-bin`` is a llama.cpp build's ``bin/`` (llama-bench, llama-quantize) from the
@@ -110,18 +111,16 @@ def prepare(name: str, cache: Path, bin_dir: Path) -> dict[str, Path]:
     return out
 
 
-def kv_per_token(config: dict[str, Any], elem: int, all_layers: bool = False) -> float:
+def kv_per_token(config: dict[str, Any], elem: int, extra: int) -> float:
     """Bytes a KV cache of `elem`-byte values grows by per token of context: keys and values
-    of the layers without a sliding window (their ring is a fixed size), plus ferrolm's 9 bytes
-    of positions; `all_layers`: every layer keeps every position (llama.cpp)."""
+    of the layers without a sliding window (the windowed ones keep a ring of their window, a
+    fixed size; llama.cpp's "iSWA" cache does the same), plus `extra` bytes of bookkeeping
+    (ferrolm's positions: 9)."""
     kv = config["num_key_value_heads"] * config["head_dim"]
     layers = config["num_hidden_layers"]
-    if all_layers:
-        return 2 * layers * kv * elem
-    full = sum(
-        t == "full_attention" for t in config.get("layer_types") or ["full_attention"] * layers
-    )
-    return 2 * full * kv * elem + 9
+    kinds = config.get("layer_types") or ["full_attention"] * layers
+    full = sum(kind == "full_attention" for kind in kinds)
+    return 2 * full * kv * elem + extra
 
 
 def main() -> int:
@@ -148,8 +147,8 @@ def main() -> int:
             ours = ferrolm_speed(model, args.repeat)
             peer = llama_bench(args.llama_bin, path, args.threads, args.repeat)
             ceiling = bw / model._core.weight_bytes
-            kv32, kv16 = kv_per_token(model.config, 4), kv_per_token(model.config, 2)
-            kv_peer = kv_per_token(model.config, 2, all_layers=True)
+            kv32, kv16 = kv_per_token(model.config, 4, 9), kv_per_token(model.config, 2, 9)
+            kv_peer = kv_per_token(model.config, 2, 0)  # llama.cpp's default: f16
             rows.append((name, q, ours, peer, ceiling, kv32, kv16, kv_peer))
             del model
     head = (
