@@ -490,15 +490,17 @@ impl CausalLm for Decoder {
                 ws.rope.resize(2 * tables * rows * half, 0.0);
                 // LongRoPE: the slots whose furthest real position is past the original context
                 // rotate by the long frequencies in this call.
-                let long_slot: Vec<bool> = (0..slots)
-                    .map(|s| {
-                        self.long_inv_freq.as_ref().is_some_and(|(_, orig)| {
+                // (Empty, allocating nothing, without LongRoPE.)
+                let long_slot: Vec<bool> = match &self.long_inv_freq {
+                    None => Vec::new(),
+                    Some((_, orig)) => (0..slots)
+                        .map(|s| {
                             (s * t..(s + 1) * t)
                                 .filter(|&r| mask[r] != 0)
                                 .any(|r| ws.positions[r] + 1 > *orig)
                         })
-                    })
-                    .collect();
+                        .collect(),
+                };
                 let local = self.local_inv_freq.iter();
                 for (table, freqs) in std::iter::once(&self.inv_freq).chain(local).enumerate() {
                     let at = 2 * table * rows * half;

@@ -200,14 +200,6 @@ impl Gemma3Config {
             .and_then(Value::as_f64)
             .map(|c| c as f32);
         let tie = !matches!(v.get("tie_word_embeddings"), Some(Value::Bool(false)));
-        let ids = |key: &str| -> Vec<u32> {
-            let one = |x: &Value| x.as_u64().and_then(|n| u32::try_from(n).ok());
-            match v.get(key) {
-                Some(Value::Array(a)) => a.iter().filter_map(one).collect(),
-                Some(x) => one(x).into_iter().collect(),
-                None => Vec::new(),
-            }
-        };
         Ok(Gemma3Config {
             decoder: DecoderConfig {
                 vocab_size: num("vocab_size", 262_208)?,
@@ -231,8 +223,8 @@ impl Gemma3Config {
                 final_softcap: softcap,
                 tie_word_embeddings: tie,
             },
-            bos_token_id: ids("bos_token_id").first().copied(),
-            eos_token_id: ids("eos_token_id"),
+            bos_token_id: weights::token_ids(v.get("bos_token_id")).first().copied(),
+            eos_token_id: weights::token_ids(v.get("eos_token_id")),
         })
     }
 

@@ -64,15 +64,6 @@ pub struct LlamaConfig {
     pub eos_token_id: Vec<u32>,
 }
 
-fn ids_of(v: Option<&Value>) -> Vec<u32> {
-    let one = |x: &Value| x.as_u64().and_then(|n| u32::try_from(n).ok());
-    match v {
-        Some(Value::Array(a)) => a.iter().filter_map(one).collect(),
-        Some(x) => one(x).into_iter().collect(),
-        None => Vec::new(),
-    }
-}
-
 impl LlamaConfig {
     /// Reads a `config.json` of `model_type` "llama".
     pub fn from_json(what: &str, data: &[u8]) -> Result<Self> {
@@ -187,8 +178,8 @@ impl LlamaConfig {
                 None | Some(Value::Null) => None,
                 Some(_) => Some(usize_of("sliding_window", None)?),
             },
-            bos_token_id: ids_of(v.get("bos_token_id")).first().copied(),
-            eos_token_id: ids_of(v.get("eos_token_id")),
+            bos_token_id: weights::token_ids(v.get("bos_token_id")).first().copied(),
+            eos_token_id: weights::token_ids(v.get("eos_token_id")),
         })
     }
 

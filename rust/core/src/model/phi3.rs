@@ -267,18 +267,10 @@ impl Phi3Config {
             tie,
         };
         shape.check(what)?;
-        let ids = |key: &str| -> Vec<u32> {
-            let one = |x: &Value| x.as_u64().and_then(|n| u32::try_from(n).ok());
-            match v.get(key) {
-                Some(Value::Array(a)) => a.iter().filter_map(one).collect(),
-                Some(x) => one(x).into_iter().collect(),
-                None => Vec::new(),
-            }
-        };
         Ok(Phi3Config {
             decoder: shape.decoder(),
-            bos_token_id: ids("bos_token_id").first().copied(),
-            eos_token_id: ids("eos_token_id"),
+            bos_token_id: weights::token_ids(v.get("bos_token_id")).first().copied(),
+            eos_token_id: weights::token_ids(v.get("eos_token_id")),
         })
     }
 

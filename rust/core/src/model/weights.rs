@@ -494,6 +494,16 @@ pub(crate) fn parse_config(what: &str, data: &[u8], model_type: &str) -> Result<
     Ok(v)
 }
 
+/// A config's token id field (`bos_token_id`, `eos_token_id`): one id or a list of them.
+pub(crate) fn token_ids(v: Option<&Value>) -> Vec<u32> {
+    let one = |x: &Value| x.as_u64().and_then(|n| u32::try_from(n).ok());
+    match v {
+        Some(Value::Array(a)) => a.iter().filter_map(one).collect(),
+        Some(x) => one(x).into_iter().collect(),
+        None => Vec::new(),
+    }
+}
+
 /// Checks that a config is of `model_type`.
 pub(crate) fn check_model_type(v: &Value, what: &str, model_type: &str) -> Result<()> {
     let found = v.get("model_type").and_then(Value::as_str).unwrap_or("");
